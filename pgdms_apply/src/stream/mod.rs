@@ -1,0 +1,9 @@
+//! The stream: connecting to the source over the replication protocol and reading a slot.
+
+pub mod conninfo;
+pub mod lsn;
+pub mod replication;
+
+pub use conninfo::ConnInfo;
+pub use lsn::Lsn;
+pub use replication::{ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};

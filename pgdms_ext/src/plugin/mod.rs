@@ -1,0 +1,254 @@
+//! The `pgdms` output plugin: what it writes, and when.
+//!
+//! * A [`Startup`] record precedes the first record of a decoding session.
+//! * BEGIN is held back until a transaction's first published change, so transactions that
+//!   touch no published table (catalog-only, our own audit tables, other databases' work)
+//!   produce no output at all, as pgoutput does.
+//! * A relation record precedes a table's first change in the session, and is written again
+//!   when a relcache invalidation changed what it says.
+
+mod relcache;
+
+use crate::ffi::catalog::{self, RelationDesc, RelationHandle};
+use crate::ffi::datum::ServerEncoding;
+use crate::ffi::{DeformScratch, Output, TupleHandle};
+use pgdms_proto::{
+    Begin, Commit, Delete, Insert, Message, OldImage, Options, OriginFilter, Record,
+    ReplicaIdentity, Startup, Truncate, Update, Value, PROTO_VERSION,
+};
+use pgrx::pg_sys;
+use relcache::{CachedRelation, RelationCache};
+
+/// One change of a row.
+pub enum Change {
+    Insert {
+        new: TupleHandle,
+    },
+    Update {
+        old: Option<TupleHandle>,
+        new: TupleHandle,
+    },
+    Delete {
+        old: Option<TupleHandle>,
+    },
+}
+
+pub struct Session {
+    options: Options,
+    encoding: ServerEncoding,
+    startup_sent: bool,
+    /// BEGIN of the current transaction, until its first change writes it.
+    pending_begin: Option<Begin>,
+    begin_sent: bool,
+    relations: RelationCache,
+    /// Reused encoding buffer.
+    buf: Vec<u8>,
+    scratch: DeformScratch,
+}
+
+impl Session {
+    /// `mcxt`: the decoding context's memory, which outlives the session.
+    pub fn new(options: Options, mcxt: pg_sys::MemoryContext) -> Session {
+        Session {
+            options,
+            encoding: ServerEncoding::current(),
+            startup_sent: false,
+            pending_begin: None,
+            begin_sent: false,
+            relations: RelationCache::new(mcxt),
+            buf: Vec::with_capacity(8192),
+            scratch: DeformScratch::default(),
+        }
+    }
+
+    fn emit(&mut self, out: &Output, record: &Record<'_>) {
+        self.buf.clear();
+        record.encode_into(&mut self.buf);
+        out.write(&self.buf, true);
+    }
+
+    fn ensure_startup(&mut self, out: &Output) {
+        if self.startup_sent {
+            return;
+        }
+        self.startup_sent = true;
+        let server_version = catalog::setting(c"server_version");
+        let date_style = catalog::setting(c"DateStyle");
+        let interval_style = catalog::setting(c"IntervalStyle");
+        let encoding = catalog::database_encoding_name();
+        let database = catalog::database_name();
+        let record = Record::Startup(Startup {
+            proto_version: PROTO_VERSION,
+            plugin_version: env!("CARGO_PKG_VERSION"),
+            server_version_num: catalog::setting(c"server_version_num").parse().unwrap_or(0),
+            server_version: &server_version,
+            server_encoding: &encoding,
+            database: &database,
+            date_style: &date_style,
+            interval_style: &interval_style,
+            extra_float_digits: catalog::setting(c"extra_float_digits").parse().unwrap_or(1),
+        });
+        self.emit(out, &record);
+    }
+
+    /// Writes the held-back BEGIN, if this is the transaction's first output.
+    fn ensure_begin(&mut self, out: &Output) {
+        if self.begin_sent {
+            return;
+        }
+        self.ensure_startup(out);
+        if let Some(begin) = self.pending_begin {
+            self.begin_sent = true;
+            self.emit(out, &Record::Begin(begin));
+        }
+    }
+
+    pub fn on_begin(&mut self, begin: Begin) {
+        self.pending_begin = Some(begin);
+        self.begin_sent = false;
+    }
+
+    pub fn on_commit(&mut self, out: &Output, commit: Commit) {
+        let sent = self.begin_sent;
+        out.update_progress(!sent);
+        self.pending_begin = None;
+        self.begin_sent = false;
+        if sent {
+            self.emit(out, &Record::Commit(commit));
+        }
+    }
+
+    pub fn filter_origin(&self, has_origin: bool) -> bool {
+        has_origin && self.options.origin == OriginFilter::None
+    }
+
+    /// Writes the relation record of `entry` if this session has not seen its current form.
+    fn ensure_relation(out: &Output, entry: &mut CachedRelation) {
+        if !entry.sent {
+            entry.sent = true;
+            out.write(&entry.record, false);
+        }
+    }
+
+    pub fn on_change(&mut self, out: &Output, rel: RelationHandle, change: Change) {
+        if self.relations.get(rel).is_none() {
+            return;
+        }
+        self.ensure_begin(out);
+        let Session {
+            relations,
+            buf,
+            scratch,
+            encoding,
+            ..
+        } = self;
+        let Some(entry) = relations.get(rel) else {
+            return;
+        };
+        Self::ensure_relation(out, entry);
+        let desc = &entry.desc;
+        let encoding = *encoding;
+        let mut values_of = |t, key_only| image(desc, t, key_only, scratch, encoding);
+        let full = desc.replica_identity == ReplicaIdentity::Full;
+        let relation = desc.oid;
+        let record = match &change {
+            Change::Insert { new } => Record::Insert(Insert {
+                relation,
+                new: values_of(new, false),
+            }),
+            Change::Update { old, new } => {
+                let old = old.as_ref().map(|o| old_image(values_of(o, !full), full));
+                Record::Update(Update {
+                    relation,
+                    old,
+                    new: values_of(new, false),
+                })
+            }
+            Change::Delete { old } => Record::Delete(Delete {
+                relation,
+                old: old.as_ref().map(|o| old_image(values_of(o, !full), full)),
+            }),
+        };
+        buf.clear();
+        record.encode_into(buf);
+        out.write(buf, true);
+    }
+
+    pub fn on_truncate(
+        &mut self,
+        out: &Output,
+        rels: &[RelationHandle],
+        restart_identity: bool,
+        cascade: bool,
+    ) {
+        let mut relations = Vec::with_capacity(rels.len());
+        for rel in rels {
+            if let Some(entry) = self.relations.get(*rel) {
+                relations.push(entry.desc.oid);
+            }
+        }
+        if relations.is_empty() {
+            return;
+        }
+        self.ensure_begin(out);
+        for rel in rels {
+            if let Some(entry) = self.relations.get(*rel) {
+                Self::ensure_relation(out, entry);
+            }
+        }
+        self.emit(
+            out,
+            &Record::Truncate(Truncate {
+                relations,
+                restart_identity,
+                cascade,
+            }),
+        );
+    }
+
+    pub fn on_message(
+        &mut self,
+        out: &Output,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: &[u8],
+    ) {
+        if transactional {
+            self.ensure_begin(out);
+        } else {
+            self.ensure_startup(out);
+        }
+        self.emit(
+            out,
+            &Record::Message(Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            }),
+        );
+    }
+}
+
+/// The values of a tuple: every column, or the replica-identity key columns only.
+fn image<'t>(
+    desc: &RelationDesc,
+    tuple: &'t TupleHandle,
+    key_only: bool,
+    scratch: &mut DeformScratch,
+    encoding: ServerEncoding,
+) -> Vec<Value<'t>> {
+    let table = || format!("table \"{}\".\"{}\"", desc.schema, desc.name);
+    let columns = desc.columns.iter().filter(|c| !key_only || c.key);
+    tuple.values(columns, scratch, encoding, &table)
+}
+
+/// Old values as logged: the whole row under REPLICA IDENTITY FULL, else the key columns.
+fn old_image(values: Vec<Value<'_>>, full: bool) -> OldImage<'_> {
+    if full {
+        OldImage::Full(values)
+    } else {
+        OldImage::Key(values)
+    }
+}

@@ -1,0 +1,296 @@
+//! PostgreSQL's text form of values that travel in binary.
+//!
+//! `Value::to_pg_text` writes exactly what the source's output function would have written
+//! in a session with `DateStyle = ISO`, `TimeZone = UTC`, `bytea_output = hex` and
+//! `extra_float_digits >= 1` (the defaults, except the zone): the form consumers show and
+//! non-PostgreSQL targets store.
+
+use crate::Value;
+use std::borrow::Cow;
+use std::fmt::Write;
+
+impl Value<'_> {
+    /// The value's text, or `None` for NULL and for an unchanged TOASTed value.
+    pub fn to_pg_text(&self) -> Option<Cow<'_, str>> {
+        let owned = |s: String| Some(Cow::Owned(s));
+        match *self {
+            Value::Null | Value::UnchangedToast => None,
+            Value::Text(s) => Some(Cow::Borrowed(s)),
+            Value::Bool(b) => Some(Cow::Borrowed(if b { "t" } else { "f" })),
+            Value::Int2(v) => owned(v.to_string()),
+            Value::Int4(v) => owned(v.to_string()),
+            Value::Int8(v) => owned(v.to_string()),
+            Value::Float4(v) => owned(float_text(
+                v.is_nan(),
+                v.is_infinite(),
+                v.is_sign_negative(),
+                format!("{v:e}"),
+                6,
+            )),
+            Value::Float8(v) => owned(float_text(
+                v.is_nan(),
+                v.is_infinite(),
+                v.is_sign_negative(),
+                format!("{v:e}"),
+                15,
+            )),
+            Value::Bytes(b) => {
+                let mut s = String::with_capacity(2 + 2 * b.len());
+                s.push_str("\\x");
+                for byte in b {
+                    let _ = write!(s, "{byte:02x}");
+                }
+                owned(s)
+            }
+            Value::Date(d) => owned(date_text(d)),
+            Value::Time(t) => owned(time_text(t)),
+            Value::TimeTz {
+                micros,
+                offset_secs,
+            } => {
+                let mut s = time_text(micros);
+                push_offset(&mut s, offset_secs);
+                owned(s)
+            }
+            Value::Timestamp(ts) => owned(timestamp_text(ts, false)),
+            Value::TimestampTz(ts) => owned(timestamp_text(ts, true)),
+            Value::Uuid(u) => {
+                let mut s = String::with_capacity(36);
+                for (i, byte) in u.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        s.push('-');
+                    }
+                    let _ = write!(s, "{byte:02x}");
+                }
+                owned(s)
+            }
+        }
+    }
+}
+
+/// float4out / float8out with their shortest-exact output: Rust's `{:e}` gives the same
+/// shortest round-trip digits; PostgreSQL prints them in fixed notation when the decimal
+/// exponent is in [-4, `fixed_below`) and as `d.ddde+XX` otherwise.
+fn float_text(nan: bool, inf: bool, negative: bool, sci: String, fixed_below: i32) -> String {
+    if nan {
+        return "NaN".into();
+    }
+    if inf {
+        return if negative {
+            "-Infinity".into()
+        } else {
+            "Infinity".into()
+        };
+    }
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
+    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if digits == "0" {
+        return format!("{sign}0");
+    }
+    if !(-4..fixed_below).contains(&exp) {
+        let exp_sign = if exp < 0 { '-' } else { '+' };
+        return format!("{sign}{mantissa}e{exp_sign}{:02}", exp.abs());
+    }
+    let n = digits.len() as i32;
+    let s = if exp < 0 {
+        format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+    } else if exp + 1 >= n {
+        format!("{digits}{}", "0".repeat((exp + 1 - n) as usize))
+    } else {
+        let (int, frac) = digits.split_at((exp + 1) as usize);
+        format!("{int}.{frac}")
+    };
+    format!("{sign}{s}")
+}
+
+const USECS_PER_DAY: i64 = 86_400_000_000;
+/// Days from 1970-01-01 to 2000-01-01.
+const UNIX_TO_PG_DAYS: i64 = 10_957;
+
+/// Proleptic Gregorian (year, month, day) of a day count from 2000-01-01; year 0 is 1 BC.
+fn civil_from_pg_days(days: i64) -> (i64, u32, u32) {
+    // Howard Hinnant's days-to-civil algorithm, counted from 1970-01-01.
+    let z = days + UNIX_TO_PG_DAYS + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn push_date(s: &mut String, days: i64) -> bool {
+    let (y, m, d) = civil_from_pg_days(days);
+    let bc = y <= 0;
+    let year = if bc { 1 - y } else { y };
+    let _ = write!(s, "{year:04}-{m:02}-{d:02}");
+    bc
+}
+
+fn date_text(d: i32) -> String {
+    match d {
+        i32::MIN => "-infinity".into(),
+        i32::MAX => "infinity".into(),
+        _ => {
+            let mut s = String::with_capacity(16);
+            if push_date(&mut s, i64::from(d)) {
+                s.push_str(" BC");
+            }
+            s
+        }
+    }
+}
+
+/// HH:MM:SS with the fraction's trailing zeros removed, as PostgreSQL's AppendSeconds does.
+fn push_time(s: &mut String, micros: i64) {
+    let secs = micros / 1_000_000;
+    let frac = micros % 1_000_000;
+    let _ = write!(
+        s,
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    if frac != 0 {
+        let f = format!("{frac:06}");
+        s.push('.');
+        s.push_str(f.trim_end_matches('0'));
+    }
+}
+
+fn time_text(micros: i64) -> String {
+    let mut s = String::with_capacity(15);
+    push_time(&mut s, micros);
+    s
+}
+
+/// +HH, +HH:MM or +HH:MM:SS, as EncodeTimezone writes an offset east of UTC.
+fn push_offset(s: &mut String, offset_secs: i32) {
+    let sign = if offset_secs < 0 { '-' } else { '+' };
+    let a = offset_secs.unsigned_abs();
+    let (h, m, sec) = (a / 3600, a / 60 % 60, a % 60);
+    let _ = write!(s, "{sign}{h:02}");
+    if m != 0 || sec != 0 {
+        let _ = write!(s, ":{m:02}");
+    }
+    if sec != 0 {
+        let _ = write!(s, ":{sec:02}");
+    }
+}
+
+fn timestamp_text(ts: i64, utc: bool) -> String {
+    match ts {
+        i64::MIN => return "-infinity".into(),
+        i64::MAX => return "infinity".into(),
+        _ => {}
+    }
+    let mut s = String::with_capacity(32);
+    let days = ts.div_euclid(USECS_PER_DAY);
+    let bc = push_date(&mut s, days);
+    s.push(' ');
+    push_time(&mut s, ts.rem_euclid(USECS_PER_DAY));
+    if utc {
+        s.push_str("+00");
+    }
+    if bc {
+        s.push_str(" BC");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(v: Value<'_>) -> String {
+        v.to_pg_text().unwrap().into_owned()
+    }
+
+    #[test]
+    fn floats_like_float8out() {
+        for (v, want) in [
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (1.5, "1.5"),
+            (100.0, "100"),
+            (1e14, "100000000000000"),
+            (1e15, "1e+15"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (-1.25e-300, "-1.25e-300"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (0.1 + 0.2, "0.30000000000000004"),
+        ] {
+            assert_eq!(text(Value::Float8(v)), want, "{v:e}");
+        }
+        assert_eq!(text(Value::Float4(100000.0)), "100000");
+        assert_eq!(text(Value::Float4(1e6)), "1e+06");
+        assert_eq!(text(Value::Float4(0.1)), "0.1");
+        assert_eq!(text(Value::Float4(f32::INFINITY)), "Infinity");
+    }
+
+    #[test]
+    fn dates_and_times_like_iso_datestyle() {
+        assert_eq!(text(Value::Date(0)), "2000-01-01");
+        assert_eq!(text(Value::Date(-1)), "1999-12-31");
+        assert_eq!(text(Value::Date(i32::MAX)), "infinity");
+        // 0001-01-01 is 730119 days before 2000-01-01; 1 BC (year 0) is a leap year.
+        assert_eq!(text(Value::Date(-730_119)), "0001-01-01");
+        assert_eq!(text(Value::Date(-730_119 - 366)), "0001-01-01 BC");
+        assert_eq!(text(Value::Time(0)), "00:00:00");
+        assert_eq!(text(Value::Time(USECS_PER_DAY)), "24:00:00");
+        assert_eq!(text(Value::Time(3_723_500_000)), "01:02:03.5");
+        assert_eq!(
+            text(Value::TimeTz {
+                micros: 1,
+                offset_secs: 19_800
+            }),
+            "00:00:00.000001+05:30"
+        );
+        assert_eq!(
+            text(Value::TimeTz {
+                micros: 0,
+                offset_secs: -3600
+            }),
+            "00:00:00-01"
+        );
+        assert_eq!(text(Value::Timestamp(0)), "2000-01-01 00:00:00");
+        assert_eq!(text(Value::Timestamp(-1)), "1999-12-31 23:59:59.999999");
+        assert_eq!(
+            text(Value::TimestampTz(86_400_000_000 + 120_000)),
+            "2000-01-02 00:00:00.12+00"
+        );
+        assert_eq!(text(Value::TimestampTz(i64::MIN)), "-infinity");
+        assert_eq!(
+            text(Value::Timestamp((-730_119 - 366) * USECS_PER_DAY)),
+            "0001-01-01 00:00:00 BC"
+        );
+    }
+
+    #[test]
+    fn other_binary_forms() {
+        assert_eq!(text(Value::Bytes(&[0, 0xab, 0x10])), "\\x00ab10");
+        assert_eq!(text(Value::Bool(true)), "t");
+        assert_eq!(
+            text(Value::Uuid([
+                0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38,
+                0x0a, 0x11
+            ])),
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+        );
+        assert!(Value::Null.to_pg_text().is_none());
+        assert!(Value::UnchangedToast.to_pg_text().is_none());
+    }
+}
