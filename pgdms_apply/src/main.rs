@@ -142,11 +142,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("pgdms-apply: error: {e:#}");
+            if json_logs {
+                tracing::error!(error = %format!("{e:#}"), "pgdms-apply failed");
+            } else {
+                eprintln!("pgdms-apply: error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

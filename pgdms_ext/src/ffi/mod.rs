@@ -155,11 +155,14 @@ impl ChangeMemory<'_> {
 
 impl Drop for ChangeMemory<'_> {
     fn drop(&mut self) {
-        // SAFETY: restores the caller's context, then frees what the change allocated.
+        // SAFETY: restores the caller's context, then frees what the change allocated (most
+        // changes of fixed-size and short values allocate nothing: skip the call then).
         // Runs on unwinding too, before pgrx re-raises the error.
         unsafe {
             pg_sys::CurrentMemoryContext = self.previous;
-            pg_sys::MemoryContextReset(self.context);
+            if !(*self.context).isReset {
+                pg_sys::MemoryContextReset(self.context);
+            }
         }
     }
 }

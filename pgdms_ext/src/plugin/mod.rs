@@ -36,31 +36,23 @@ pub enum Change {
 pub struct Session {
     options: Options,
     encoding: ServerEncoding,
+    relations: RelationCache,
+    writer: Writer,
+    scratch: DeformScratch,
+}
+
+/// Writes records in the order the stream promises: the startup record first, a
+/// transaction's BEGIN before its first change (and not at all if it has none).
+struct Writer {
     startup_sent: bool,
     /// BEGIN of the current transaction, until its first change writes it.
     pending_begin: Option<Begin>,
     begin_sent: bool,
-    relations: RelationCache,
     /// Reused encoding buffer.
     buf: Vec<u8>,
-    scratch: DeformScratch,
 }
 
-impl Session {
-    /// `mcxt`: the decoding context's memory, which outlives the session.
-    pub fn new(options: Options, mcxt: pg_sys::MemoryContext) -> Session {
-        Session {
-            options,
-            encoding: ServerEncoding::current(),
-            startup_sent: false,
-            pending_begin: None,
-            begin_sent: false,
-            relations: RelationCache::new(mcxt),
-            buf: Vec::with_capacity(8192),
-            scratch: DeformScratch::default(),
-        }
-    }
-
+impl Writer {
     fn emit(&mut self, out: &Output, record: &Record<'_>) {
         self.buf.clear();
         record.encode_into(&mut self.buf);
@@ -103,25 +95,6 @@ impl Session {
         }
     }
 
-    pub fn on_begin(&mut self, begin: Begin) {
-        self.pending_begin = Some(begin);
-        self.begin_sent = false;
-    }
-
-    pub fn on_commit(&mut self, out: &Output, commit: Commit) {
-        let sent = self.begin_sent;
-        out.update_progress(!sent);
-        self.pending_begin = None;
-        self.begin_sent = false;
-        if sent {
-            self.emit(out, &Record::Commit(commit));
-        }
-    }
-
-    pub fn filter_origin(&self, has_origin: bool) -> bool {
-        has_origin && self.options.origin == OriginFilter::None
-    }
-
     /// Writes the relation record of `entry` if this session has not seen its current form.
     fn ensure_relation(out: &Output, entry: &mut CachedRelation) {
         if !entry.sent {
@@ -129,15 +102,48 @@ impl Session {
             out.write(&entry.record, false);
         }
     }
+}
+
+impl Session {
+    /// `mcxt`: the decoding context's memory, which outlives the session.
+    pub fn new(options: Options, mcxt: pg_sys::MemoryContext) -> Session {
+        Session {
+            options,
+            encoding: ServerEncoding::current(),
+            relations: RelationCache::new(mcxt),
+            writer: Writer {
+                startup_sent: false,
+                pending_begin: None,
+                begin_sent: false,
+                buf: Vec::with_capacity(8192),
+            },
+            scratch: DeformScratch::default(),
+        }
+    }
+
+    pub fn on_begin(&mut self, begin: Begin) {
+        self.writer.pending_begin = Some(begin);
+        self.writer.begin_sent = false;
+    }
+
+    pub fn on_commit(&mut self, out: &Output, commit: Commit) {
+        let sent = self.writer.begin_sent;
+        out.update_progress(!sent);
+        self.writer.pending_begin = None;
+        self.writer.begin_sent = false;
+        if sent {
+            self.writer.emit(out, &Record::Commit(commit));
+        }
+    }
+
+    pub fn filter_origin(&self, has_origin: bool) -> bool {
+        has_origin && self.options.origin == OriginFilter::None
+    }
 
     pub fn on_change(&mut self, out: &Output, rel: RelationHandle, change: Change) {
-        if self.relations.get(rel).is_none() {
-            return;
-        }
-        self.ensure_begin(out);
         let Session {
             relations,
-            buf,
+            writer,
             scratch,
             encoding,
             ..
@@ -145,7 +151,8 @@ impl Session {
         let Some(entry) = relations.get(rel) else {
             return;
         };
-        Self::ensure_relation(out, entry);
+        writer.ensure_begin(out);
+        Writer::ensure_relation(out, entry);
         let desc = &entry.desc;
         let encoding = *encoding;
         let mut values_of = |t, key_only| image(desc, t, key_only, scratch, encoding);
@@ -169,9 +176,7 @@ impl Session {
                 old: old.as_ref().map(|o| old_image(values_of(o, !full), full)),
             }),
         };
-        buf.clear();
-        record.encode_into(buf);
-        out.write(buf, true);
+        writer.emit(out, &record);
     }
 
     pub fn on_truncate(
@@ -184,26 +189,23 @@ impl Session {
         let mut relations = Vec::with_capacity(rels.len());
         for rel in rels {
             if let Some(entry) = self.relations.get(*rel) {
+                if relations.is_empty() {
+                    self.writer.ensure_begin(out);
+                }
+                Writer::ensure_relation(out, entry);
                 relations.push(entry.desc.oid);
             }
         }
-        if relations.is_empty() {
-            return;
+        if !relations.is_empty() {
+            self.writer.emit(
+                out,
+                &Record::Truncate(Truncate {
+                    relations,
+                    restart_identity,
+                    cascade,
+                }),
+            );
         }
-        self.ensure_begin(out);
-        for rel in rels {
-            if let Some(entry) = self.relations.get(*rel) {
-                Self::ensure_relation(out, entry);
-            }
-        }
-        self.emit(
-            out,
-            &Record::Truncate(Truncate {
-                relations,
-                restart_identity,
-                cascade,
-            }),
-        );
     }
 
     pub fn on_message(
@@ -215,11 +217,11 @@ impl Session {
         content: &[u8],
     ) {
         if transactional {
-            self.ensure_begin(out);
+            self.writer.ensure_begin(out);
         } else {
-            self.ensure_startup(out);
+            self.writer.ensure_startup(out);
         }
-        self.emit(
+        self.writer.emit(
             out,
             &Record::Message(Message {
                 transactional,

@@ -10,7 +10,7 @@ use crate::ffi::catalog::{RelationDesc, RelationHandle};
 use crate::ffi::take_invalidations;
 use pgdms_proto::{Column, Record, Relation, RelationRef};
 use pgrx::pg_sys;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 pub struct CachedRelation {
     pub desc: RelationDesc,
@@ -28,14 +28,14 @@ struct Slot {
 
 pub struct RelationCache {
     mcxt: pg_sys::MemoryContext,
-    slots: HashMap<u32, Slot>,
+    slots: FxHashMap<u32, Slot>,
 }
 
 impl RelationCache {
     pub fn new(mcxt: pg_sys::MemoryContext) -> Self {
         RelationCache {
             mcxt,
-            slots: HashMap::new(),
+            slots: FxHashMap::default(),
         }
     }
 
