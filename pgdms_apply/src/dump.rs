@@ -32,29 +32,18 @@ fn lsn(l: u64) -> String {
 }
 
 fn timestamp(t: i64) -> Json {
-    Value::TimestampTz(t)
-        .to_pg_text()
-        .map(|s| Json::String(s.into_owned()))
-        .unwrap_or(Json::Null)
+    Value::TimestampTz(t).to_pg_text().map(|s| Json::String(s.into_owned())).unwrap_or(Json::Null)
 }
 
 pub fn value_json(v: &Value<'_>) -> Json {
     match v {
         Value::UnchangedToast => json!({ "unchanged_toast": true }),
-        v => v
-            .to_pg_text()
-            .map(|s| Json::String(s.into_owned()))
-            .unwrap_or(Json::Null),
+        v => v.to_pg_text().map(|s| Json::String(s.into_owned())).unwrap_or(Json::Null),
     }
 }
 
 fn row<'a>(names: impl Iterator<Item = &'a String>, values: &[Value<'_>]) -> Json {
-    Json::Object(
-        names
-            .zip(values)
-            .map(|(n, v)| (n.clone(), value_json(v)))
-            .collect::<Map<_, _>>(),
-    )
+    Json::Object(names.zip(values).map(|(n, v)| (n.clone(), value_json(v))).collect::<Map<_, _>>())
 }
 
 fn relation_json(r: &Relation<'_>) -> Json {
@@ -81,9 +70,7 @@ fn relation_json(r: &Relation<'_>) -> Json {
             });
             match c.dms_type {
                 pgdms_proto::DmsType::Timestamp { utc: true } => col["dms_utc"] = json!(true),
-                pgdms_proto::DmsType::Time { with_offset: true } => {
-                    col["dms_with_offset"] = json!(true)
-                }
+                pgdms_proto::DmsType::Time { with_offset: true } => col["dms_with_offset"] = json!(true),
                 _ => {}
             }
             col
@@ -103,9 +90,9 @@ fn relation_json(r: &Relation<'_>) -> Json {
 
 impl JsonRenderer {
     fn table(&self, oid: u32) -> anyhow::Result<&TableInfo> {
-        self.tables
-            .get(&oid)
-            .with_context(|| format!("a change names relation {oid} before any relation record described it; is this a pgdms stream?"))
+        self.tables.get(&oid).with_context(|| {
+            format!("a change names relation {oid} before any relation record described it; is this a pgdms stream?")
+        })
     }
 
     fn old_json(&self, t: &TableInfo, old: &Option<OldImage<'_>>) -> (Json, Json) {
@@ -147,12 +134,7 @@ impl JsonRenderer {
                         schema: r.schema.to_string(),
                         name: r.name.to_string(),
                         columns: r.columns.iter().map(|c| c.name.to_string()).collect(),
-                        key_columns: r
-                            .columns
-                            .iter()
-                            .filter(|c| c.key)
-                            .map(|c| c.name.to_string())
-                            .collect(),
+                        key_columns: r.columns.iter().filter(|c| c.key).map(|c| c.name.to_string()).collect(),
                     },
                 );
                 relation_json(r)
@@ -184,10 +166,7 @@ impl JsonRenderer {
                 let tables = tr
                     .relations
                     .iter()
-                    .map(|oid| {
-                        self.table(*oid)
-                            .map(|t| json!({"schema": t.schema, "table": t.name}))
-                    })
+                    .map(|oid| self.table(*oid).map(|t| json!({"schema": t.schema, "table": t.name})))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 json!({"type": "truncate", "lsn": wal_start.to_string(), "xid": self.xid, "tables": tables, "restart_identity": tr.restart_identity, "cascade": tr.cascade})
             }
@@ -262,9 +241,7 @@ pub async fn run(
         };
         let Some(msg) = msg else { break };
         match msg {
-            StreamMessage::XLogData {
-                wal_start, data, ..
-            } => {
+            StreamMessage::XLogData { wal_start, data, .. } => {
                 let record = Record::decode(&data).with_context(|| format!("at {wal_start}"))?;
                 if !in_txn && reached(wal_start) && !matches!(record, Record::Commit(_)) {
                     break;
@@ -288,10 +265,7 @@ pub async fn run(
                     }
                 }
             }
-            StreamMessage::Keepalive {
-                wal_end,
-                reply_requested,
-            } => {
+            StreamMessage::Keepalive { wal_end, reply_requested } => {
                 if !in_txn {
                     // Nothing in flight: all WAL up to here is accounted for.
                     flushed = flushed.max(wal_end);
@@ -312,9 +286,7 @@ pub async fn run(
     }
     out.flush().context("could not write to stdout")?;
     if in_txn {
-        tracing::warn!(
-            "stopped inside a transaction; it will be sent again from its start next time"
-        );
+        tracing::warn!("stopped inside a transaction; it will be sent again from its start next time");
     }
     stream.send_status(flushed, flushed, flushed, false).await?;
     stream.finish().await?;

@@ -167,13 +167,8 @@ pub fn dms_type_of(t: &PgTypeInfo<'_>) -> (DmsType, bool) {
         NUMERIC => listed(numeric(t.typmod)),
         FLOAT4 => listed(DmsType::Real4),
         FLOAT8 => listed(DmsType::Real8),
-        MONEY => listed(DmsType::Numeric {
-            precision: 38,
-            scale: 4,
-        }),
-        BPCHAR | VARCHAR if t.typmod >= VARHDRSZ => listed(DmsType::WString {
-            length: (t.typmod - VARHDRSZ) as u32,
-        }),
+        MONEY => listed(DmsType::Numeric { precision: 38, scale: 4 }),
+        BPCHAR | VARCHAR if t.typmod >= VARHDRSZ => listed(DmsType::WString { length: (t.typmod - VARHDRSZ) as u32 }),
         BPCHAR | VARCHAR | TEXT => listed(DmsType::Nclob),
         BYTEA => listed(DmsType::Blob),
         TIMESTAMP => listed(DmsType::Timestamp { utc: false }),
@@ -212,10 +207,7 @@ fn numeric(typmod: i32) -> DmsType {
     // The scale is an 11-bit two's complement field (PostgreSQL 15 allows negative scales).
     let scale = (((m & 0x7ff) ^ 1024) - 1024) as i16;
     if (1..=38).contains(&precision) {
-        DmsType::Numeric {
-            precision: precision as u8,
-            scale,
-        }
+        DmsType::Numeric { precision: precision as u8, scale }
     } else {
         DmsType::String { length: None }
     }
@@ -226,13 +218,7 @@ mod tests {
     use super::*;
 
     fn map(oid: u32, typmod: i32) -> (DmsType, bool) {
-        dms_type_of(&PgTypeInfo {
-            oid,
-            typmod,
-            typtype: b'b',
-            is_array: false,
-            name: "",
-        })
+        dms_type_of(&PgTypeInfo { oid, typmod, typtype: b'b', is_array: false, name: "" })
     }
 
     #[test]
@@ -288,36 +274,16 @@ mod tests {
         }
         assert_eq!(map(TIMESTAMPTZ, -1).0, DmsType::Timestamp { utc: true });
         assert_eq!(map(TIMETZ, -1).0, DmsType::Time { with_offset: true });
-        assert_eq!(
-            map(NUMERIC, ((5 << 16) | (-2i32 & 0x7ff)) + 4).0,
-            DmsType::Numeric {
-                precision: 5,
-                scale: -2
-            }
-        );
+        assert_eq!(map(NUMERIC, ((5 << 16) | (-2i32 & 0x7ff)) + 4).0, DmsType::Numeric { precision: 5, scale: -2 });
     }
 
     #[test]
     fn non_builtin_types() {
-        let t = |typtype, is_array, name| {
-            dms_type_of(&PgTypeInfo {
-                oid: 50_000,
-                typmod: -1,
-                typtype,
-                is_array,
-                name,
-            })
-        };
-        assert_eq!(
-            t(b'e', false, "mood"),
-            (DmsType::String { length: Some(64) }, false)
-        );
+        let t = |typtype, is_array, name| dms_type_of(&PgTypeInfo { oid: 50_000, typmod: -1, typtype, is_array, name });
+        assert_eq!(t(b'e', false, "mood"), (DmsType::String { length: Some(64) }, false));
         assert_eq!(t(b'c', false, "pair"), (DmsType::Nclob, false));
         assert_eq!(t(b'b', true, "_mood"), (DmsType::Nclob, false));
-        assert_eq!(
-            t(b'r', false, "floatrange"),
-            (DmsType::String { length: Some(255) }, false)
-        );
+        assert_eq!(t(b'r', false, "floatrange"), (DmsType::String { length: Some(255) }, false));
         assert_eq!(t(b'b', false, "hstore"), (DmsType::Nclob, false));
         assert_eq!(t(b'd', false, "posint"), (DmsType::Nclob, true));
         assert_eq!(t(b'b', false, "citext"), (DmsType::Nclob, true));

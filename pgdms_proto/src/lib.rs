@@ -337,9 +337,7 @@ impl<'a> Record<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let (record, rest) = Self::decode_prefix(bytes)?;
         if !rest.is_empty() {
-            return Err(DecodeError::Trailing {
-                trailing: rest.len(),
-            });
+            return Err(DecodeError::Trailing { trailing: rest.len() });
         }
         Ok(record)
     }
@@ -348,10 +346,7 @@ impl<'a> Record<'a> {
     /// self-delimiting, which lets a consumer split a file of concatenated messages (such as
     /// `pg_recvlogical -f` writes, with a newline after each).
     pub fn decode_prefix(bytes: &'a [u8]) -> Result<(Self, &'a [u8]), DecodeError> {
-        postcard::take_from_bytes(bytes).map_err(|source| DecodeError::Malformed {
-            len: bytes.len(),
-            source,
-        })
+        postcard::take_from_bytes(bytes).map_err(|source| DecodeError::Malformed { len: bytes.len(), source })
     }
 
     /// Appends the encoding of this record to `out`.
@@ -375,12 +370,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_are_self_delimiting() {
         let records = vec![
-            Record::Begin(Begin {
-                xid: 7,
-                begin_lsn: 1,
-                commit_lsn: 2,
-                commit_time: -5,
-            }),
+            Record::Begin(Begin { xid: 7, begin_lsn: 1, commit_lsn: 2, commit_time: -5 }),
             Record::Insert(Insert {
                 relation: 16384,
                 new: vec![
@@ -390,18 +380,10 @@ mod tests {
                     Value::Null,
                     Value::UnchangedToast,
                     Value::Float8(f64::NEG_INFINITY),
-                    Value::TimeTz {
-                        micros: 1,
-                        offset_secs: -3600,
-                    },
+                    Value::TimeTz { micros: 1, offset_secs: -3600 },
                 ],
             }),
-            Record::Message(Message {
-                transactional: false,
-                lsn: 9,
-                prefix: "p",
-                content: b"\n\0",
-            }),
+            Record::Message(Message { transactional: false, lsn: 9, prefix: "p", content: b"\n\0" }),
             Record::StreamStop,
         ];
         let mut stream = Vec::new();
@@ -425,9 +407,6 @@ mod tests {
         assert!(Record::decode(&[]).is_err());
         let mut ok = Record::StreamStop.encode();
         ok.push(1);
-        assert!(matches!(
-            Record::decode(&ok),
-            Err(DecodeError::Trailing { trailing: 1 })
-        ));
+        assert!(matches!(Record::decode(&ok), Err(DecodeError::Trailing { trailing: 1 })));
     }
 }

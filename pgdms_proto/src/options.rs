@@ -20,10 +20,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            proto_version: PROTO_VERSION,
-            origin: OriginFilter::Any,
-        }
+        Options { proto_version: PROTO_VERSION, origin: OriginFilter::Any }
     }
 }
 
@@ -43,28 +40,19 @@ impl Options {
             OriginFilter::Any => "any",
             OriginFilter::None => "none",
         };
-        vec![
-            ("proto_version", self.proto_version.to_string()),
-            ("origin", origin.to_string()),
-        ]
+        vec![("proto_version", self.proto_version.to_string()), ("origin", origin.to_string())]
     }
 
     /// Parses `(name, value)` pairs; a name given without a value has `None`.
-    pub fn parse<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-    ) -> Result<Options, OptionError> {
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Result<Options, OptionError> {
         let mut options = Options::default();
         for (name, value) in pairs {
             match name {
                 "proto_version" => {
                     let v = required(name, value)?;
                     let version: u32 = v.trim().parse().map_err(|_| OptionError {
-                        message: format!(
-                            "invalid value \"{v}\" for pgdms option \"proto_version\""
-                        ),
-                        hint: format!(
-                            "proto_version is a whole number; this plugin speaks {PROTO_VERSION}."
-                        ),
+                        message: format!("invalid value \"{v}\" for pgdms option \"proto_version\""),
+                        hint: format!("proto_version is a whole number; this plugin speaks {PROTO_VERSION}."),
                     })?;
                     if version != PROTO_VERSION {
                         return Err(OptionError {
@@ -131,10 +119,7 @@ mod tests {
         let e = Options::parse([("proto_version", Some("99"))]).unwrap_err();
         assert!(e.message.contains("proto_version 99 is not supported"));
         assert!(Options::parse([("proto_version", Some("x"))]).is_err());
-        assert!(Options::parse([("origin", None)])
-            .unwrap_err()
-            .message
-            .contains("needs a value"));
+        assert!(Options::parse([("origin", None)]).unwrap_err().message.contains("needs a value"));
         assert!(Options::parse([("origin", Some("some"))]).is_err());
     }
 }

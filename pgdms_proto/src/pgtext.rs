@@ -20,20 +20,12 @@ impl Value<'_> {
             Value::Int2(v) => owned(v.to_string()),
             Value::Int4(v) => owned(v.to_string()),
             Value::Int8(v) => owned(v.to_string()),
-            Value::Float4(v) => owned(float_text(
-                v.is_nan(),
-                v.is_infinite(),
-                v.is_sign_negative(),
-                format!("{v:e}"),
-                6,
-            )),
-            Value::Float8(v) => owned(float_text(
-                v.is_nan(),
-                v.is_infinite(),
-                v.is_sign_negative(),
-                format!("{v:e}"),
-                15,
-            )),
+            Value::Float4(v) => {
+                owned(float_text(v.is_nan(), v.is_infinite(), v.is_sign_negative(), format!("{v:e}"), 6))
+            }
+            Value::Float8(v) => {
+                owned(float_text(v.is_nan(), v.is_infinite(), v.is_sign_negative(), format!("{v:e}"), 15))
+            }
             Value::Bytes(b) => {
                 let mut s = String::with_capacity(2 + 2 * b.len());
                 s.push_str("\\x");
@@ -44,10 +36,7 @@ impl Value<'_> {
             }
             Value::Date(d) => owned(date_text(d)),
             Value::Time(t) => owned(time_text(t)),
-            Value::TimeTz {
-                micros,
-                offset_secs,
-            } => {
+            Value::TimeTz { micros, offset_secs } => {
                 let mut s = time_text(micros);
                 push_offset(&mut s, offset_secs);
                 owned(s)
@@ -76,11 +65,7 @@ fn float_text(nan: bool, inf: bool, negative: bool, sci: String, fixed_below: i3
         return "NaN".into();
     }
     if inf {
-        return if negative {
-            "-Infinity".into()
-        } else {
-            "Infinity".into()
-        };
+        return if negative { "-Infinity".into() } else { "Infinity".into() };
     }
     let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
     let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
@@ -153,13 +138,7 @@ fn date_text(d: i32) -> String {
 fn push_time(s: &mut String, micros: i64) {
     let secs = micros / 1_000_000;
     let frac = micros % 1_000_000;
-    let _ = write!(
-        s,
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    let _ = write!(s, "{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
     if frac != 0 {
         let f = format!("{frac:06}");
         s.push('.');
@@ -252,31 +231,13 @@ mod tests {
         assert_eq!(text(Value::Time(0)), "00:00:00");
         assert_eq!(text(Value::Time(USECS_PER_DAY)), "24:00:00");
         assert_eq!(text(Value::Time(3_723_500_000)), "01:02:03.5");
-        assert_eq!(
-            text(Value::TimeTz {
-                micros: 1,
-                offset_secs: 19_800
-            }),
-            "00:00:00.000001+05:30"
-        );
-        assert_eq!(
-            text(Value::TimeTz {
-                micros: 0,
-                offset_secs: -3600
-            }),
-            "00:00:00-01"
-        );
+        assert_eq!(text(Value::TimeTz { micros: 1, offset_secs: 19_800 }), "00:00:00.000001+05:30");
+        assert_eq!(text(Value::TimeTz { micros: 0, offset_secs: -3600 }), "00:00:00-01");
         assert_eq!(text(Value::Timestamp(0)), "2000-01-01 00:00:00");
         assert_eq!(text(Value::Timestamp(-1)), "1999-12-31 23:59:59.999999");
-        assert_eq!(
-            text(Value::TimestampTz(86_400_000_000 + 120_000)),
-            "2000-01-02 00:00:00.12+00"
-        );
+        assert_eq!(text(Value::TimestampTz(86_400_000_000 + 120_000)), "2000-01-02 00:00:00.12+00");
         assert_eq!(text(Value::TimestampTz(i64::MIN)), "-infinity");
-        assert_eq!(
-            text(Value::Timestamp((-730_119 - 366) * USECS_PER_DAY)),
-            "0001-01-01 00:00:00 BC"
-        );
+        assert_eq!(text(Value::Timestamp((-730_119 - 366) * USECS_PER_DAY)), "0001-01-01 00:00:00 BC");
     }
 
     #[test]
@@ -285,8 +246,7 @@ mod tests {
         assert_eq!(text(Value::Bool(true)), "t");
         assert_eq!(
             text(Value::Uuid([
-                0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38,
-                0x0a, 0x11
+                0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a, 0x11
             ])),
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
         );

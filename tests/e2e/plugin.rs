@@ -90,10 +90,7 @@ const ROWS: &[&str] = &[
 ];
 
 fn setup_matrix(db: &Cluster) {
-    let columns: Vec<String> = MATRIX
-        .iter()
-        .map(|(c, t, _, _)| format!("{c} {t}"))
-        .collect();
+    let columns: Vec<String> = MATRIX.iter().map(|(c, t, _, _)| format!("{c} {t}")).collect();
     db.execute(&format!(
         "create extension hstore;
          create type mood as enum ('sad', 'ok', 'happy');
@@ -107,18 +104,10 @@ fn setup_matrix(db: &Cluster) {
 /// Each column as its type's output function writes it (the simple-query protocol returns
 /// exactly that), with money as its numeric value.
 fn source_text(db: &Cluster) -> Vec<Vec<Option<String>>> {
-    let exprs: Vec<String> = MATRIX
-        .iter()
-        .map(|(c, _, _, cast)| format!("{c}{cast}"))
-        .collect();
+    let exprs: Vec<String> = MATRIX.iter().map(|(c, _, _, cast)| format!("{c}{cast}")).collect();
     let mut client = db.connect("postgres");
-    client
-        .batch_execute("set timezone = 'UTC'; set extra_float_digits = 1")
-        .unwrap();
-    pgdms_tests::query_text(
-        &mut client,
-        &format!("select {} from matrix order by id", exprs.join(", ")),
-    )
+    client.batch_execute("set timezone = 'UTC'; set extra_float_digits = 1").unwrap();
+    pgdms_tests::query_text(&mut client, &format!("select {} from matrix order by id", exprs.join(", ")))
 }
 
 fn text(v: &Json) -> Option<String> {
@@ -139,40 +128,28 @@ fn every_type_of_the_reference_table_decodes_to_the_sources_own_text() {
         for row in ROWS {
             db.execute(&format!("insert into matrix values ({row})"));
         }
-        db.execute(&format!("insert into matrix (id, c_numfree, c_serial, c_smallserial, c_bigserial) values (4, '{big}', 0, 0, 0)"));
+        db.execute(&format!(
+            "insert into matrix (id, c_numfree, c_serial, c_smallserial, c_bigserial) values (4, '{big}', 0, 0, 0)"
+        ));
     });
 
     // The relation record maps every column to the DMS type of the reference table.
     let relation = of_type(&records, "relation");
-    assert_eq!(
-        relation.len(),
-        1,
-        "one relation record for one table: {relation:?}"
-    );
+    assert_eq!(relation.len(), 1, "one relation record for one table: {relation:?}");
     let columns = relation[0]["columns"].as_array().unwrap();
     for (name, ty, dms, _) in MATRIX {
-        let col = columns
-            .iter()
-            .find(|c| c["name"] == *name)
-            .unwrap_or_else(|| panic!("{name} missing"));
+        let col = columns.iter().find(|c| c["name"] == *name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(col["dms_type"], *dms, "DMS type of {name} {ty}");
     }
     let col = |n: &str| columns.iter().find(|c| c["name"] == n).unwrap().clone();
     assert_eq!(col("c_tstz")["dms_utc"], true);
     assert_eq!(col("c_timetz")["dms_with_offset"], true);
-    assert_eq!(
-        col("c_domain")["dms_fallback"],
-        true,
-        "a domain falls back to NCLOB text"
-    );
+    assert_eq!(col("c_domain")["dms_fallback"], true, "a domain falls back to NCLOB text");
     assert_eq!(col("c_text")["dms_fallback"], false);
     assert_eq!(col("id")["primary_key"], true);
     assert_eq!(col("id")["key"], true);
     assert_eq!(col("id")["not_null"], true);
-    assert_eq!(
-        col("c_serial")["default"],
-        "nextval('matrix_c_serial_seq'::regclass)"
-    );
+    assert_eq!(col("c_serial")["default"], "nextval('matrix_c_serial_seq'::regclass)");
     assert_eq!(col("c_varchar")["type_sql"], "character varying(20)");
     assert_eq!(col("c_enum")["type"], "public.mood");
 
@@ -196,16 +173,9 @@ fn pg_recvlogical_decodes_with_the_plugin() {
     let recvlogical = pgdms_tests::pg_bindir().join("pg_recvlogical");
     let conn = db.conninfo("postgres");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(&recvlogical)
-            .args(["-d", &conn, "--slot", "rl"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_recvlogical {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            std::process::Command::new(&recvlogical).args(["-d", &conn, "--slot", "rl"]).args(args).output().unwrap();
+        assert!(out.status.success(), "pg_recvlogical {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     run(&["--create-slot", "-P", "pgdms"]);
     db.execute("insert into t values (1, 'one'), (2, 'two')");
@@ -213,18 +183,7 @@ fn pg_recvlogical_decodes_with_the_plugin() {
     let endpos = db.current_lsn();
     let file = tempfile::NamedTempFile::new().unwrap();
     let path = file.path().to_str().unwrap();
-    run(&[
-        "--start",
-        "--no-loop",
-        "-o",
-        "proto_version=1",
-        "-o",
-        "origin=any",
-        "--endpos",
-        &endpos,
-        "-f",
-        path,
-    ]);
+    run(&["--start", "--no-loop", "-o", "proto_version=1", "-o", "origin=any", "--endpos", &endpos, "-f", path]);
 
     // pg_recvlogical writes each message followed by a newline; records delimit themselves.
     let bytes = std::fs::read(path).unwrap();
@@ -236,30 +195,20 @@ fn pg_recvlogical_decodes_with_the_plugin() {
         if let pgdms_proto::Record::Insert(i) = &record {
             inserted.push(i.new[1].to_pg_text().unwrap().into_owned());
         }
-        kinds.push(
-            format!("{record:?}")
-                .split(['(', ' '])
-                .next()
-                .unwrap()
-                .to_string(),
-        );
+        kinds.push(format!("{record:?}").split(['(', ' ']).next().unwrap().to_string());
         assert_eq!(tail.first(), Some(&b'\n'));
         rest = &tail[1..];
     }
-    assert_eq!(
-        kinds,
-        [
-            "Startup", "Begin", "Relation", "Insert", "Insert", "Commit", "Begin", "Delete",
-            "Commit"
-        ]
-    );
+    assert_eq!(kinds, ["Startup", "Begin", "Relation", "Insert", "Insert", "Commit", "Begin", "Delete", "Commit"]);
     assert_eq!(inserted, ["one", "two"]);
 }
 
 #[test]
 fn a_10mb_value_arrives_whole_and_untouched_it_arrives_as_unchanged() {
     let db = Cluster::start();
-    db.execute("create table big (id int primary key, n int, doc text); alter table big alter column doc set storage external");
+    db.execute(
+        "create table big (id int primary key, n int, doc text); alter table big alter column doc set storage external",
+    );
     let records = db.dump_new_slot(|db| {
         db.execute("insert into big select 1, 0, string_agg(md5(i::text), '') from generate_series(1, 327680) i");
         db.execute("update big set n = 1");
@@ -269,26 +218,16 @@ fn a_10mb_value_arrives_whole_and_untouched_it_arrives_as_unchanged() {
     let want = db.value("select string_agg(md5(i::text), '') from generate_series(1, 327680) i");
     assert_eq!(want.len(), 10 * 1024 * 1024);
     let inserts = of_type(&records, "insert");
-    assert_eq!(
-        inserts[0]["new"]["doc"].as_str().unwrap(),
-        want,
-        "the inserted 10 MB value"
-    );
+    assert_eq!(inserts[0]["new"]["doc"].as_str().unwrap(), want, "the inserted 10 MB value");
     let updates = of_type(&records, "update");
-    assert_eq!(
-        updates[0]["new"]["doc"],
-        serde_json::json!({"unchanged_toast": true})
-    );
+    assert_eq!(updates[0]["new"]["doc"], serde_json::json!({"unchanged_toast": true}));
     assert_eq!(updates[0]["new"]["n"], "1");
     assert_eq!(
         updates[1]["new"]["doc"].as_str().unwrap().len(),
         want.len() + 1,
         "a changed TOASTed value is sent whole"
     );
-    assert_eq!(
-        of_type(&records, "delete")[0]["old"],
-        serde_json::json!({"id": "1"})
-    );
+    assert_eq!(of_type(&records, "delete")[0]["old"], serde_json::json!({"id": "1"}));
 }
 
 #[test]
@@ -318,13 +257,8 @@ fn old_images_follow_the_replica_identity() {
             .map(|r| (r["old"].clone(), r["old_kind"].clone()))
             .collect()
     };
-    let relation = |table: &str| {
-        records
-            .iter()
-            .find(|r| r["type"] == "relation" && r["name"] == table)
-            .unwrap()
-            .clone()
-    };
+    let relation =
+        |table: &str| records.iter().find(|r| r["type"] == "relation" && r["name"] == table).unwrap().clone();
     use serde_json::json;
     let none = (Json::Null, Json::Null);
 
@@ -334,39 +268,19 @@ fn old_images_follow_the_replica_identity() {
         [none.clone(), (json!({"id": "1"}), json!("key"))],
         "old key only when the key changed"
     );
-    assert_eq!(
-        changes("r_default", "delete"),
-        [(json!({"id": "2"}), json!("key"))]
-    );
+    assert_eq!(changes("r_default", "delete"), [(json!({"id": "2"}), json!("key"))]);
 
     assert_eq!(relation("r_full")["replica_identity"], "full");
-    assert_eq!(
-        changes("r_full", "update"),
-        [(json!({"id": "1", "v": "a"}), json!("full"))]
-    );
-    assert_eq!(
-        changes("r_full", "delete"),
-        [(json!({"id": "1", "v": "b"}), json!("full"))]
-    );
+    assert_eq!(changes("r_full", "update"), [(json!({"id": "1", "v": "a"}), json!("full"))]);
+    assert_eq!(changes("r_full", "delete"), [(json!({"id": "1", "v": "b"}), json!("full"))]);
 
     let idx = relation("r_index");
     assert_eq!(idx["replica_identity"], "index");
-    let keys: Vec<_> = idx["columns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["key"] == true)
-        .map(|c| c["name"].clone())
-        .collect();
+    let keys: Vec<_> =
+        idx["columns"].as_array().unwrap().iter().filter(|c| c["key"] == true).map(|c| c["name"].clone()).collect();
     assert_eq!(keys, [json!("a"), json!("b")]);
-    assert_eq!(
-        changes("r_index", "update"),
-        [none.clone(), (json!({"a": "1", "b": "1"}), json!("key"))]
-    );
-    assert_eq!(
-        changes("r_index", "delete"),
-        [(json!({"a": "1", "b": "2"}), json!("key"))]
-    );
+    assert_eq!(changes("r_index", "update"), [none.clone(), (json!({"a": "1", "b": "1"}), json!("key"))]);
+    assert_eq!(changes("r_index", "delete"), [(json!({"a": "1", "b": "2"}), json!("key"))]);
 
     // Without an identity the change is still sent, without an old image: the consumer can
     // report it instead of silently missing it.
@@ -375,11 +289,7 @@ fn old_images_follow_the_replica_identity() {
     assert_eq!(changes("r_nothing", "delete"), [none.clone()]);
     assert_eq!(changes("r_nokey", "update"), [none.clone()]);
     assert_eq!(changes("r_nokey", "delete"), [none]);
-    assert!(relation("r_nokey")["columns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|c| c["key"] == false));
+    assert!(relation("r_nokey")["columns"].as_array().unwrap().iter().all(|c| c["key"] == false));
 }
 
 #[test]
@@ -395,7 +305,9 @@ fn names_keep_their_case_spaces_quotes_and_unicode() {
     ];
     db.execute(r#"create schema "Sch Ema""#);
     for (i, t) in tables.iter().enumerate() {
-        db.execute(&format!(r#"create table {t} ("Id" int primary key, "a ""b"" ü" text); insert into {t} values (0, 'before')"#));
+        db.execute(&format!(
+            r#"create table {t} ("Id" int primary key, "a ""b"" ü" text); insert into {t} values (0, 'before')"#
+        ));
         let _ = i;
     }
     let records = db.dump_new_slot(|db| {
@@ -408,12 +320,7 @@ fn names_keep_their_case_spaces_quotes_and_unicode() {
     });
     let names: Vec<(String, String)> = of_type(&records, "relation")
         .iter()
-        .map(|r| {
-            (
-                r["schema"].as_str().unwrap().to_string(),
-                r["name"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|r| (r["schema"].as_str().unwrap().to_string(), r["name"].as_str().unwrap().to_string()))
         .collect();
     let expected: Vec<(String, String)> = [
         ("Sch Ema", "MyTable"),
@@ -427,15 +334,8 @@ fn names_keep_their_case_spaces_quotes_and_unicode() {
     .map(|(s, n)| (s.to_string(), n.to_string()))
     .collect();
     assert_eq!(names, expected);
-    let oids: std::collections::HashSet<_> = of_type(&records, "relation")
-        .iter()
-        .map(|r| r["oid"].clone())
-        .collect();
-    assert_eq!(
-        oids.len(),
-        6,
-        "tables differing only by case are distinct relations"
-    );
+    let oids: std::collections::HashSet<_> = of_type(&records, "relation").iter().map(|r| r["oid"].clone()).collect();
+    assert_eq!(oids.len(), 6, "tables differing only by case are distinct relations");
     for (i, insert) in of_type(&records, "insert").iter().enumerate() {
         assert_eq!(insert["schema"], expected[i].0.as_str());
         assert_eq!(insert["table"], expected[i].1.as_str());
@@ -446,9 +346,7 @@ fn names_keep_their_case_spaces_quotes_and_unicode() {
 
 #[test]
 fn bad_input_gets_a_clear_error_and_the_server_keeps_running() {
-    let db = Cluster::builder()
-        .setting("output_plugin_libraries", "'pgoutput, test_decoding'")
-        .start();
+    let db = Cluster::builder().setting("output_plugin_libraries", "'pgoutput, test_decoding'").start();
     let started = db.postmaster_start_time();
     // A superuser may allow the plugin for its own session, to create the slot.
     db.execute("set output_plugin_libraries = 'pgdms'; select pg_create_logical_replication_slot('s', 'pgdms')");
@@ -459,96 +357,44 @@ fn bad_input_gets_a_clear_error_and_the_server_keeps_running() {
         .unwrap_err();
     let e = err.as_db_error().expect("a server error");
     assert_eq!(e.message(), "unknown pgdms option \"colour\"");
-    assert_eq!(
-        e.hint(),
-        Some("The pgdms output plugin accepts: proto_version, origin.")
-    );
+    assert_eq!(e.hint(), Some("The pgdms output plugin accepts: proto_version, origin."));
 
     let err = db
         .connect("postgres")
         .batch_execute("set output_plugin_libraries = 'pgdms'; select * from pg_logical_slot_peek_binary_changes('s', null, null, 'origin', 'some')")
         .unwrap_err();
-    assert!(err
-        .as_db_error()
-        .unwrap()
-        .message()
-        .contains("invalid value \"some\" for pgdms option \"origin\""));
+    assert!(err.as_db_error().unwrap().message().contains("invalid value \"some\" for pgdms option \"origin\""));
 
     // A wrong protocol version through pgdms-apply: a clear message and a non-zero exit.
     let out = pgdms_apply()
-        .args([
-            "dump",
-            "--source",
-            &db.conninfo("postgres"),
-            "--slot",
-            "s",
-            "--proto-version",
-            "99",
-            "--endpos",
-            "0/1",
-        ])
+        .args(["dump", "--source", &db.conninfo("postgres"), "--slot", "s", "--proto-version", "99", "--endpos", "0/1"])
         .env("PGOPTIONS", "-c output_plugin_libraries=pgdms")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("pgdms proto_version 99 is not supported"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("HINT: Use a pgdms-apply of the same release"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("pgdms proto_version 99 is not supported"), "{stderr}");
+    assert!(stderr.contains("HINT: Use a pgdms-apply of the same release"), "{stderr}");
 
     // A REPLICATION role that is not a superuser cannot widen output_plugin_libraries.
     db.execute("create role repl login replication");
     let out = pgdms_apply()
-        .args([
-            "dump",
-            "--source",
-            &db.conninfo_as("postgres", "repl"),
-            "--slot",
-            "s",
-            "--endpos",
-            "0/1",
-        ])
+        .args(["dump", "--source", &db.conninfo_as("postgres", "repl"), "--slot", "s", "--endpos", "0/1"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("output_plugin_libraries"),
-        "the error names the setting to change: {stderr}"
-    );
+    assert!(stderr.contains("output_plugin_libraries"), "the error names the setting to change: {stderr}");
 
     // A malformed connection string and an unknown slot.
-    let out = pgdms_apply()
-        .args(["dump", "--source", "port=notanumber", "--slot", "s"])
-        .output()
-        .unwrap();
+    let out = pgdms_apply().args(["dump", "--source", "port=notanumber", "--slot", "s"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid port value \"notanumber\""));
-    let out = pgdms_apply()
-        .args([
-            "dump",
-            "--source",
-            &db.conninfo("postgres"),
-            "--slot",
-            "nope",
-        ])
-        .output()
-        .unwrap();
+    let out = pgdms_apply().args(["dump", "--source", &db.conninfo("postgres"), "--slot", "nope"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("replication slot \"nope\" does not exist")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replication slot \"nope\" does not exist"));
 
-    assert_eq!(
-        db.postmaster_start_time(),
-        started,
-        "the server did not restart"
-    );
+    assert_eq!(db.postmaster_start_time(), started, "the server did not restart");
     assert_eq!(db.value("select 1"), "1");
 }
 
@@ -565,20 +411,13 @@ fn truncate_lists_every_table_it_emptied_and_its_options() {
     });
     let truncates = of_type(&records, "truncate");
     assert_eq!(truncates.len(), 2);
-    let mut tables: Vec<_> = truncates[0]["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["table"].as_str().unwrap())
-        .collect();
+    let mut tables: Vec<_> =
+        truncates[0]["tables"].as_array().unwrap().iter().map(|t| t["table"].as_str().unwrap()).collect();
     tables.sort();
     assert_eq!(tables, ["child", "parent"]);
     assert_eq!(truncates[0]["cascade"], true);
     assert_eq!(truncates[0]["restart_identity"], false);
-    assert_eq!(
-        truncates[1]["tables"],
-        serde_json::json!([{"schema": "public", "table": "lone"}])
-    );
+    assert_eq!(truncates[1]["tables"], serde_json::json!([{"schema": "public", "table": "lone"}]));
     assert_eq!(truncates[1]["restart_identity"], true);
 }
 
@@ -594,28 +433,20 @@ fn logical_messages_are_passed_on() {
     assert_eq!(messages[0]["content"], "outside");
     assert_eq!(messages[1]["transactional"], true);
     assert_eq!(messages[1]["content_hex"], "00ff");
-    let kinds: Vec<_> = records
-        .iter()
-        .map(|r| r["type"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<_> = records.iter().map(|r| r["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["startup", "message", "begin", "message", "commit"]);
 }
 
 #[test]
 fn origin_none_skips_changes_applied_under_a_replication_origin() {
     let db = Cluster::start();
-    db.execute(
-        "create table t (id int primary key); select pg_replication_origin_create('upstream')",
-    );
+    db.execute("create table t (id int primary key); select pg_replication_origin_create('upstream')");
     db.create_slot("any");
     db.create_slot("local");
     db.execute("select pg_replication_origin_session_setup('upstream'); insert into t values (1)");
     db.execute("insert into t values (2)");
     let ids = |records: Vec<Json>| -> Vec<String> {
-        of_type(&records, "insert")
-            .iter()
-            .map(|r| r["new"]["id"].as_str().unwrap().to_string())
-            .collect()
+        of_type(&records, "insert").iter().map(|r| r["new"]["id"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(ids(db.dump("any", &["--origin", "any"])), ["1", "2"]);
     assert_eq!(ids(db.dump("local", &["--origin", "none"])), ["2"]);
@@ -625,16 +456,11 @@ fn origin_none_skips_changes_applied_under_a_replication_origin() {
 fn the_extensions_own_tables_never_reach_a_consumer() {
     let db = Cluster::start();
     db.execute("create extension pgdms; create table ours (id int); alter extension pgdms add table ours; create table theirs (id int)");
-    let records = db.dump_new_slot(|db| db.execute("insert into ours values (1); insert into theirs values (2); insert into ours values (3)"));
-    let tables: Vec<_> = records
-        .iter()
-        .filter_map(|r| r["table"].as_str().or(r["name"].as_str()))
-        .collect();
-    assert_eq!(
-        tables,
-        ["theirs", "theirs"],
-        "only the relation record and insert of the user's table"
-    );
+    let records = db.dump_new_slot(|db| {
+        db.execute("insert into ours values (1); insert into theirs values (2); insert into ours values (3)")
+    });
+    let tables: Vec<_> = records.iter().filter_map(|r| r["table"].as_str().or(r["name"].as_str())).collect();
+    assert_eq!(tables, ["theirs", "theirs"], "only the relation record and insert of the user's table");
     // A transaction touching only our tables produces nothing at all.
     let records = db.dump_new_slot(|db| db.execute("insert into ours values (4)"));
     assert!(records.is_empty(), "{records:?}");
@@ -658,34 +484,17 @@ fn relation_records_follow_schema_changes_and_partitions() {
         );
         db.execute("insert into p values (1, 'eu')");
     });
-    let relations: Vec<_> = of_type(&records, "relation")
-        .into_iter()
-        .filter(|r| r["name"] == "m")
-        .collect();
-    assert_eq!(
-        relations.len(),
-        3,
-        "sent first, after ADD COLUMN, after SET DEFAULT; not after VACUUM ANALYZE"
-    );
+    let relations: Vec<_> = of_type(&records, "relation").into_iter().filter(|r| r["name"] == "m").collect();
+    assert_eq!(relations.len(), 3, "sent first, after ADD COLUMN, after SET DEFAULT; not after VACUUM ANALYZE");
     assert_eq!(relations[1]["columns"][2]["name"], "n");
     assert_eq!(relations[1]["columns"][2]["default"], "7");
     assert_eq!(relations[1]["columns"][2]["not_null"], true);
     assert_eq!(relations[2]["columns"][1]["default"], "'dflt'::text");
     let inserts = of_type(&records, "insert");
-    assert_eq!(
-        inserts[2]["new"],
-        serde_json::json!({"id": "3", "v": "c", "n": "7"})
-    );
-    assert_eq!(
-        inserts[3]["new"],
-        serde_json::json!({"id": "4", "v": "dflt", "n": "7"})
-    );
+    assert_eq!(inserts[2]["new"], serde_json::json!({"id": "3", "v": "c", "n": "7"}));
+    assert_eq!(inserts[3]["new"], serde_json::json!({"id": "4", "v": "dflt", "n": "7"}));
 
-    let part = of_type(&records, "relation")
-        .into_iter()
-        .find(|r| r["name"] == "p_eu")
-        .unwrap()
-        .clone();
+    let part = of_type(&records, "relation").into_iter().find(|r| r["name"] == "p_eu").unwrap().clone();
     assert_eq!(part["partition_parent"]["name"], "p");
     assert_eq!(part["partition_parent"]["schema"], "public");
     assert_eq!(inserts[4]["table"], "p_eu");
@@ -704,18 +513,10 @@ fn column_attributes_are_described() {
              last int);
            alter table attrs drop column dropped;"#,
     );
-    let records =
-        db.dump_new_slot(|db| db.execute("insert into attrs (name, last) values ('x', 9)"));
-    let cols = of_type(&records, "relation")[0]["columns"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let records = db.dump_new_slot(|db| db.execute("insert into attrs (name, last) values ('x', 9)"));
+    let cols = of_type(&records, "relation")[0]["columns"].as_array().unwrap().clone();
     let names: Vec<_> = cols.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        ["id", "code", "name", "twice", "last"],
-        "dropped columns are left out"
-    );
+    assert_eq!(names, ["id", "code", "name", "twice", "last"], "dropped columns are left out");
     assert_eq!(cols[0]["identity"], "always");
     assert_eq!(cols[1]["identity"], "bydefault");
     assert_eq!(cols[2]["collation"], "\"C\"");
@@ -736,10 +537,7 @@ fn transactions_without_published_changes_produce_no_output() {
         db.execute("begin; select txid_current(); commit");
         db.execute("insert into t values (1)");
     });
-    let kinds: Vec<_> = records
-        .iter()
-        .map(|r| r["type"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<_> = records.iter().map(|r| r["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["startup", "begin", "relation", "insert", "commit"]);
     let begin = &records[1];
     let commit = &records[4];
@@ -747,4 +545,77 @@ fn transactions_without_published_changes_produce_no_output() {
     assert_eq!(begin["commit_lsn"], commit["commit_lsn"]);
     assert!(commit["end_lsn"].as_str().unwrap() > "0/0");
     assert_eq!(begin["commit_time"], commit["commit_time"]);
+}
+
+#[test]
+fn renaming_a_schema_a_type_or_a_partition_parent_resends_relation_records() {
+    let db = Cluster::start();
+    db.execute(
+        "create schema app; create type app.color as enum ('red');
+         create table app.t (id int primary key, c app.color);
+         create table parent (id int, k int) partition by range (k);
+         create table child partition of parent for values from (0) to (10);
+         create schema xpg_catalog; create type xpg_catalog.flag as enum ('on');
+         create table odd (id int primary key, f xpg_catalog.flag);",
+    );
+    let records = db.dump_new_slot(|db| {
+        db.execute(
+            "insert into app.t values (1, 'red'); insert into child values (1, 1); insert into odd values (1, 'on')",
+        );
+        db.execute("alter schema app rename to shop");
+        db.execute("insert into shop.t values (2, 'red')");
+        db.execute("alter type shop.color rename to colour");
+        db.execute("insert into shop.t values (3, 'red')");
+        db.execute("alter table parent rename to mother");
+        db.execute("insert into child values (2, 2)");
+    });
+    let t: Vec<_> = of_type(&records, "relation").into_iter().filter(|r| r["name"] == "t").collect();
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert_eq!((t[0]["schema"].as_str(), t[0]["columns"][1]["type"].as_str()), (Some("app"), Some("app.color")));
+    assert_eq!((t[1]["schema"].as_str(), t[1]["columns"][1]["type"].as_str()), (Some("shop"), Some("shop.color")));
+    assert_eq!(t[2]["columns"][1]["type"], "shop.colour");
+    let inserts = of_type(&records, "insert");
+    assert_eq!(inserts[3]["schema"], "shop");
+    let child: Vec<_> = of_type(&records, "relation").into_iter().filter(|r| r["name"] == "child").collect();
+    assert_eq!(child.len(), 2);
+    assert_eq!(child[1]["partition_parent"]["name"], "mother");
+    let odd = of_type(&records, "relation").into_iter().find(|r| r["name"] == "odd").unwrap().clone();
+    assert_eq!(odd["columns"][1]["type"], "xpg_catalog.flag", "only pg_catalog types are left unqualified");
+}
+
+#[test]
+fn sessions_that_end_or_fail_in_one_backend_leave_the_server_healthy() {
+    let db = Cluster::start();
+    let started = db.postmaster_start_time();
+    db.execute("create table t (id int primary key, v text)");
+    db.create_slot("s");
+    let mut client = db.connect("postgres");
+    for round in 0..20 {
+        client
+            .batch_execute(&format!("insert into t values ({round}, 'v'); alter table t add column c{round} int"))
+            .unwrap();
+        let n: i64 = client
+            .query_one(
+                "select count(*) from pg_logical_slot_get_binary_changes('s', null, null, 'proto_version', '1')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(n >= 3, "round {round}: begin, relation, insert, commit");
+        // A session that fails in its startup callback, in the same backend.
+        assert!(client
+            .batch_execute("select * from pg_logical_slot_peek_binary_changes('s', null, null, 'bad', 'x')")
+            .is_err());
+    }
+    // Catalog churn with no decoding session running is not recorded anywhere.
+    for i in 0..200 {
+        client.batch_execute(&format!("create temp table tmp{i} (x int); drop table tmp{i}")).unwrap();
+    }
+    client.batch_execute("insert into t (id) values (1000)").unwrap();
+    let n: i64 = client
+        .query_one("select count(*) from pg_logical_slot_get_binary_changes('s', null, null)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5, "startup, begin, relation (the table changed), insert, commit");
+    assert_eq!(db.postmaster_start_time(), started);
 }

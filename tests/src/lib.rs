@@ -25,12 +25,9 @@ use serde_json::Value as Json;
 pub fn pg_bindir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let pg_config = std::env::var("PG_CONFIG")
-            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-        let out = Command::new(&pg_config)
-            .arg("--bindir")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {pg_config}: {e}"));
+        let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+        let out =
+            Command::new(&pg_config).arg("--bindir").output().unwrap_or_else(|e| panic!("cannot run {pg_config}: {e}"));
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     })
     .clone()
@@ -40,11 +37,7 @@ fn is_root() -> bool {
     // The effective uid, from /proc (no libc binding needed).
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -61,9 +54,7 @@ fn server_command(program: &str) -> Command {
 }
 
 fn run_checked(mut cmd: Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{what} failed ({}):\n{}\n{}",
@@ -94,12 +85,8 @@ fn template() -> &'static Path {
     static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
     TEMPLATE
         .get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("pgdms-template-")
-                .tempdir()
-                .expect("temp dir");
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-                .expect("chmod");
+            let dir = tempfile::Builder::new().prefix("pgdms-template-").tempdir().expect("temp dir");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
             give_to_server(dir.path());
             let mut initdb = server_command("initdb");
             initdb.arg("-D").arg(dir.path().join("data")).args([
@@ -138,10 +125,7 @@ impl Default for ClusterBuilder {
                 ("wal_level".into(), "logical".into()),
                 ("max_replication_slots".into(), "20".into()),
                 ("max_wal_senders".into(), "20".into()),
-                (
-                    "output_plugin_libraries".into(),
-                    "'pgoutput, test_decoding, wal2json, pgdms'".into(),
-                ),
+                ("output_plugin_libraries".into(), "'pgoutput, test_decoding, wal2json, pgdms'".into()),
                 ("fsync".into(), "off".into()),
                 ("shared_buffers".into(), "64MB".into()),
                 ("max_connections".into(), "50".into()),
@@ -180,12 +164,8 @@ impl ClusterBuilder {
     }
 
     pub fn start(self) -> Cluster {
-        let root = tempfile::Builder::new()
-            .prefix("pgdms-cluster-")
-            .tempdir()
-            .expect("temp dir");
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        let root = tempfile::Builder::new().prefix("pgdms-cluster-").tempdir().expect("temp dir");
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let data = root.path().join("data");
         run_checked(
             {
@@ -203,12 +183,10 @@ impl ClusterBuilder {
         for (k, v) in &self.settings {
             conf.push_str(&format!("{k} = {v}\n"));
         }
-        let mut pgconf =
-            std::fs::read_to_string(data.join("postgresql.conf")).expect("read postgresql.conf");
+        let mut pgconf = std::fs::read_to_string(data.join("postgresql.conf")).expect("read postgresql.conf");
         pgconf.push_str(&conf);
         std::fs::write(data.join("postgresql.conf"), pgconf).expect("write postgresql.conf");
-        std::fs::write(data.join("pg_hba.conf"), self.hba.join("\n") + "\n")
-            .expect("write pg_hba.conf");
+        std::fs::write(data.join("pg_hba.conf"), self.hba.join("\n") + "\n").expect("write pg_hba.conf");
         for (name, content) in &self.files {
             let p = data.join(name);
             std::fs::write(&p, content).expect("write cluster file");
@@ -240,11 +218,7 @@ impl Cluster {
 
     fn pg_ctl_start(&self) {
         let mut c = server_command("pg_ctl");
-        c.arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "60", "start"]);
+        c.arg("-D").arg(&self.data).arg("-l").arg(self.log_path()).args(["-w", "-t", "60", "start"]);
         c.stdout(Stdio::null());
         let out = c.output().expect("run pg_ctl");
         if !out.status.success() {
@@ -255,10 +229,7 @@ impl Cluster {
     /// Stops the server (fast shutdown) and starts it again.
     pub fn restart(&self) {
         let mut c = server_command("pg_ctl");
-        c.arg("-D")
-            .arg(&self.data)
-            .args(["-w", "-m", "fast", "stop"])
-            .stdout(Stdio::null());
+        c.arg("-D").arg(&self.data).args(["-w", "-m", "fast", "stop"]).stdout(Stdio::null());
         run_checked(c, "pg_ctl stop");
         self.pg_ctl_start();
     }
@@ -286,11 +257,7 @@ impl Cluster {
     }
 
     pub fn conninfo_as(&self, dbname: &str, user: &str) -> String {
-        format!(
-            "host={} port={} user={user} dbname={dbname}",
-            self.socket_dir().display(),
-            self.port
-        )
+        format!("host={} port={} user={user} dbname={dbname}", self.socket_dir().display(), self.port)
     }
 
     /// A connection to `dbname` as the superuser.
@@ -301,9 +268,7 @@ impl Cluster {
 
     /// Runs SQL (several statements allowed) in the `postgres` database.
     pub fn execute(&self, sql: &str) {
-        self.connect("postgres")
-            .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("{sql}\nfailed: {e:?}"));
+        self.connect("postgres").batch_execute(sql).unwrap_or_else(|e| panic!("{sql}\nfailed: {e:?}"));
     }
 
     /// Rows of a query in the `postgres` database, every value as text.
@@ -326,9 +291,7 @@ impl Cluster {
     }
 
     pub fn create_slot(&self, name: &str) {
-        self.execute(&format!(
-            "select pg_create_logical_replication_slot('{name}', 'pgdms')"
-        ));
+        self.execute(&format!("select pg_create_logical_replication_slot('{name}', 'pgdms')"));
     }
 
     /// Runs `pgdms-apply dump` on `slot` up to the current WAL position and returns its JSON
@@ -336,24 +299,12 @@ impl Cluster {
     pub fn dump(&self, slot: &str, extra: &[&str]) -> Vec<Json> {
         let endpos = self.current_lsn();
         let out = pgdms_apply()
-            .args([
-                "dump",
-                "--source",
-                &self.conninfo("postgres"),
-                "--slot",
-                slot,
-                "--endpos",
-                &endpos,
-            ])
+            .args(["dump", "--source", &self.conninfo("postgres"), "--slot", slot, "--endpos", &endpos])
             .args(extra)
             .output()
             .expect("run pgdms-apply");
         if !out.status.success() {
-            panic!(
-                "pgdms-apply dump failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("pgdms-apply dump failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         parse_json_lines(&out.stdout)
     }
@@ -378,18 +329,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let mut c = server_command("pg_ctl");
-        c.arg("-D")
-            .arg(&self.data)
-            .args(["-w", "-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        c.arg("-D").arg(&self.data).args(["-w", "-m", "immediate", "stop"]).stdout(Stdio::null()).stderr(Stdio::null());
         let _ = c.status();
         if std::thread::panicking() {
-            eprintln!(
-                "--- server log of the cluster on port {} ---\n{}",
-                self.port,
-                self.log()
-            );
+            eprintln!("--- server log of the cluster on port {} ---\n{}", self.port, self.log());
         }
     }
 }
@@ -401,9 +344,7 @@ pub fn query_text(client: &mut postgres::Client, sql: &str) -> Vec<Vec<Option<St
         .unwrap_or_else(|e| panic!("{sql}\nfailed: {e:?}"))
         .into_iter()
         .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
+            postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
             _ => None,
         })
         .collect()
@@ -424,16 +365,9 @@ pub fn pgdms_apply_path() -> PathBuf {
     }
     // target/<profile>/deps/<test binary> -> target/<profile>/pgdms-apply
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let bin = profile_dir.join("pgdms-apply");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build --release -p pgdms_apply)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: build it first (cargo build --release -p pgdms_apply)", bin.display());
     bin
 }
 
@@ -447,10 +381,7 @@ pub fn pgdms_apply() -> Command {
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -11,11 +11,7 @@ pub enum ConnInfoError {
     #[error("invalid connection option \"{0}\"; see libpq's list of parameter key words")]
     UnknownKey(String),
     #[error("invalid {key} value \"{value}\": {why}")]
-    BadValue {
-        key: &'static str,
-        value: String,
-        why: &'static str,
-    },
+    BadValue { key: &'static str, value: String, why: &'static str },
 }
 
 /// Where to connect: a Unix-socket directory or a TCP host.
@@ -76,10 +72,7 @@ impl ConnInfo {
         Self::parse_with_env(s, |k| std::env::var(k).ok())
     }
 
-    pub fn parse_with_env(
-        s: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<ConnInfo, ConnInfoError> {
+    pub fn parse_with_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<ConnInfo, ConnInfoError> {
         let s = s.trim();
         let mut kv = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
             parse_uri(s)?
@@ -108,22 +101,14 @@ impl ConnInfo {
             None => Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR)),
         };
         let port = match get("port") {
-            Some(p) => p
-                .split(',')
-                .next()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|_| ConnInfoError::BadValue {
-                    key: "port",
-                    value: p.clone(),
-                    why: "a port is a number from 1 to 65535",
-                })?,
+            Some(p) => p.split(',').next().unwrap_or_default().parse().map_err(|_| ConnInfoError::BadValue {
+                key: "port",
+                value: p.clone(),
+                why: "a port is a number from 1 to 65535",
+            })?,
             None => 5432,
         };
-        let user = get("user")
-            .or_else(|| env("USER"))
-            .or_else(|| env("LOGNAME"))
-            .unwrap_or_else(|| "postgres".into());
+        let user = get("user").or_else(|| env("USER")).or_else(|| env("LOGNAME")).unwrap_or_else(|| "postgres".into());
         let dbname = get("dbname").unwrap_or_else(|| user.clone());
         let sslmode = match get("sslmode").as_deref() {
             None | Some("prefer") => SslMode::Prefer,
@@ -165,17 +150,10 @@ impl ConnInfo {
     /// For messages: where this connects, without the password.
     pub fn describe(&self) -> String {
         match &self.host {
-            Host::Unix(dir) => format!(
-                "{}@{}/.s.PGSQL.{} database \"{}\"",
-                self.user,
-                dir.display(),
-                self.port,
-                self.dbname
-            ),
-            Host::Tcp(h) => format!(
-                "{}@{}:{} database \"{}\"",
-                self.user, h, self.port, self.dbname
-            ),
+            Host::Unix(dir) => {
+                format!("{}@{}/.s.PGSQL.{} database \"{}\"", self.user, dir.display(), self.port, self.dbname)
+            }
+            Host::Tcp(h) => format!("{}@{}:{} database \"{}\"", self.user, h, self.port, self.dbname),
         }
     }
 }
@@ -211,9 +189,7 @@ fn parse_keywords(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::Syntax(format!(
-                "missing \"=\" after \"{key}\""
-            )));
+            return Err(ConnInfoError::Syntax(format!("missing \"=\" after \"{key}\"")));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -226,11 +202,7 @@ fn parse_keywords(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
                     Some('\\') => value.extend(chars.next()),
                     Some('\'') => break,
                     Some(c) => value.push(c),
-                    None => {
-                        return Err(ConnInfoError::Syntax(format!(
-                            "unterminated quoted value for \"{key}\""
-                        )))
-                    }
+                    None => return Err(ConnInfoError::Syntax(format!("unterminated quoted value for \"{key}\""))),
                 }
             }
         } else {
@@ -257,16 +229,10 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(b) => out.push(b),
-                None => {
-                    return Err(ConnInfoError::Syntax(format!(
-                        "invalid percent-encoding in \"{s}\""
-                    )))
-                }
+                None => return Err(ConnInfoError::Syntax(format!("invalid percent-encoding in \"{s}\""))),
             }
             i += 3;
         } else {
@@ -274,8 +240,7 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map_err(|_| ConnInfoError::Syntax(format!("\"{s}\" is not UTF-8 once decoded")))
+    String::from_utf8(out).map_err(|_| ConnInfoError::Syntax(format!("\"{s}\" is not UTF-8 once decoded")))
 }
 
 /// `postgresql://[user[:password]@][host][:port][/dbname][?key=value&...]`
@@ -308,9 +273,9 @@ fn parse_uri(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
     };
     let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
         // [v6addr]:port
-        let (h, after) = stripped.split_once(']').ok_or_else(|| {
-            ConnInfoError::Syntax(format!("unterminated IPv6 address in \"{s}\""))
-        })?;
+        let (h, after) = stripped
+            .split_once(']')
+            .ok_or_else(|| ConnInfoError::Syntax(format!("unterminated IPv6 address in \"{s}\"")))?;
         (h.to_string(), after.strip_prefix(':').map(str::to_string))
     } else {
         match hostport.rsplit_once(':') {
@@ -327,14 +292,9 @@ fn parse_uri(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
     if let Some(db) = path.filter(|p| !p.is_empty()) {
         out.insert("dbname".into(), percent_decode(db)?);
     }
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| ConnInfoError::Syntax(format!("missing \"=\" in \"{pair}\"")))?;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) =
+            pair.split_once('=').ok_or_else(|| ConnInfoError::Syntax(format!("missing \"=\" in \"{pair}\"")))?;
         let k = percent_decode(k)?;
         check_key(&k)?;
         out.insert(k, percent_decode(v)?);
@@ -352,11 +312,8 @@ mod tests {
 
     #[test]
     fn keyword_form() {
-        let c = ConnInfo::parse_with_env(
-            "host=/tmp/x port=5433 user=bob dbname='my db' password='a\\'b'",
-            no_env,
-        )
-        .unwrap();
+        let c =
+            ConnInfo::parse_with_env("host=/tmp/x port=5433 user=bob dbname='my db' password='a\\'b'", no_env).unwrap();
         assert_eq!(c.host, Host::Unix("/tmp/x".into()));
         assert_eq!(c.port, 5433);
         assert_eq!(c.dbname, "my db");
@@ -400,10 +357,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(
-            ConnInfo::parse_with_env("bogus=1", no_env),
-            Err(ConnInfoError::UnknownKey("bogus".into()))
-        );
+        assert_eq!(ConnInfo::parse_with_env("bogus=1", no_env), Err(ConnInfoError::UnknownKey("bogus".into())));
         assert!(ConnInfo::parse_with_env("port=x", no_env).is_err());
         assert!(ConnInfo::parse_with_env("host", no_env).is_err());
         assert!(ConnInfo::parse_with_env("dbname='open", no_env).is_err());

@@ -13,9 +13,7 @@ impl fmt::Display for Lsn {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "invalid LSN \"{0}\": expected two hexadecimal numbers separated by a slash, like 0/16B3748"
-)]
+#[error("invalid LSN \"{0}\": expected two hexadecimal numbers separated by a slash, like 0/16B3748")]
 pub struct LsnParseError(String);
 
 impl FromStr for Lsn {

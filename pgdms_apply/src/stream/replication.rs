@@ -16,10 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
     #[error("could not connect to {target}: {source}")]
-    Connect {
-        target: String,
-        source: std::io::Error,
-    },
+    Connect { target: String, source: std::io::Error },
     #[error("connection to the source lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -43,11 +40,7 @@ pub struct ServerError {
 
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} (SQLSTATE {})",
-            self.severity, self.message, self.code
-        )?;
+        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
         if let Some(d) = &self.detail {
             write!(f, "\nDETAIL: {d}")?;
         }
@@ -117,11 +110,7 @@ pub struct CreatedSlot {
 #[derive(Debug)]
 pub enum StreamMessage {
     /// One logical-decoding message: `wal_start` is the LSN of the WAL record it came from.
-    XLogData {
-        wal_start: Lsn,
-        wal_end: Lsn,
-        data: Bytes,
-    },
+    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
     /// The server is alive and has sent everything up to `wal_end`.
     Keepalive { wal_end: Lsn, reply_requested: bool },
 }
@@ -184,10 +173,7 @@ impl ReplicationConnection {
     }
 
     async fn startup(&mut self, info: &ConnInfo) -> Result<()> {
-        let app = info
-            .application_name
-            .clone()
-            .unwrap_or_else(|| "pgdms-apply".into());
+        let app = info.application_name.clone().unwrap_or_else(|| "pgdms-apply".into());
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &info.user),
             ("database", &info.dbname),
@@ -225,8 +211,7 @@ impl ReplicationConnection {
                 backend::Message::AuthenticationSasl(body) => {
                     let mut mechanisms = body.mechanisms();
                     let mut has_scram = false;
-                    while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)?
-                    {
+                    while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)? {
                         has_scram |= m == sasl::SCRAM_SHA_256;
                     }
                     if !has_scram {
@@ -234,49 +219,34 @@ impl ReplicationConnection {
                             "the server offers no SASL mechanism we support (SCRAM-SHA-256)".into(),
                         ));
                     }
-                    let s = sasl::ScramSha256::new(
-                        password()?.as_bytes(),
-                        sasl::ChannelBinding::unsupported(),
-                    );
-                    frontend::sasl_initial_response(
-                        sasl::SCRAM_SHA_256,
-                        s.message(),
-                        &mut self.wbuf,
-                    )?;
+                    let s = sasl::ScramSha256::new(password()?.as_bytes(), sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.wbuf)?;
                     self.flush().await?;
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| {
-                        ReplicationError::Protocol("SASL continue before SASL start".into())
-                    })?;
-                    s.update(body.data())
-                        .map_err(|e| ReplicationError::Auth(e.to_string()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::Protocol("SASL continue before SASL start".into()))?;
+                    s.update(body.data()).map_err(|e| ReplicationError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut self.wbuf)?;
                     self.flush().await?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
-                    let s = scram.as_mut().ok_or_else(|| {
-                        ReplicationError::Protocol("SASL final before SASL start".into())
-                    })?;
-                    s.finish(body.data())
-                        .map_err(|e| ReplicationError::Auth(e.to_string()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::Protocol("SASL final before SASL start".into()))?;
+                    s.finish(body.data()).map_err(|e| ReplicationError::Auth(e.to_string()))?;
                 }
                 backend::Message::ParameterStatus(p) => {
-                    self.server_params
-                        .insert(p.name()?.to_string(), p.value()?.to_string());
+                    self.server_params.insert(p.name()?.to_string(), p.value()?.to_string());
                 }
                 backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ReadyForQuery(_) => return Ok(()),
                 backend::Message::ErrorResponse(body) => {
                     return Err(ReplicationError::Server(ServerError::parse(&body)))
                 }
-                other => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "{} during startup",
-                        message_name(&other)
-                    )))
-                }
+                other => return Err(ReplicationError::Protocol(format!("{} during startup", message_name(&other)))),
             }
         }
     }
@@ -292,9 +262,7 @@ impl ReplicationConnection {
     async fn read_raw(&mut self) -> Result<Option<backend::Message>> {
         loop {
             if self.rbuf.len() >= 5 && self.rbuf[0] == b'W' {
-                let len =
-                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-                        as usize;
+                let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
                 if self.rbuf.len() > len {
                     self.rbuf.advance(1 + len);
                     return Ok(None);
@@ -312,9 +280,9 @@ impl ReplicationConnection {
     }
 
     async fn read(&mut self) -> Result<backend::Message> {
-        self.read_raw().await?.ok_or_else(|| {
-            ReplicationError::Protocol("CopyBothResponse outside START_REPLICATION".into())
-        })
+        self.read_raw()
+            .await?
+            .ok_or_else(|| ReplicationError::Protocol("CopyBothResponse outside START_REPLICATION".into()))
     }
 
     /// Runs a replication command (simple query) and returns its rows as text.
@@ -337,8 +305,7 @@ impl ReplicationConnection {
                 backend::Message::ErrorResponse(body) => error = Some(ServerError::parse(&body)),
                 backend::Message::ReadyForQuery(_) => break,
                 backend::Message::ParameterStatus(p) => {
-                    self.server_params
-                        .insert(p.name()?.to_string(), p.value()?.to_string());
+                    self.server_params.insert(p.name()?.to_string(), p.value()?.to_string());
                 }
                 _ => {}
             }
@@ -351,9 +318,7 @@ impl ReplicationConnection {
 
     pub async fn identify_system(&mut self) -> Result<SystemIdentity> {
         let rows = self.command("IDENTIFY_SYSTEM").await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let row = rows.first().ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
         Ok(SystemIdentity {
             system_id: col(0).unwrap_or_default(),
@@ -365,14 +330,8 @@ impl ReplicationConnection {
 
     /// The server's `server_version_num`, from the startup parameters.
     pub fn server_version_num(&self) -> u32 {
-        let v = self
-            .server_params
-            .get("server_version")
-            .map(String::as_str)
-            .unwrap_or("0");
-        let mut parts = v
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|p| !p.is_empty());
+        let v = self.server_params.get("server_version").map(String::as_str).unwrap_or("0");
+        let mut parts = v.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
         let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         major * 10000 + minor
@@ -380,35 +339,19 @@ impl ReplicationConnection {
 
     /// CREATE_REPLICATION_SLOT for the pgdms plugin; `export_snapshot` keeps a snapshot of the
     /// slot's consistent point for other sessions to import while this connection is idle.
-    pub async fn create_slot(
-        &mut self,
-        name: &str,
-        temporary: bool,
-        export_snapshot: bool,
-    ) -> Result<CreatedSlot> {
+    pub async fn create_slot(&mut self, name: &str, temporary: bool, export_snapshot: bool) -> Result<CreatedSlot> {
         let temp = if temporary { " TEMPORARY" } else { "" };
         let plugin = pgdms_proto::PLUGIN_NAME;
         let sql = if self.server_version_num() >= 150000 {
             let snapshot = if export_snapshot { "export" } else { "nothing" };
-            format!(
-                "CREATE_REPLICATION_SLOT {}{temp} LOGICAL {plugin} (SNAPSHOT '{snapshot}')",
-                quote_ident(name)
-            )
+            format!("CREATE_REPLICATION_SLOT {}{temp} LOGICAL {plugin} (SNAPSHOT '{snapshot}')", quote_ident(name))
         } else {
-            let snapshot = if export_snapshot {
-                "EXPORT_SNAPSHOT"
-            } else {
-                "NOEXPORT_SNAPSHOT"
-            };
-            format!(
-                "CREATE_REPLICATION_SLOT {}{temp} LOGICAL {plugin} {snapshot}",
-                quote_ident(name)
-            )
+            let snapshot = if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+            format!("CREATE_REPLICATION_SLOT {}{temp} LOGICAL {plugin} {snapshot}", quote_ident(name))
         };
         let rows = self.command(&sql).await?;
-        let row = rows.first().ok_or_else(|| {
-            ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no row".into())
-        })?;
+        let row =
+            rows.first().ok_or_else(|| ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
         Ok(CreatedSlot {
             name: col(0).unwrap_or_default(),
@@ -419,12 +362,7 @@ impl ReplicationConnection {
 
     pub async fn drop_slot(&mut self, name: &str, wait: bool) -> Result<()> {
         let wait = if wait { " WAIT" } else { "" };
-        self.command(&format!(
-            "DROP_REPLICATION_SLOT {}{wait}",
-            quote_ident(name)
-        ))
-        .await
-        .map(|_| ())
+        self.command(&format!("DROP_REPLICATION_SLOT {}{wait}", quote_ident(name))).await.map(|_| ())
     }
 
     /// START_REPLICATION: from here on the connection is a [`ReplicationStream`].
@@ -434,19 +372,10 @@ impl ReplicationConnection {
         start: Lsn,
         options: &[(&str, String)],
     ) -> Result<ReplicationStream> {
-        let opts: Vec<String> = options
-            .iter()
-            .map(|(k, v)| format!("{} {}", quote_ident(k), quote_literal(v)))
-            .collect();
-        let opts = if opts.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", opts.join(", "))
-        };
-        let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {start}{opts}",
-            quote_ident(slot)
-        );
+        let opts: Vec<String> =
+            options.iter().map(|(k, v)| format!("{} {}", quote_ident(k), quote_literal(v))).collect();
+        let opts = if opts.is_empty() { String::new() } else { format!(" ({})", opts.join(", ")) };
+        let sql = format!("START_REPLICATION SLOT {} LOGICAL {start}{opts}", quote_ident(slot));
         frontend::query(&sql, &mut self.wbuf)?;
         self.flush().await?;
         loop {
@@ -457,13 +386,9 @@ impl ReplicationConnection {
                     // Drain to ReadyForQuery so the error is the whole story.
                     return Err(ReplicationError::Server(e));
                 }
-                Some(backend::Message::NoticeResponse(_))
-                | Some(backend::Message::ParameterStatus(_)) => {}
+                Some(backend::Message::NoticeResponse(_)) | Some(backend::Message::ParameterStatus(_)) => {}
                 Some(other) => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "{} after START_REPLICATION",
-                        message_name(&other)
-                    )))
+                    return Err(ReplicationError::Protocol(format!("{} after START_REPLICATION", message_name(&other))))
                 }
             }
         }
@@ -478,9 +403,7 @@ pub struct ReplicationStream {
 /// Microseconds since 2000-01-01 UTC, the protocol's clock.
 fn pg_now() -> i64 {
     const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
-    let since_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     since_unix.as_micros() as i64 - (PG_EPOCH_UNIX_SECS as i64) * 1_000_000
 }
 
@@ -500,20 +423,13 @@ impl ReplicationStream {
                             let wal_start = Lsn(data.get_u64());
                             let wal_end = Lsn(data.get_u64());
                             let _send_time = data.get_i64();
-                            return Ok(Some(StreamMessage::XLogData {
-                                wal_start,
-                                wal_end,
-                                data,
-                            }));
+                            return Ok(Some(StreamMessage::XLogData { wal_start, wal_end, data }));
                         }
                         b'k' if data.len() >= 17 => {
                             let wal_end = Lsn(data.get_u64());
                             let _send_time = data.get_i64();
                             let reply_requested = data.get_u8() != 0;
-                            return Ok(Some(StreamMessage::Keepalive {
-                                wal_end,
-                                reply_requested,
-                            }));
+                            return Ok(Some(StreamMessage::Keepalive { wal_end, reply_requested }));
                         }
                         tag => {
                             return Err(ReplicationError::Protocol(format!(
@@ -529,10 +445,7 @@ impl ReplicationStream {
                 }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
                 other => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "{} during replication",
-                        message_name(&other)
-                    )))
+                    return Err(ReplicationError::Protocol(format!("{} during replication", message_name(&other))))
                 }
             }
         }
@@ -540,13 +453,7 @@ impl ReplicationStream {
 
     /// Standby status update: `flushed` is what the consumer has made durable; the server may
     /// release WAL before it.
-    pub async fn send_status(
-        &mut self,
-        written: Lsn,
-        flushed: Lsn,
-        applied: Lsn,
-        reply_requested: bool,
-    ) -> Result<()> {
+    pub async fn send_status(&mut self, written: Lsn, flushed: Lsn, applied: Lsn, reply_requested: bool) -> Result<()> {
         let mut msg = BytesMut::with_capacity(34);
         msg.put_u8(b'r');
         msg.put_u64(written.0);
@@ -590,7 +497,9 @@ fn message_name(m: &backend::Message) -> &'static str {
         backend::Message::RowDescription(_) => "RowDescription",
         backend::Message::CommandComplete(_) => "CommandComplete",
         backend::Message::ReadyForQuery(_) => "ReadyForQuery",
-        backend::Message::AuthenticationGss | backend::Message::AuthenticationSspi | backend::Message::AuthenticationKerberosV5 => {
+        backend::Message::AuthenticationGss
+        | backend::Message::AuthenticationSspi
+        | backend::Message::AuthenticationKerberosV5 => {
             "a GSSAPI/SSPI/Kerberos authentication request (unsupported: use scram-sha-256, md5 or password)"
         }
         _ => "a message",

@@ -36,6 +36,8 @@ pub struct RelationDesc {
     pub replica_identity: ReplicaIdentity,
     pub parent: Option<(u32, String, String)>,
     pub columns: Vec<ColumnDesc>,
+    /// Attributes in the tuple descriptor, dropped ones included.
+    pub natts: usize,
 }
 
 /// A relation handed to a decoding callback.
@@ -81,33 +83,51 @@ fn name_to_string(n: &pg_sys::NameData) -> String {
     cstr_to_string(n.data.as_ptr())
 }
 
-/// format_type with every non-catalog type schema-qualified, built-ins bare ("integer").
-fn format_type(typid: pg_sys::Oid, typmod: Option<i32>) -> String {
-    let mut flags = pg_sys::FORMAT_TYPE_FORCE_QUALIFY;
+/// format_type of a type, schema-qualified unless it is built in ("integer",
+/// "public.mood", "public.mood[]").
+fn format_type(typid: pg_sys::Oid, typmod: Option<i32>, qualify: bool) -> String {
+    let mut flags = 0;
+    if qualify {
+        flags |= pg_sys::FORMAT_TYPE_FORCE_QUALIFY;
+    }
     if typmod.is_some() {
         flags |= pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN;
     }
     // SAFETY: format_type_extended takes any type oid and returns a palloc'd string.
-    let s = cstr_to_string(unsafe {
-        pg_sys::format_type_extended(typid, typmod.unwrap_or(-1), flags as u16)
-    });
-    s.replace("pg_catalog.", "")
+    cstr_to_string(unsafe { pg_sys::format_type_extended(typid, typmod.unwrap_or(-1), flags as u16) })
 }
 
 struct TypeFacts {
     name: String,
     typtype: u8,
     is_array: bool,
+    builtin: bool,
+}
+
+/// Key columns (attnums) of an index, read from pg_index without opening or locking it.
+fn index_key_attnums(index: pg_sys::Oid) -> Vec<i16> {
+    if index == pg_sys::InvalidOid {
+        return Vec::new();
+    }
+    // SAFETY: syscache lookup by oid; indkey's first indnkeyatts entries are the key
+    // columns (the rest are INCLUDE columns); copied out before the tuple is released.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::INDEXRELID as i32, pg_sys::Datum::from(index));
+        if tup.is_null() {
+            pgrx::error!("pgdms: cache lookup failed for index {}", index.to_u32());
+        }
+        let form = &*pg_sys::GETSTRUCT(tup).cast::<pg_sys::FormData_pg_index>();
+        let keys = form.indkey.values.as_slice(form.indnkeyatts as usize).to_vec();
+        pg_sys::ReleaseSysCache(tup);
+        keys
+    }
 }
 
 fn type_facts(typid: pg_sys::Oid) -> TypeFacts {
     // SAFETY: syscache lookup by oid; the tuple is released before returning and its data
     // copied out first.
     unsafe {
-        let tup = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::TYPEOID as i32,
-            pg_sys::Datum::from(typid),
-        );
+        let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, pg_sys::Datum::from(typid));
         if tup.is_null() {
             pgrx::error!("pgdms: cache lookup failed for type {}", typid.to_u32());
         }
@@ -116,6 +136,7 @@ fn type_facts(typid: pg_sys::Oid) -> TypeFacts {
             name: name_to_string(&form.typname),
             typtype: form.typtype as u8,
             is_array: form.typcategory as u8 == b'A',
+            builtin: form.typnamespace.to_u32() == pg_sys::PG_CATALOG_NAMESPACE,
         };
         pg_sys::ReleaseSysCache(tup);
         facts
@@ -158,8 +179,7 @@ impl RelationHandle {
         unsafe {
             let ext = pg_sys::get_extension_oid(c"pgdms".as_ptr(), true);
             ext != pg_sys::InvalidOid
-                && pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, (*self.raw).rd_id)
-                    == ext
+                && pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, (*self.raw).rd_id) == ext
         }
     }
 
@@ -176,31 +196,22 @@ impl RelationHandle {
             let name = name_to_string(&form.relname);
             let parent = if form.relispartition {
                 let p = partition_parent(relid);
-                let pschema =
-                    cstr_to_string(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(p)));
+                let pschema = cstr_to_string(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(p)));
                 Some((p.to_u32(), pschema, cstr_to_string(pg_sys::get_rel_name(p))))
             } else {
                 None
             };
-            let pk = pg_sys::RelationGetIndexAttrBitmap(
-                self.raw,
-                pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
-            );
-            let ident = pg_sys::RelationGetIndexAttrBitmap(
-                self.raw,
-                pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_IDENTITY_KEY,
-            );
-            let in_set = |set: *mut pg_sys::Bitmapset, attnum: i16| {
-                pg_sys::bms_is_member(
-                    i32::from(attnum) - pg_sys::FirstLowInvalidHeapAttributeNumber,
-                    set,
-                )
-            };
+            // Key columns come from pg_index: RelationGetIndexAttrBitmap would lock every
+            // index, and a walsender waiting on a lock held by a TRUNCATE whose commit waits
+            // for this walsender (synchronous replication) never wakes up. pgoutput avoids
+            // it the same way since PostgreSQL 14.
+            pg_sys::list_free(pg_sys::RelationGetIndexList(self.raw));
+            let pk = index_key_attnums((*self.raw).rd_pkindex);
+            let ident = index_key_attnums(pg_sys::RelationGetReplicaIndex(self.raw));
 
             let desc = (*self.raw).rd_att;
             let constr = (*desc).constr;
-            let defaults: &[pg_sys::AttrDefault] = if constr.is_null() || (*constr).num_defval == 0
-            {
+            let defaults: &[pg_sys::AttrDefault] = if constr.is_null() || (*constr).num_defval == 0 {
                 &[]
             } else {
                 std::slice::from_raw_parts((*constr).defval, usize::from((*constr).num_defval))
@@ -239,8 +250,8 @@ impl RelationHandle {
                     attnum: att.attnum,
                     name: name_to_string(&att.attname),
                     type_oid: type_oid.to_u32(),
-                    type_name: format_type(type_oid, None),
-                    type_sql: format_type(type_oid, Some(att.atttypmod)),
+                    type_name: format_type(type_oid, None, !facts.builtin),
+                    type_sql: format_type(type_oid, Some(att.atttypmod), !facts.builtin),
                     typmod: att.atttypmod,
                     not_null: att.attnotnull,
                     default,
@@ -251,8 +262,8 @@ impl RelationHandle {
                         b'd' => Identity::ByDefault,
                         _ => Identity::None,
                     },
-                    key: in_set(ident, att.attnum),
-                    primary_key: in_set(pk, att.attnum),
+                    key: ident.contains(&att.attnum),
+                    primary_key: pk.contains(&att.attnum),
                     dms_type,
                     dms_fallback,
                     codec: Codec::for_type(type_oid, mcxt),
@@ -275,6 +286,7 @@ impl RelationHandle {
                 },
                 parent,
                 columns,
+                natts,
             }
         }
     }
@@ -291,8 +303,9 @@ pub fn database_encoding_name() -> String {
     cstr_to_string(unsafe { pg_sys::GetDatabaseEncodingName() })
 }
 
-/// The database being decoded; empty outside a transaction (a non-transactional message
-/// decoded first), where the catalogs cannot be read.
+/// The database being decoded; empty outside a transaction (a walsender whose first record
+/// is a non-transactional message), where the catalogs cannot be read. pgrx's bindings keep
+/// `MyProcPort` opaque, so its database_name is out of reach.
 pub fn database_name() -> String {
     // SAFETY: get_database_name reads the catalogs, which IsTransactionState allows.
     unsafe {

@@ -73,10 +73,7 @@ impl Codec {
                 // SAFETY: both out-pointers are valid locals; getTypeOutputInfo raises an
                 // ERROR (turned into a Rust panic by pgrx's guard) for an unknown type.
                 unsafe { pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena) };
-                Codec::Output {
-                    out: fmgr_info(func, mcxt),
-                    varlena,
-                }
+                Codec::Output { out: fmgr_info(func, mcxt), varlena }
             }
         }
     }
@@ -158,10 +155,7 @@ impl ServerEncoding {
 unsafe fn is_unchanged_toast(datum: pg_sys::Datum) -> bool {
     let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
     // SAFETY: caller guarantees a valid varlena; the pgrx helpers only read its header.
-    unsafe {
-        varlena::varatt_is_1b_e(ptr)
-            && varlena::vartag_1b_e(ptr) == pg_sys::vartag_external::VARTAG_ONDISK as u8
-    }
+    unsafe { varlena::varatt_is_1b_e(ptr) && varlena::vartag_1b_e(ptr) == pg_sys::vartag_external::VARTAG_ONDISK as u8 }
 }
 
 /// A varlena datum's content bytes, detoasted only when compressed or indirect.
@@ -173,17 +167,9 @@ unsafe fn varlena_bytes<'v>(datum: pg_sys::Datum) -> &'v [u8] {
     let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
     // SAFETY: caller's contract; inline uncompressed values are read in place.
     unsafe {
-        let plain = varlena::varatt_is_4b_u(ptr)
-            || (varlena::varatt_is_1b(ptr) && !varlena::varatt_is_1b_e(ptr));
-        let ptr = if plain {
-            ptr
-        } else {
-            pg_sys::pg_detoast_datum_packed(ptr)
-        };
-        std::slice::from_raw_parts(
-            varlena::vardata_any(ptr).cast::<u8>(),
-            varlena::varsize_any_exhdr(ptr),
-        )
+        let plain = varlena::varatt_is_4b_u(ptr) || (varlena::varatt_is_1b(ptr) && !varlena::varatt_is_1b_e(ptr));
+        let ptr = if plain { ptr } else { pg_sys::pg_detoast_datum_packed(ptr) };
+        std::slice::from_raw_parts(varlena::vardata_any(ptr).cast::<u8>(), varlena::varsize_any_exhdr(ptr))
     }
 }
 
@@ -222,20 +208,14 @@ pub unsafe fn to_value<'v>(
             // SAFETY: a timetz datum points at a TimeTzADT valid for `'v`.
             let t = unsafe { &*datum.cast_mut_ptr::<pg_sys::TimeTzADT>() };
             // PostgreSQL stores the zone in seconds west of UTC.
-            Value::TimeTz {
-                micros: t.time,
-                offset_secs: -t.zone,
-            }
+            Value::TimeTz { micros: t.time, offset_secs: -t.zone }
         }
         // SAFETY: a uuid datum points at its 16 bytes.
         Codec::Uuid => Value::Uuid(unsafe { *datum.cast_mut_ptr::<[u8; 16]>() }),
         // SAFETY: text and bytea are varlenas, not on-disk pointers (checked above).
         Codec::Text => Value::Text(encoding.to_utf8(unsafe { varlena_bytes(datum) }, column)),
         Codec::Bytea => Value::Bytes(unsafe { varlena_bytes(datum) }),
-        Codec::Money {
-            to_numeric,
-            numeric_out,
-        } => {
+        Codec::Money { to_numeric, numeric_out } => {
             // SAFETY: FmgrInfos of cash_numeric and numeric_out, built for these types.
             let text = unsafe {
                 let numeric = pg_sys::FunctionCall1Coll(
@@ -243,10 +223,8 @@ pub unsafe fn to_value<'v>(
                     pg_sys::InvalidOid,
                     datum,
                 );
-                let cstr = pg_sys::OutputFunctionCall(
-                    (numeric_out.as_ref() as *const pg_sys::FmgrInfo).cast_mut(),
-                    numeric,
-                );
+                let cstr =
+                    pg_sys::OutputFunctionCall((numeric_out.as_ref() as *const pg_sys::FmgrInfo).cast_mut(), numeric);
                 CStr::from_ptr(cstr).to_bytes()
             };
             Value::Text(encoding.to_utf8(text, column))
@@ -255,10 +233,7 @@ pub unsafe fn to_value<'v>(
             // SAFETY: the type's own output function, on a datum of that type; the result is
             // palloc'd in the current context.
             let text = unsafe {
-                let cstr = pg_sys::OutputFunctionCall(
-                    (out.as_ref() as *const pg_sys::FmgrInfo).cast_mut(),
-                    datum,
-                );
+                let cstr = pg_sys::OutputFunctionCall((out.as_ref() as *const pg_sys::FmgrInfo).cast_mut(), datum);
                 CStr::from_ptr(cstr).to_bytes()
             };
             Value::Text(encoding.to_utf8(text, column))

@@ -12,7 +12,7 @@ pub mod catalog;
 pub mod datum;
 
 use crate::plugin::{Change, Session};
-use catalog::{ColumnDesc, RelationHandle};
+use catalog::{RelationDesc, RelationHandle};
 use datum::ServerEncoding;
 use pgdms_proto::Value;
 use pgdms_proto::{Begin, Commit, Options};
@@ -49,11 +49,7 @@ impl Output {
         // StringInfo OutputPluginPrepareWrite resets for us.
         unsafe {
             pg_sys::OutputPluginPrepareWrite(self.ctx, last);
-            pg_sys::appendBinaryStringInfo(
-                (*self.ctx).out,
-                bytes.as_ptr().cast(),
-                bytes.len() as i32,
-            );
+            pg_sys::appendBinaryStringInfo((*self.ctx).out, bytes.as_ptr().cast(), bytes.len() as i32);
             pg_sys::OutputPluginWrite(self.ctx, last);
         }
     }
@@ -89,41 +85,46 @@ pub struct DeformScratch {
 }
 
 impl TupleHandle {
-    /// The values of `columns` (columns of this tuple's relation, as described from the same
-    /// descriptor), in order. They borrow the tuple and the change memory context, both of
+    /// The values of the columns of `desc` (every column, or the replica-identity key
+    /// columns only), in order. They borrow the tuple and the change memory context, both of
     /// which outlive the handle's borrow.
-    pub fn values<'t, 'c>(
+    pub fn values<'t>(
         &'t self,
-        columns: impl Iterator<Item = &'c ColumnDesc>,
+        desc: &RelationDesc,
+        key_only: bool,
         scratch: &mut DeformScratch,
         encoding: ServerEncoding,
-        table: &dyn Fn() -> String,
     ) -> Vec<Value<'t>> {
         let DeformScratch { datums, nulls } = scratch;
         // SAFETY: tuple and descriptor are valid for the callback; the vectors are sized to
         // the descriptor's natts before heap_deform_tuple writes that many entries.
-        unsafe {
+        let attrs = unsafe {
             let natts = (*self.desc).natts as usize;
             datums.clear();
             datums.resize(natts, pg_sys::Datum::from(0usize));
             nulls.clear();
             nulls.resize(natts, true);
-            pg_sys::heap_deform_tuple(
-                self.tuple,
-                self.desc,
-                datums.as_mut_ptr(),
-                nulls.as_mut_ptr(),
-            );
+            pg_sys::heap_deform_tuple(self.tuple, self.desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
+            (*self.desc).attrs.as_slice(natts)
+        };
+        let table = || format!("table \"{}\".\"{}\"", desc.schema, desc.name);
+        // A description out of step with the tuple would lose columns, or read a by-value
+        // datum as a pointer: refuse rather than send wrong data or crash.
+        let stale = attrs.len() != desc.natts
+            || desc.columns.iter().any(|c| attrs.get(c.index).map(|a| a.atttypid.to_u32()) != Some(c.type_oid));
+        if stale {
+            pgrx::error!("pgdms: the cached description of {} is out of date", table());
         }
-        columns
+        desc.columns
+            .iter()
+            .filter(|c| !key_only || c.key)
             .map(|c| {
                 let what = || format!("column \"{}\" of {}", c.name, table());
-                // SAFETY: the datum was deformed with the descriptor the column was described
-                // from, so it has the column's type; the tuple and the change memory context
-                // (which receives detoasted copies and output text) live as long as `'t`.
-                unsafe {
-                    datum::to_value(&c.codec, datums[c.index], nulls[c.index], encoding, &what)
-                }
+                // SAFETY: the datum was deformed with a descriptor matching the one the column
+                // was described from (checked above), so it has the column's type; the tuple
+                // and the change memory context (which receives detoasted copies and output
+                // text) live as long as `'t`.
+                unsafe { datum::to_value(&c.codec, datums[c.index], nulls[c.index], encoding, &what) }
             })
             .collect()
     }
@@ -145,25 +146,51 @@ impl ChangeMemory<'_> {
             pg_sys::CurrentMemoryContext = context;
             previous
         };
-        ChangeMemory {
-            previous,
-            context,
-            _session: std::marker::PhantomData,
-        }
+        ChangeMemory { previous, context, _session: std::marker::PhantomData }
     }
 }
 
 impl Drop for ChangeMemory<'_> {
     fn drop(&mut self) {
         // SAFETY: restores the caller's context, then frees what the change allocated (most
-        // changes of fixed-size and short values allocate nothing: skip the call then).
-        // Runs on unwinding too, before pgrx re-raises the error.
+        // changes of fixed-size and short values allocate nothing and create no child
+        // context: skip the call then). Runs on unwinding too, before pgrx re-raises.
         unsafe {
             pg_sys::CurrentMemoryContext = self.previous;
-            if !(*self.context).isReset {
+            if !(*self.context).isReset || !(*self.context).firstchild.is_null() {
                 pg_sys::MemoryContextReset(self.context);
             }
         }
+    }
+}
+
+/// A memory context owned by one relation-cache entry: its output functions cache their
+/// lookups here (fn_extra), and it is deleted when the entry is replaced, so rebuilding an
+/// entry leaks nothing. Whatever is left goes with the decoding context.
+pub struct EntryMemory(pg_sys::MemoryContext);
+
+impl EntryMemory {
+    pub fn new(parent: pg_sys::MemoryContext) -> EntryMemory {
+        // SAFETY: a child of a live context; deleted by `free` or with its parent.
+        EntryMemory(unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                parent,
+                c"pgdms relation".as_ptr(),
+                pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+                pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            )
+        })
+    }
+
+    pub fn context(&self) -> pg_sys::MemoryContext {
+        self.0
+    }
+
+    /// Deletes the context. Only while the decoding context is alive, i.e. from a callback.
+    pub fn free(self) {
+        // SAFETY: we created it and nothing else deletes it while the session lives.
+        unsafe { pg_sys::MemoryContextDelete(self.0) };
     }
 }
 
@@ -192,17 +219,11 @@ fn options_of(ctx: *mut pg_sys::LogicalDecodingContext) -> Vec<(String, Option<S
         let cells = std::slice::from_raw_parts((*list).elements, (*list).length as usize);
         for cell in cells {
             let elem = cell.ptr_value.cast::<pg_sys::DefElem>();
-            let name = CStr::from_ptr((*elem).defname)
-                .to_string_lossy()
-                .into_owned();
+            let name = CStr::from_ptr((*elem).defname).to_string_lossy().into_owned();
             let value = if (*elem).arg.is_null() {
                 None
             } else {
-                Some(
-                    CStr::from_ptr(pg_sys::defGetString(elem))
-                        .to_string_lossy()
-                        .into_owned(),
-                )
+                Some(CStr::from_ptr(pg_sys::defGetString(elem)).to_string_lossy().into_owned())
             };
             pairs.push((name, value));
         }
@@ -230,7 +251,7 @@ unsafe extern "C-unwind" fn startup(
             unreachable!("an ERROR report does not return");
         }
     };
-    register_relcache_callback();
+    register_invalidation_callbacks();
     // SAFETY: ctx and opts are valid for the startup callback; the memory context is a child
     // of the decoding context and is deleted with it.
     unsafe {
@@ -244,25 +265,36 @@ unsafe extern "C-unwind" fn startup(
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         );
         let session = Session::new(options, (*ctx).context);
-        (*ctx).output_plugin_private = Box::into_raw(Box::new(Private {
-            session,
-            change_memory,
-        }))
-        .cast();
+        let private = Box::into_raw(Box::new(Private { session, change_memory }));
+        (*ctx).output_plugin_private = private.cast();
+        // The session is freed when the decoding context is deleted: after shutdown, and
+        // also when an ERROR ends decoding without shutdown being called (the SQL functions
+        // re-throw without freeing the context; its memory goes at transaction abort).
+        let callback = pg_sys::MemoryContextAlloc((*ctx).context, std::mem::size_of::<pg_sys::MemoryContextCallback>())
+            .cast::<pg_sys::MemoryContextCallback>();
+        callback.write(pg_sys::MemoryContextCallback {
+            func: Some(free_private),
+            arg: private.cast(),
+            next: std::ptr::null_mut(),
+        });
+        pg_sys::MemoryContextRegisterResetCallback((*ctx).context, callback);
     }
+    ACTIVE.with(|a| a.set(true));
+}
+
+/// Runs when the decoding context is deleted, after its child contexts (the change and
+/// entry memory) are gone: only Rust memory is freed here.
+#[pg_guard]
+unsafe extern "C-unwind" fn free_private(arg: *mut std::ffi::c_void) {
+    ACTIVE.with(|a| a.set(false));
+    // SAFETY: `arg` is the Box<Private> startup leaked; this callback runs once.
+    drop(unsafe { Box::from_raw(arg.cast::<Private>()) });
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn shutdown(ctx: *mut pg_sys::LogicalDecodingContext) {
-    // SAFETY: undoes startup's Box::into_raw exactly once; the memory context goes with the
-    // decoding context.
-    unsafe {
-        let p = (*ctx).output_plugin_private;
-        if !p.is_null() {
-            drop(Box::from_raw(p.cast::<Private>()));
-            (*ctx).output_plugin_private = std::ptr::null_mut();
-        }
-    }
+unsafe extern "C-unwind" fn shutdown(_ctx: *mut pg_sys::LogicalDecodingContext) {
+    // Nothing to free: free_private runs when the decoding context is deleted right after.
+    ACTIVE.with(|a| a.set(false));
 }
 
 fn commit_time(txn: *mut pg_sys::ReorderBufferTXN) -> i64 {
@@ -276,10 +308,7 @@ fn commit_time(txn: *mut pg_sys::ReorderBufferTXN) -> i64 {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn begin(
-    ctx: *mut pg_sys::LogicalDecodingContext,
-    txn: *mut pg_sys::ReorderBufferTXN,
-) {
+unsafe extern "C-unwind" fn begin(ctx: *mut pg_sys::LogicalDecodingContext, txn: *mut pg_sys::ReorderBufferTXN) {
     // SAFETY: valid context and transaction for the callback.
     let (p, begin) = unsafe {
         let txn_ref = &*txn;
@@ -306,12 +335,7 @@ unsafe extern "C-unwind" fn commit(
     let (p, commit) = unsafe {
         (
             private(ctx),
-            Commit {
-                xid: (*txn).xid.into_inner(),
-                commit_lsn,
-                end_lsn: (*txn).end_lsn,
-                commit_time: commit_time(txn),
-            },
+            Commit { xid: (*txn).xid.into_inner(), commit_lsn, end_lsn: (*txn).end_lsn, commit_time: commit_time(txn) },
         )
     };
     let _memory = ChangeMemory::enter(p.change_memory);
@@ -319,9 +343,7 @@ unsafe extern "C-unwind" fn commit(
 }
 
 /// Old and new tuples of a change, whatever the server version's representation.
-fn change_tuples(
-    change: *mut pg_sys::ReorderBufferChange,
-) -> (pg_sys::HeapTuple, pg_sys::HeapTuple) {
+fn change_tuples(change: *mut pg_sys::ReorderBufferChange) -> (pg_sys::HeapTuple, pg_sys::HeapTuple) {
     // SAFETY: insert/update/delete changes carry `tp`; tuple buffers may be NULL.
     unsafe {
         let tp = (*change).data.tp;
@@ -351,13 +373,7 @@ unsafe extern "C-unwind" fn change(
     change: *mut pg_sys::ReorderBufferChange,
 ) {
     // SAFETY: valid context, relation and change for the callback.
-    let (p, rel, action) = unsafe {
-        (
-            private(ctx),
-            RelationHandle::from_raw(relation),
-            (*change).action,
-        )
-    };
+    let (p, rel, action) = unsafe { (private(ctx), RelationHandle::from_raw(relation), (*change).action) };
     let (old, new) = change_tuples(change);
     // SAFETY: rd_att of the open relation describes its tuples.
     let desc = unsafe { (*rel.raw()).rd_att };
@@ -369,10 +385,7 @@ unsafe extern "C-unwind" fn change(
             None => return,
         },
         REORDER_BUFFER_CHANGE_UPDATE => match handle(new) {
-            Some(new) => Change::Update {
-                old: handle(old),
-                new,
-            },
+            Some(new) => Change::Update { old: handle(old), new },
             None => return,
         },
         REORDER_BUFFER_CHANGE_DELETE => Change::Delete { old: handle(old) },
@@ -400,8 +413,7 @@ unsafe extern "C-unwind" fn truncate(
         (private(ctx), rels, t.restart_seqs, t.cascade)
     };
     let _memory = ChangeMemory::enter(p.change_memory);
-    p.session
-        .on_truncate(&Output { ctx }, &rels, restart_identity, cascade);
+    p.session.on_truncate(&Output { ctx }, &rels, restart_identity, cascade);
 }
 
 #[pg_guard]
@@ -416,20 +428,11 @@ unsafe extern "C-unwind" fn message(
 ) {
     // SAFETY: prefix is NUL-terminated and content holds `size` bytes, both valid for the call.
     let (p, prefix, content) = unsafe {
-        let content = if size == 0 {
-            &[][..]
-        } else {
-            std::slice::from_raw_parts(content.cast::<u8>(), size)
-        };
-        (
-            private(ctx),
-            CStr::from_ptr(prefix).to_string_lossy(),
-            content,
-        )
+        let content = if size == 0 { &[][..] } else { std::slice::from_raw_parts(content.cast::<u8>(), size) };
+        (private(ctx), CStr::from_ptr(prefix).to_string_lossy(), content)
     };
     let _memory = ChangeMemory::enter(p.change_memory);
-    p.session
-        .on_message(&Output { ctx }, transactional, lsn, &prefix, content);
+    p.session.on_message(&Output { ctx }, transactional, lsn, &prefix, content);
 }
 
 #[pg_guard]
@@ -439,60 +442,99 @@ unsafe extern "C-unwind" fn filter_by_origin(
 ) -> bool {
     // SAFETY: valid context for the callback.
     let p = unsafe { private(ctx) };
-    p.session
-        .filter_origin(u32::from(origin_id) != pg_sys::InvalidRepOriginId)
+    p.session.filter_origin(u32::from(origin_id) != pg_sys::InvalidRepOriginId)
 }
 
-// --- relcache invalidation -------------------------------------------------------------
+// --- catalog invalidation ---------------------------------------------------------------
 
-/// Invalidations received since the session last looked. The relcache callback only records
-/// them: it may fire in the middle of catalog access, when the cache itself is in use.
+/// Invalidations received since the session last looked. The callbacks only record them:
+/// they may fire in the middle of catalog access, when the cache itself is in use.
 #[derive(Default)]
 pub struct Invalidations {
     pub all: bool,
     pub relids: Vec<u32>,
 }
 
+/// Past this many distinct relations, "everything" is cheaper to track and as correct.
+const MAX_PENDING_RELIDS: usize = 1024;
+
 thread_local! {
+    /// A decoding session is running in this backend: the callbacks stay registered after
+    /// it ends (PostgreSQL cannot unregister them) and must then record nothing.
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    /// Set by the callbacks; lets the hot path skip PENDING when nothing happened.
+    static DIRTY: Cell<bool> = const { Cell::new(false) };
+    /// "Everything", for when PENDING cannot be borrowed.
+    static ALL: Cell<bool> = const { Cell::new(false) };
     static PENDING: RefCell<Invalidations> = RefCell::default();
-    /// Set when an invalidation could not be recorded in PENDING (it was borrowed).
-    static OVERFLOW: Cell<bool> = const { Cell::new(false) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Takes the invalidations recorded since the last call.
 pub fn take_invalidations() -> Option<Invalidations> {
-    let overflow = OVERFLOW.with(|o| o.replace(false));
-    PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        p.all |= overflow;
-        (p.all || !p.relids.is_empty()).then(|| std::mem::take(&mut *p))
-    })
+    if !DIRTY.with(|d| d.replace(false)) {
+        return None;
+    }
+    let mut taken = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    taken.all |= ALL.with(|a| a.replace(false));
+    Some(taken)
 }
 
-/// Registers the relcache callback once per backend: PostgreSQL has no way to unregister
-/// one, so later sessions in the same backend reuse it.
-fn register_relcache_callback() {
+/// Records an invalidation (`None`: everything).
+fn invalidate(relid: Option<u32>) {
+    if !ACTIVE.with(Cell::get) {
+        return;
+    }
+    DIRTY.with(|d| d.set(true));
+    PENDING.with(|p| {
+        // Never panic here: should the list be borrowed, invalidate everything instead.
+        let Ok(mut p) = p.try_borrow_mut() else {
+            ALL.with(|a| a.set(true));
+            return;
+        };
+        match relid {
+            Some(r) if !p.all && p.relids.len() < MAX_PENDING_RELIDS => {
+                if !p.relids.contains(&r) {
+                    p.relids.push(r);
+                }
+            }
+            _ => {
+                p.all = true;
+                p.relids.clear();
+            }
+        }
+    });
+}
+
+/// Registers the callbacks once per backend: PostgreSQL has no way to unregister them, so
+/// later sessions in the same backend reuse them.
+fn register_invalidation_callbacks() {
     PENDING.with(|p| *p.borrow_mut() = Invalidations::default());
-    OVERFLOW.with(|o| o.set(false));
+    DIRTY.with(|d| d.set(false));
+    ALL.with(|a| a.set(false));
     if REGISTERED.with(|r| r.replace(true)) {
         return;
     }
-    // SAFETY: registers a guarded callback that lives as long as the loaded library.
+    // SAFETY: registers guarded callbacks that live as long as the loaded library.
     unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(
-            Some(relcache_invalidated),
-            pg_sys::Datum::from(0usize),
-        )
-    };
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_invalidated), pg_sys::Datum::from(0usize));
+        // Renaming a schema or a type changes relation records without touching any table.
+        for cache in [pg_sys::SysCacheIdentifier::NAMESPACEOID, pg_sys::SysCacheIdentifier::TYPEOID] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(syscache_invalidated),
+                pg_sys::Datum::from(0usize),
+            );
+        }
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    PENDING.with(|p| match p.try_borrow_mut() {
-        Ok(mut p) if relid == pg_sys::InvalidOid => p.all = true,
-        Ok(mut p) => p.relids.push(relid.to_u32()),
-        // Never panic here; invalidating everything is always correct.
-        Err(_) => OVERFLOW.with(|o| o.set(true)),
-    });
+    invalidate((relid != pg_sys::InvalidOid).then(|| relid.to_u32()));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn syscache_invalidated(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    invalidate(None);
 }

@@ -9,28 +9,21 @@
 
 mod relcache;
 
-use crate::ffi::catalog::{self, RelationDesc, RelationHandle};
+use crate::ffi::catalog::{self, RelationHandle};
 use crate::ffi::datum::ServerEncoding;
 use crate::ffi::{DeformScratch, Output, TupleHandle};
 use pgdms_proto::{
-    Begin, Commit, Delete, Insert, Message, OldImage, Options, OriginFilter, Record,
-    ReplicaIdentity, Startup, Truncate, Update, Value, PROTO_VERSION,
+    Begin, Commit, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, ReplicaIdentity, Startup,
+    Truncate, Update, Value, PROTO_VERSION,
 };
 use pgrx::pg_sys;
 use relcache::{CachedRelation, RelationCache};
 
 /// One change of a row.
 pub enum Change {
-    Insert {
-        new: TupleHandle,
-    },
-    Update {
-        old: Option<TupleHandle>,
-        new: TupleHandle,
-    },
-    Delete {
-        old: Option<TupleHandle>,
-    },
+    Insert { new: TupleHandle },
+    Update { old: Option<TupleHandle>, new: TupleHandle },
+    Delete { old: Option<TupleHandle> },
 }
 
 pub struct Session {
@@ -141,13 +134,7 @@ impl Session {
     }
 
     pub fn on_change(&mut self, out: &Output, rel: RelationHandle, change: Change) {
-        let Session {
-            relations,
-            writer,
-            scratch,
-            encoding,
-            ..
-        } = self;
+        let Session { relations, writer, scratch, encoding, .. } = self;
         let Some(entry) = relations.get(rel) else {
             return;
         };
@@ -155,37 +142,25 @@ impl Session {
         Writer::ensure_relation(out, entry);
         let desc = &entry.desc;
         let encoding = *encoding;
-        let mut values_of = |t, key_only| image(desc, t, key_only, scratch, encoding);
         let full = desc.replica_identity == ReplicaIdentity::Full;
         let relation = desc.oid;
         let record = match &change {
-            Change::Insert { new } => Record::Insert(Insert {
-                relation,
-                new: values_of(new, false),
-            }),
+            Change::Insert { new } => {
+                Record::Insert(Insert { relation, new: new.values(desc, false, scratch, encoding) })
+            }
             Change::Update { old, new } => {
-                let old = old.as_ref().map(|o| old_image(values_of(o, !full), full));
-                Record::Update(Update {
-                    relation,
-                    old,
-                    new: values_of(new, false),
-                })
+                let old = old.as_ref().map(|o| old_image(o.values(desc, !full, scratch, encoding), full));
+                Record::Update(Update { relation, old, new: new.values(desc, false, scratch, encoding) })
             }
             Change::Delete { old } => Record::Delete(Delete {
                 relation,
-                old: old.as_ref().map(|o| old_image(values_of(o, !full), full)),
+                old: old.as_ref().map(|o| old_image(o.values(desc, !full, scratch, encoding), full)),
             }),
         };
         writer.emit(out, &record);
     }
 
-    pub fn on_truncate(
-        &mut self,
-        out: &Output,
-        rels: &[RelationHandle],
-        restart_identity: bool,
-        cascade: bool,
-    ) {
+    pub fn on_truncate(&mut self, out: &Output, rels: &[RelationHandle], restart_identity: bool, cascade: bool) {
         let mut relations = Vec::with_capacity(rels.len());
         for rel in rels {
             if let Some(entry) = self.relations.get(*rel) {
@@ -197,53 +172,18 @@ impl Session {
             }
         }
         if !relations.is_empty() {
-            self.writer.emit(
-                out,
-                &Record::Truncate(Truncate {
-                    relations,
-                    restart_identity,
-                    cascade,
-                }),
-            );
+            self.writer.emit(out, &Record::Truncate(Truncate { relations, restart_identity, cascade }));
         }
     }
 
-    pub fn on_message(
-        &mut self,
-        out: &Output,
-        transactional: bool,
-        lsn: u64,
-        prefix: &str,
-        content: &[u8],
-    ) {
+    pub fn on_message(&mut self, out: &Output, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
         if transactional {
             self.writer.ensure_begin(out);
         } else {
             self.writer.ensure_startup(out);
         }
-        self.writer.emit(
-            out,
-            &Record::Message(Message {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            }),
-        );
+        self.writer.emit(out, &Record::Message(Message { transactional, lsn, prefix, content }));
     }
-}
-
-/// The values of a tuple: every column, or the replica-identity key columns only.
-fn image<'t>(
-    desc: &RelationDesc,
-    tuple: &'t TupleHandle,
-    key_only: bool,
-    scratch: &mut DeformScratch,
-    encoding: ServerEncoding,
-) -> Vec<Value<'t>> {
-    let table = || format!("table \"{}\".\"{}\"", desc.schema, desc.name);
-    let columns = desc.columns.iter().filter(|c| !key_only || c.key);
-    tuple.values(columns, scratch, encoding, &table)
 }
 
 /// Old values as logged: the whole row under REPLICA IDENTITY FULL, else the key columns.

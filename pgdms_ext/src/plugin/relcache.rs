@@ -1,76 +1,95 @@
 //! The relation cache: per table, whether its changes are published, how its columns are
 //! converted, and its encoded relation record.
 //!
-//! Like pgoutput's RelationSyncCache, entries are invalidated by relcache callbacks
-//! (ALTER TABLE, RENAME, a changed default or replica identity...). An invalidated entry is
-//! described again at its next use; its relation record is written again only if what it
-//! says changed, since plain invalidations (VACUUM, ANALYZE, index builds) are frequent.
+//! Like pgoutput's RelationSyncCache, entries are dropped on invalidation (ALTER TABLE,
+//! RENAME, a changed default or replica identity, a renamed schema or type...) and described
+//! again at their next use. The relation record is written again only if what it says
+//! changed: plain invalidations (VACUUM, ANALYZE, index builds) are frequent.
 
 use crate::ffi::catalog::{RelationDesc, RelationHandle};
-use crate::ffi::take_invalidations;
+use crate::ffi::{take_invalidations, EntryMemory};
 use pgdms_proto::{Column, Record, Relation, RelationRef};
 use pgrx::pg_sys;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 pub struct CachedRelation {
     pub desc: RelationDesc,
     /// The encoded relation record.
     pub record: Vec<u8>,
-    /// Written in this session since it last changed.
+    /// Written in this session in its current form.
     pub sent: bool,
-}
-
-struct Slot {
-    valid: bool,
-    /// `None`: the table's changes are not published (not a user table, or ours).
-    entry: Option<CachedRelation>,
+    /// Holds what the column codecs cache; freed with the entry.
+    memory: EntryMemory,
 }
 
 pub struct RelationCache {
+    /// Parent of the entries' memory: the decoding context.
     mcxt: pg_sys::MemoryContext,
-    slots: FxHashMap<u32, Slot>,
+    entries: FxHashMap<u32, CachedRelation>,
+    /// Relations whose changes are not published (not user tables, or ours).
+    skipped: FxHashSet<u32>,
+    /// The relation record last written for relations whose entry was invalidated since.
+    sent_before: FxHashMap<u32, Vec<u8>>,
 }
 
 impl RelationCache {
     pub fn new(mcxt: pg_sys::MemoryContext) -> Self {
         RelationCache {
             mcxt,
-            slots: FxHashMap::default(),
+            entries: FxHashMap::default(),
+            skipped: FxHashSet::default(),
+            sent_before: FxHashMap::default(),
         }
+    }
+
+    fn evict(&mut self, relid: u32) {
+        if let Some(entry) = self.entries.remove(&relid) {
+            if entry.sent {
+                self.sent_before.insert(relid, entry.record);
+            }
+            entry.memory.free();
+        }
+        self.skipped.remove(&relid);
     }
 
     fn apply_invalidations(&mut self) {
-        if let Some(inval) = take_invalidations() {
-            if inval.all {
-                self.slots.values_mut().for_each(|s| s.valid = false);
-            }
-            for relid in inval.relids {
-                if let Some(slot) = self.slots.get_mut(&relid) {
-                    slot.valid = false;
-                }
-            }
+        let Some(inval) = take_invalidations() else { return };
+        let relids: Vec<u32> = if inval.all {
+            self.entries.keys().copied().chain(self.skipped.iter().copied()).collect()
+        } else {
+            // A partition's record names its parent: a renamed parent changes it too.
+            let children = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.desc.parent.as_ref().is_some_and(|(p, _, _)| inval.relids.contains(p)))
+                .map(|(oid, _)| *oid);
+            children.chain(inval.relids.iter().copied()).collect()
+        };
+        for relid in relids {
+            self.evict(relid);
         }
     }
 
-    /// The entry of a published table, described afresh if it was invalidated.
+    /// The entry of a published table, described afresh if it was invalidated; `None` for a
+    /// table whose changes are not published.
     pub fn get(&mut self, rel: RelationHandle) -> Option<&mut CachedRelation> {
         self.apply_invalidations();
-        let mcxt = self.mcxt;
-        let slot = self.slots.entry(rel.oid()).or_insert(Slot {
-            valid: false,
-            entry: None,
-        });
-        if !slot.valid {
-            let previous = slot.entry.take();
-            slot.entry = (rel.is_user_table() && !rel.belongs_to_pgdms()).then(|| {
-                let desc = rel.describe(mcxt);
-                let record = encode_relation(&desc);
-                let sent = previous.is_some_and(|p| p.sent && p.record == record);
-                CachedRelation { desc, record, sent }
-            });
-            slot.valid = true;
+        let oid = rel.oid();
+        if self.skipped.contains(&oid) {
+            return None;
         }
-        slot.entry.as_mut()
+        if !self.entries.contains_key(&oid) {
+            if !rel.is_user_table() || rel.belongs_to_pgdms() {
+                self.skipped.insert(oid);
+                return None;
+            }
+            let memory = EntryMemory::new(self.mcxt);
+            let desc = rel.describe(memory.context());
+            let record = encode_relation(&desc);
+            let sent = self.sent_before.remove(&oid).is_some_and(|previous| previous == record);
+            self.entries.insert(oid, CachedRelation { desc, record, sent, memory });
+        }
+        self.entries.get_mut(&oid)
     }
 }
 
@@ -81,11 +100,7 @@ fn encode_relation(d: &RelationDesc) -> Vec<u8> {
         name: &d.name,
         kind: d.kind,
         replica_identity: d.replica_identity,
-        partition_parent: d.parent.as_ref().map(|(oid, schema, name)| RelationRef {
-            oid: *oid,
-            schema,
-            name,
-        }),
+        partition_parent: d.parent.as_ref().map(|(oid, schema, name)| RelationRef { oid: *oid, schema, name }),
         columns: d
             .columns
             .iter()
