@@ -29,7 +29,7 @@ create table "Customers" (
 );
 create table orders (
     id serial primary key,
-    customer_id bigint not null references "Customers",
+    customer_id bigint not null references "Customers" on update cascade,
     status order_status not null default 'new',
     total numeric(12,2) not null,
     items jsonb,
@@ -42,7 +42,7 @@ SQL
 psql_ -At -c "select 'demo: slot created at ' || lsn from pg_create_logical_replication_slot('pgdms_demo', 'pgdms')" >&2
 
 echo "demo: making changes on the live source" >&2
-psql_ <<'SQL'
+psql_ -o /dev/null <<'SQL'
 begin;
 insert into orders (customer_id, total, items, tags, receipt)
     values (1, 42.50, '{"sku": "A-1", "qty": 2}', '{gift,"rush order"}', '\x00ff10');
@@ -52,7 +52,6 @@ commit;
 update orders set status = 'paid' where id = 1;
 update orders set total = total + 1 where id = 2;          -- the TOASTed note is sent as unchanged
 update "Customers" set id = 10 where id = 2;                -- a primary-key update carries the old key
-update orders set customer_id = 10 where customer_id = 2;
 delete from orders where id = 1;
 select pg_logical_emit_message(true, 'pgdms-demo', 'checkpoint reached');
 truncate orders restart identity;

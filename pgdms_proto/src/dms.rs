@@ -229,7 +229,7 @@ mod tests {
             (INT2, -1, "INT2"),
             (INT8, -1, "INT8"),
             (NUMERIC, ((10 << 16) | 2) + 4, "NUMERIC(10,2)"),
-            (NUMERIC, ((38 << 16) | 0) + 4, "NUMERIC(38,0)"),
+            (NUMERIC, (38 << 16) + 4, "NUMERIC(38,0)"),
             (NUMERIC, ((39 << 16) | 5) + 4, "STRING"),
             (NUMERIC, -1, "STRING"),
             (FLOAT4, -1, "REAL4"),

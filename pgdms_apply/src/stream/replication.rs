@@ -20,7 +20,7 @@ pub enum ReplicationError {
     #[error("connection to the source lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
-    Server(ServerError),
+    Server(Box<ServerError>),
     #[error("authentication failed: {0}")]
     Auth(String),
     #[error("unexpected message from the server: {0}")]
@@ -244,7 +244,7 @@ impl ReplicationConnection {
                 backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ReadyForQuery(_) => return Ok(()),
                 backend::Message::ErrorResponse(body) => {
-                    return Err(ReplicationError::Server(ServerError::parse(&body)))
+                    return Err(ReplicationError::Server(Box::new(ServerError::parse(&body))))
                 }
                 other => return Err(ReplicationError::Protocol(format!("{} during startup", message_name(&other)))),
             }
@@ -311,7 +311,7 @@ impl ReplicationConnection {
             }
         }
         match error {
-            Some(e) => Err(ReplicationError::Server(e)),
+            Some(e) => Err(ReplicationError::Server(Box::new(e))),
             None => Ok(rows),
         }
     }
@@ -384,7 +384,7 @@ impl ReplicationConnection {
                 Some(backend::Message::ErrorResponse(body)) => {
                     let e = ServerError::parse(&body);
                     // Drain to ReadyForQuery so the error is the whole story.
-                    return Err(ReplicationError::Server(e));
+                    return Err(ReplicationError::Server(Box::new(e)));
                 }
                 Some(backend::Message::NoticeResponse(_)) | Some(backend::Message::ParameterStatus(_)) => {}
                 Some(other) => {
@@ -441,7 +441,7 @@ impl ReplicationStream {
                 }
                 backend::Message::CopyDone => return Ok(None),
                 backend::Message::ErrorResponse(body) => {
-                    return Err(ReplicationError::Server(ServerError::parse(&body)))
+                    return Err(ReplicationError::Server(Box::new(ServerError::parse(&body))))
                 }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
                 other => {
@@ -480,7 +480,7 @@ impl ReplicationStream {
                 _ = &mut deadline => return Ok(()),
                 msg = self.conn.read_raw() => match msg? {
                     Some(backend::Message::ReadyForQuery(_)) => return Ok(()),
-                    Some(backend::Message::ErrorResponse(body)) => return Err(ReplicationError::Server(ServerError::parse(&body))),
+                    Some(backend::Message::ErrorResponse(body)) => return Err(ReplicationError::Server(Box::new(ServerError::parse(&body)))),
                     _ => {}
                 }
             }

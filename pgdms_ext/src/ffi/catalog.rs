@@ -2,6 +2,7 @@
 //! provides: enough to write its relation record and to convert its tuples.
 
 use super::datum::Codec;
+use super::EntryMemory;
 use pgdms_proto::{dms, DmsType, Identity, RelKind, ReplicaIdentity};
 use pgrx::pg_sys;
 use std::ffi::{CStr, CString};
@@ -184,8 +185,8 @@ impl RelationHandle {
     }
 
     /// Reads everything the relation record says. Codec function lookups are cached in
-    /// `mcxt`, which must outlive the returned description.
-    pub fn describe(&self, mcxt: pg_sys::MemoryContext) -> RelationDesc {
+    /// `memory`, which must outlive the returned description.
+    pub fn describe(&self, memory: &EntryMemory) -> RelationDesc {
         let form = self.form();
         let oid = self.oid();
         // SAFETY: catalog reads on an open relation inside the decoding transaction; every
@@ -266,7 +267,7 @@ impl RelationHandle {
                     primary_key: pk.contains(&att.attnum),
                     dms_type,
                     dms_fallback,
-                    codec: Codec::for_type(type_oid, mcxt),
+                    codec: Codec::for_type(type_oid, memory.context()),
                 });
             }
             RelationDesc {

@@ -47,7 +47,7 @@ const F_NUMERIC_OUT: u32 = 1702;
 impl Codec {
     /// The codec of a column of type `typid`. Function lookups are cached in `mcxt`, which
     /// must outlive the codec (the decoding context's memory).
-    pub fn for_type(typid: pg_sys::Oid, mcxt: pg_sys::MemoryContext) -> Codec {
+    pub(crate) fn for_type(typid: pg_sys::Oid, mcxt: pg_sys::MemoryContext) -> Codec {
         match typid.to_u32() {
             oids::BOOL => Codec::Bool,
             oids::INT2 => Codec::Int2,

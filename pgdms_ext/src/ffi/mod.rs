@@ -169,12 +169,17 @@ impl Drop for ChangeMemory<'_> {
 /// entry leaks nothing. Whatever is left goes with the decoding context.
 pub struct EntryMemory(pg_sys::MemoryContext);
 
+/// The decoding context's memory, which lives as long as the decoding session. Only this
+/// layer makes one (from the context PostgreSQL hands to the startup callback).
+#[derive(Clone, Copy)]
+pub struct SessionMemory(pg_sys::MemoryContext);
+
 impl EntryMemory {
-    pub fn new(parent: pg_sys::MemoryContext) -> EntryMemory {
-        // SAFETY: a child of a live context; deleted by `free` or with its parent.
+    pub fn new(parent: SessionMemory) -> EntryMemory {
+        // SAFETY: a child of the live decoding context; deleted by `free` or with its parent.
         EntryMemory(unsafe {
             pg_sys::AllocSetContextCreateInternal(
-                parent,
+                parent.0,
                 c"pgdms relation".as_ptr(),
                 pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
                 pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
@@ -183,7 +188,7 @@ impl EntryMemory {
         })
     }
 
-    pub fn context(&self) -> pg_sys::MemoryContext {
+    pub(crate) fn context(&self) -> pg_sys::MemoryContext {
         self.0
     }
 
@@ -264,7 +269,7 @@ unsafe extern "C-unwind" fn startup(
             pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         );
-        let session = Session::new(options, (*ctx).context);
+        let session = Session::new(options, SessionMemory((*ctx).context));
         let private = Box::into_raw(Box::new(Private { session, change_memory }));
         (*ctx).output_plugin_private = private.cast();
         // The session is freed when the decoding context is deleted: after shutdown, and

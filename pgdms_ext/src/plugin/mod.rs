@@ -11,12 +11,11 @@ mod relcache;
 
 use crate::ffi::catalog::{self, RelationHandle};
 use crate::ffi::datum::ServerEncoding;
-use crate::ffi::{DeformScratch, Output, TupleHandle};
+use crate::ffi::{DeformScratch, Output, SessionMemory, TupleHandle};
 use pgdms_proto::{
     Begin, Commit, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, ReplicaIdentity, Startup,
     Truncate, Update, Value, PROTO_VERSION,
 };
-use pgrx::pg_sys;
 use relcache::{CachedRelation, RelationCache};
 
 /// One change of a row.
@@ -98,12 +97,11 @@ impl Writer {
 }
 
 impl Session {
-    /// `mcxt`: the decoding context's memory, which outlives the session.
-    pub fn new(options: Options, mcxt: pg_sys::MemoryContext) -> Session {
+    pub fn new(options: Options, memory: SessionMemory) -> Session {
         Session {
             options,
             encoding: ServerEncoding::current(),
-            relations: RelationCache::new(mcxt),
+            relations: RelationCache::new(memory),
             writer: Writer {
                 startup_sent: false,
                 pending_begin: None,

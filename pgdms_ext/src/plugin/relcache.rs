@@ -7,9 +7,8 @@
 //! changed: plain invalidations (VACUUM, ANALYZE, index builds) are frequent.
 
 use crate::ffi::catalog::{RelationDesc, RelationHandle};
-use crate::ffi::{take_invalidations, EntryMemory};
+use crate::ffi::{take_invalidations, EntryMemory, SessionMemory};
 use pgdms_proto::{Column, Record, Relation, RelationRef};
-use pgrx::pg_sys;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 pub struct CachedRelation {
@@ -23,8 +22,8 @@ pub struct CachedRelation {
 }
 
 pub struct RelationCache {
-    /// Parent of the entries' memory: the decoding context.
-    mcxt: pg_sys::MemoryContext,
+    /// Parent of the entries' memory.
+    memory: SessionMemory,
     entries: FxHashMap<u32, CachedRelation>,
     /// Relations whose changes are not published (not user tables, or ours).
     skipped: FxHashSet<u32>,
@@ -33,9 +32,9 @@ pub struct RelationCache {
 }
 
 impl RelationCache {
-    pub fn new(mcxt: pg_sys::MemoryContext) -> Self {
+    pub fn new(memory: SessionMemory) -> Self {
         RelationCache {
-            mcxt,
+            memory,
             entries: FxHashMap::default(),
             skipped: FxHashSet::default(),
             sent_before: FxHashMap::default(),
@@ -83,8 +82,8 @@ impl RelationCache {
                 self.skipped.insert(oid);
                 return None;
             }
-            let memory = EntryMemory::new(self.mcxt);
-            let desc = rel.describe(memory.context());
+            let memory = EntryMemory::new(self.memory);
+            let desc = rel.describe(&memory);
             let record = encode_relation(&desc);
             let sent = self.sent_before.remove(&oid).is_some_and(|previous| previous == record);
             self.entries.insert(oid, CachedRelation { desc, record, sent, memory });
