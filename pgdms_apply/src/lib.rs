@@ -1,8 +1,14 @@
 //! pgdms-apply: consumes the records of the pgdms output plugin over the streaming
-//! replication protocol.
+//! replication protocol and applies them to targets.
 //!
+//! The data flows through the modules in this order:
 //! * [`stream`]: the replication client (connection settings, the protocol, the slot).
-//! * [`dump`]: records as JSON lines, the user's window into a stream.
+//! * [`apply`]: records become events, complete transactions become batches and groups.
+//! * [`target`]: where groups land (PostgreSQL).
+//!
+//! [`dump`] prints the records as JSON lines instead: the user's window into a stream.
 
+pub mod apply;
 pub mod dump;
 pub mod stream;
+pub mod target;

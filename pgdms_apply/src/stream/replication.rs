@@ -408,6 +408,12 @@ fn pg_now() -> i64 {
 }
 
 impl ReplicationStream {
+    /// Is a whole message already received (so `recv` will not wait)?
+    pub fn has_buffered_message(&self) -> bool {
+        let buf = &self.conn.rbuf;
+        buf.len() >= 5 && buf.len() > u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
+    }
+
     /// The next message; `None` when the server ended the stream (CopyDone).
     pub async fn recv(&mut self) -> Result<Option<StreamMessage>> {
         loop {

@@ -1,0 +1,289 @@
+//! What the apply works with: relations and row changes, owned.
+//!
+//! Decoded records borrow from their message; the apply keeps changes until their group
+//! commits, so it converts them here. Text and bytea values stay slices of the received
+//! message (`Bytes` is reference-counted), so nothing is copied.
+
+use crate::stream::Lsn;
+use bytes::Bytes;
+use pgdms_proto::{DmsType, Identity, OldImage, Record, ReplicaIdentity, Value};
+use std::sync::Arc;
+
+/// One column value, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Null,
+    /// A TOASTed value the change did not touch: the target keeps what it has.
+    Unchanged,
+    Bool(bool),
+    Int2(i16),
+    Int4(i32),
+    Int8(i64),
+    Float4(f32),
+    Float8(f64),
+    /// UTF-8 text: the content of a text-like column, or another type's text output.
+    Text(Bytes),
+    Bytes(Bytes),
+    Date(i32),
+    Time(i64),
+    TimeTz {
+        micros: i64,
+        offset_secs: i32,
+    },
+    Timestamp(i64),
+    TimestampTz(i64),
+    Uuid([u8; 16]),
+}
+
+pub type Row = Vec<Val>;
+
+impl Val {
+    fn from_wire(v: &Value<'_>, msg: &Bytes) -> Val {
+        match *v {
+            Value::Null => Val::Null,
+            Value::UnchangedToast => Val::Unchanged,
+            Value::Bool(b) => Val::Bool(b),
+            Value::Int2(i) => Val::Int2(i),
+            Value::Int4(i) => Val::Int4(i),
+            Value::Int8(i) => Val::Int8(i),
+            Value::Float4(f) => Val::Float4(f),
+            Value::Float8(f) => Val::Float8(f),
+            Value::Text(s) => Val::Text(msg.slice_ref(s.as_bytes())),
+            Value::Bytes(b) => Val::Bytes(if b.is_empty() { Bytes::new() } else { msg.slice_ref(b) }),
+            Value::Date(d) => Val::Date(d),
+            Value::Time(t) => Val::Time(t),
+            Value::TimeTz { micros, offset_secs } => Val::TimeTz { micros, offset_secs },
+            Value::Timestamp(t) => Val::Timestamp(t),
+            Value::TimestampTz(t) => Val::TimestampTz(t),
+            Value::Uuid(u) => Val::Uuid(u),
+        }
+    }
+
+    /// The wire form again, for PostgreSQL text rendering.
+    pub fn as_wire(&self) -> Value<'_> {
+        match self {
+            Val::Null => Value::Null,
+            Val::Unchanged => Value::UnchangedToast,
+            Val::Bool(b) => Value::Bool(*b),
+            Val::Int2(i) => Value::Int2(*i),
+            Val::Int4(i) => Value::Int4(*i),
+            Val::Int8(i) => Value::Int8(*i),
+            Val::Float4(f) => Value::Float4(*f),
+            Val::Float8(f) => Value::Float8(*f),
+            // Text came from a &str of the message: valid UTF-8.
+            Val::Text(b) => Value::Text(std::str::from_utf8(b).unwrap_or_default()),
+            Val::Bytes(b) => Value::Bytes(b),
+            Val::Date(d) => Value::Date(*d),
+            Val::Time(t) => Value::Time(*t),
+            Val::TimeTz { micros, offset_secs } => Value::TimeTz { micros: *micros, offset_secs: *offset_secs },
+            Val::Timestamp(t) => Value::Timestamp(*t),
+            Val::TimestampTz(t) => Value::TimestampTz(*t),
+            Val::Uuid(u) => Value::Uuid(*u),
+        }
+    }
+
+    /// PostgreSQL's text form (None for NULL and unchanged).
+    pub fn to_pg_text(&self) -> Option<String> {
+        self.as_wire().to_pg_text().map(|c| c.into_owned())
+    }
+}
+
+fn row(values: &[Value<'_>], msg: &Bytes) -> Row {
+    values.iter().map(|v| Val::from_wire(v, msg)).collect()
+}
+
+/// A column of a source table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_sql: String,
+    pub key: bool,
+    pub primary_key: bool,
+    pub generated: bool,
+    pub identity: Identity,
+    pub not_null: bool,
+    pub dms_type: DmsType,
+}
+
+/// A source table, as its latest relation record describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelInfo {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub replica_identity: ReplicaIdentity,
+    pub columns: Vec<ColumnInfo>,
+}
+
+impl RelInfo {
+    /// "schema"."name", quoted for SQL.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// Indices of the replica-identity key columns (the columns an old key image carries).
+    pub fn key_indices(&self) -> Vec<usize> {
+        self.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+    }
+
+    pub fn pk_indices(&self) -> Vec<usize> {
+        self.columns.iter().enumerate().filter(|(_, c)| c.primary_key).map(|(i, _)| i).collect()
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The old values a change carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Old {
+    /// Nothing was logged (no replica identity, or an update that kept its key).
+    None,
+    /// Values of the key columns, in column order.
+    Key(Row),
+    /// The whole old row.
+    Full(Row),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeKind {
+    Insert { new: Row },
+    Update { old: Old, new: Row },
+    Delete { old: Old },
+}
+
+/// One row change of a source transaction.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub rel: Arc<RelInfo>,
+    pub kind: ChangeKind,
+    /// WAL position of the change.
+    pub lsn: Lsn,
+    pub xid: u32,
+}
+
+impl Change {
+    pub fn operation(&self) -> &'static str {
+        match self.kind {
+            ChangeKind::Insert { .. } => "insert",
+            ChangeKind::Update { .. } => "update",
+            ChangeKind::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// What the apply receives, in stream order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Begin {
+        xid: u32,
+        commit_lsn: Lsn,
+    },
+    Change(Change),
+    Truncate {
+        rels: Vec<Arc<RelInfo>>,
+        restart_identity: bool,
+        lsn: Lsn,
+    },
+    Commit {
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
+    /// The source described a table anew (its columns may have changed).
+    Relation(Arc<RelInfo>),
+    /// The decoding session's settings that value texts depend on.
+    Settings(crate::target::SourceSettings),
+}
+
+/// Turns records into events, keeping the latest description of each table.
+#[derive(Default)]
+pub struct EventDecoder {
+    relations: std::collections::HashMap<u32, Arc<RelInfo>>,
+    xid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error(transparent)]
+    Decode(#[from] pgdms_proto::DecodeError),
+    #[error("a change at {lsn} names relation {oid}, which no relation record described")]
+    UnknownRelation { oid: u32, lsn: Lsn },
+    #[error("the stream uses pgdms proto_version {0}, this pgdms-apply speaks {PROTO}", PROTO = pgdms_proto::PROTO_VERSION)]
+    Version(u32),
+}
+
+impl EventDecoder {
+    fn rel(&self, oid: u32, lsn: Lsn) -> Result<Arc<RelInfo>, EventError> {
+        self.relations.get(&oid).cloned().ok_or(EventError::UnknownRelation { oid, lsn })
+    }
+
+    /// Decodes one message. `None` for records the apply does not act on.
+    pub fn decode(&mut self, msg: &Bytes, lsn: Lsn) -> Result<Option<Event>, EventError> {
+        let record = Record::decode(msg)?;
+        let old = |o: &Option<OldImage<'_>>| match o {
+            None => Old::None,
+            Some(OldImage::Key(v)) => Old::Key(row(v, msg)),
+            Some(OldImage::Full(v)) => Old::Full(row(v, msg)),
+        };
+        let change = |rel, kind| Event::Change(Change { rel, kind, lsn, xid: self.xid });
+        Ok(Some(match &record {
+            Record::Startup(s) => {
+                if s.proto_version != pgdms_proto::PROTO_VERSION {
+                    return Err(EventError::Version(s.proto_version));
+                }
+                Event::Settings(crate::target::SourceSettings {
+                    date_style: Some(s.date_style.to_string()),
+                    interval_style: Some(s.interval_style.to_string()),
+                })
+            }
+            Record::Begin(b) => {
+                self.xid = b.xid;
+                Event::Begin { xid: b.xid, commit_lsn: Lsn(b.commit_lsn) }
+            }
+            Record::Commit(c) => Event::Commit { end_lsn: Lsn(c.end_lsn), commit_time: c.commit_time },
+            Record::Relation(r) => {
+                let info = Arc::new(RelInfo {
+                    oid: r.oid,
+                    schema: r.schema.to_string(),
+                    name: r.name.to_string(),
+                    replica_identity: r.replica_identity,
+                    columns: r
+                        .columns
+                        .iter()
+                        .map(|c| ColumnInfo {
+                            name: c.name.to_string(),
+                            type_oid: c.type_oid,
+                            type_sql: c.type_sql.to_string(),
+                            key: c.key,
+                            primary_key: c.primary_key,
+                            generated: c.generated,
+                            identity: c.identity,
+                            not_null: c.not_null,
+                            dms_type: c.dms_type,
+                        })
+                        .collect(),
+                });
+                self.relations.insert(r.oid, info.clone());
+                Event::Relation(info)
+            }
+            Record::Insert(i) => change(self.rel(i.relation, lsn)?, ChangeKind::Insert { new: row(&i.new, msg) }),
+            Record::Update(u) => {
+                change(self.rel(u.relation, lsn)?, ChangeKind::Update { old: old(&u.old), new: row(&u.new, msg) })
+            }
+            Record::Delete(d) => change(self.rel(d.relation, lsn)?, ChangeKind::Delete { old: old(&d.old) }),
+            Record::Truncate(t) => Event::Truncate {
+                rels: t.relations.iter().map(|oid| self.rel(*oid, lsn)).collect::<Result<_, _>>()?,
+                restart_identity: t.restart_identity,
+                lsn,
+            },
+            // Messages and the reserved kinds carry nothing to apply.
+            _ => return Ok(None),
+        }))
+    }
+}

@@ -1,0 +1,518 @@
+//! Change data capture: the slot's stream applied to a target, exactly once.
+//!
+//! Two tasks share the work. The *receiver* reads the replication stream, decodes records
+//! into [`Event`]s, hands them over in chunks, and reports progress to the source: as
+//! flushed, only what the target has committed, or, with nothing in flight, the WAL end
+//! of the latest keepalive. The *applier* folds complete source transactions into batches
+//! (see [`batch`]) and commits them to the target in groups, each group's target
+//! transaction also recording the end LSN of its last source transaction. Groups end at
+//! source transaction boundaries, so the target always shows a prefix of the source's
+//! history; after a crash the apply resumes after the last recorded end LSN and skips
+//! whatever the source sends again.
+
+pub mod batch;
+pub mod change;
+
+use crate::stream::{ConnInfo, Lsn, ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};
+use crate::target::{Target, TargetError};
+use batch::Batch;
+use change::{Change, Event, EventDecoder, EventError, RelInfo};
+use pgdms_proto::Options;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub slot: String,
+    /// Commit a group once it holds this many row changes...
+    pub group_max_rows: usize,
+    /// ...or is this old, or nothing more is waiting.
+    pub group_max_age: Duration,
+    /// Apply to the target every this many row changes, within the group.
+    pub batch_max_rows: usize,
+    pub plugin_options: Options,
+    /// Stop once everything up to this source LSN is applied.
+    pub until: Option<Lsn>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Source(#[from] ReplicationError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{0}")]
+    Stream(#[from] EventError),
+    /// A condition retrying cannot fix.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl ApplyError {
+    /// Worth reconnecting and trying again?
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Source(ReplicationError::Io(_) | ReplicationError::Connect { .. }) => true,
+            ApplyError::Source(ReplicationError::Server(e)) => {
+                // admin_shutdown (walsender terminated), crash/cannot connect now, connection
+                // failures, and "slot is active for PID" while an old walsender goes away.
+                e.code.starts_with("57P") || e.code.starts_with("08") || e.code == "55006"
+            }
+            ApplyError::Target(t) => t.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// How a session ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Shut down on request.
+    Interrupted,
+    /// Reached `until`.
+    Reached,
+}
+
+/// Why the receiver task stopped.
+enum ReceiverEnd {
+    /// The applier went away (it finished or failed).
+    ApplierGone,
+    Error(ApplyError),
+}
+
+/// Checks the slot before streaming from it, with a fix for each way it can be unusable.
+async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), ApplyError> {
+    let sql = format!(
+        "SELECT plugin, coalesce(wal_status, ''), database = current_database() FROM pg_replication_slots WHERE slot_name = {}",
+        crate::stream::replication::quote_literal(slot)
+    );
+    let rows = conn.command(&sql).await?;
+    let Some(row) = rows.first() else {
+        return Err(ApplyError::Fatal(format!(
+            "replication slot \"{slot}\" does not exist; create it with `pgdms-apply slot create --slot {slot}` \
+             (or pass --create-slot), then load the target from its snapshot"
+        )));
+    };
+    let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    if col(0) != pgdms_proto::PLUGIN_NAME {
+        return Err(ApplyError::Fatal(format!(
+            "replication slot \"{slot}\" uses the plugin \"{}\", not pgdms",
+            col(0)
+        )));
+    }
+    if col(1) == "lost" {
+        return Err(ApplyError::Fatal(format!(
+            "replication slot \"{slot}\" was invalidated by the source (wal_status = lost): the WAL it needed was removed, \
+             most likely because it exceeded max_slot_wal_keep_size. Changes are missing and the target can no longer \
+             be brought in step by streaming. Drop the slot (pgdms-apply slot drop --slot {slot}), create a new one, \
+             and load the target again from its snapshot; consider raising max_slot_wal_keep_size"
+        )));
+    }
+    if col(2) != "t" {
+        return Err(ApplyError::Fatal(format!(
+            "replication slot \"{slot}\" belongs to another database than --source names"
+        )));
+    }
+    Ok(())
+}
+
+/// One connection's worth of streaming: returns when interrupted, at `until`, or on error.
+pub async fn run_session<T: Target>(
+    source: &ConnInfo,
+    target: &mut T,
+    opts: &ApplyOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Finished, ApplyError> {
+    let progress = target.start(&opts.slot).await?;
+    let mut conn = ReplicationConnection::connect(source).await?;
+    check_slot(&mut conn, &opts.slot).await?;
+    let start = progress.unwrap_or_default();
+    tracing::info!(slot = %opts.slot, resume_after = %start, "streaming");
+    let stream = conn.start_replication(&opts.slot, start, &opts.plugin_options.to_pairs()).await?;
+
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(64);
+    let (applied_tx, applied_rx) = watch::channel(start);
+    let receiver = tokio::spawn(receive(stream, events_tx, applied_rx, start));
+    let mut applier = Applier::new(target, opts, progress, applied_tx);
+    let result = applier.run(events_rx, shutdown).await;
+    let receiver_end = tokio::time::timeout(Duration::from_secs(4), receiver).await;
+    match (result, receiver_end) {
+        (Err(e), _) => Err(e),
+        (Ok(finished), Ok(Ok(ReceiverEnd::ApplierGone))) => Ok(finished),
+        (Ok(_), Ok(Ok(ReceiverEnd::Error(e)))) => Err(e),
+        (Ok(finished), _) => {
+            tracing::warn!("the source connection did not close in time");
+            Ok(finished)
+        }
+    }
+}
+
+/// Events per chunk handed to the applier.
+const CHUNK: usize = 1024;
+/// Minimum interval between standby status updates caused by applied progress.
+const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Report the position at least this often.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The receiver task: stream → events, progress → source.
+async fn receive(
+    mut stream: ReplicationStream,
+    events: mpsc::Sender<Vec<Event>>,
+    mut applied: watch::Receiver<Lsn>,
+    start: Lsn,
+) -> ReceiverEnd {
+    let mut decoder = EventDecoder::default();
+    let mut chunk: Vec<Event> = Vec::with_capacity(CHUNK);
+    let mut in_txn = false;
+    // End LSN of the last commit received, and the latest keepalive WAL end.
+    let mut received_end = start;
+    let mut idle_end = start;
+    let mut reported = start;
+    let mut last_status = Instant::now();
+    // A report held back by STATUS_MIN_INTERVAL, to send when it passes.
+    let mut report_due: Option<Instant> = None;
+    let flushable = |applied: Lsn, in_txn: bool, received_end: Lsn, idle_end: Lsn| {
+        if !in_txn && applied >= received_end {
+            applied.max(idle_end)
+        } else {
+            applied
+        }
+    };
+    let result: Result<(), ApplyError> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = events.closed() => {
+                    // The applier is done: report what it committed and end the stream.
+                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
+                    stream.send_status(pos, pos, pos, false).await?;
+                    stream.finish().await?;
+                    return Ok(());
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
+                    if pos > reported {
+                        if last_status.elapsed() >= STATUS_MIN_INTERVAL {
+                            stream.send_status(pos, pos, pos, false).await?;
+                            reported = pos;
+                            last_status = Instant::now();
+                        } else {
+                            report_due = Some(last_status + STATUS_MIN_INTERVAL);
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(report_due.unwrap_or_else(Instant::now).into()).await }, if report_due.is_some() => {
+                    report_due = None;
+                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
+                    if pos > reported {
+                        stream.send_status(pos, pos, pos, false).await?;
+                        reported = pos;
+                        last_status = Instant::now();
+                    }
+                }
+                msg = stream.recv() => {
+                    let Some(msg) = msg? else {
+                        return Err(ApplyError::Fatal("the source ended the replication stream".into()));
+                    };
+                    match msg {
+                        StreamMessage::XLogData { wal_start, data, .. } => {
+                            if let Some(event) = decoder.decode(&data, wal_start)? {
+                                match &event {
+                                    Event::Begin { .. } => in_txn = true,
+                                    Event::Commit { end_lsn, .. } => {
+                                        in_txn = false;
+                                        received_end = *end_lsn;
+                                    }
+                                    _ => {}
+                                }
+                                chunk.push(event);
+                            }
+                        }
+                        StreamMessage::Keepalive { wal_end, reply_requested } => {
+                            if !in_txn {
+                                idle_end = idle_end.max(wal_end);
+                            }
+                            let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
+                            if reply_requested || last_status.elapsed() >= STATUS_INTERVAL || pos > reported {
+                                stream.send_status(pos, pos, pos, false).await?;
+                                reported = pos;
+                                last_status = Instant::now();
+                            }
+                        }
+                    }
+                    if !chunk.is_empty() && (chunk.len() >= CHUNK || !stream.has_buffered_message()) {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        if events.send(full).await.is_err() {
+                            continue; // applier gone: the closed() branch ends the stream
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(STATUS_INTERVAL) => {
+                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
+                    stream.send_status(pos, pos, pos, false).await?;
+                    reported = pos;
+                    last_status = Instant::now();
+                }
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ReceiverEnd::ApplierGone,
+        Err(e) => ReceiverEnd::Error(e),
+    }
+}
+
+/// An item of the source transaction being received.
+enum TxnItem {
+    Change(Change),
+    Truncate { rels: Vec<Arc<RelInfo>>, restart_identity: bool, lsn: Lsn },
+}
+
+/// The applier: complete transactions → batches → groups on the target.
+struct Applier<'t, T: Target> {
+    target: &'t mut T,
+    opts: &'t ApplyOptions,
+    /// Source transactions ending at or before this are on the target already.
+    skip_through: Option<Lsn>,
+    applied: watch::Sender<Lsn>,
+    batch: Batch,
+    /// The source transaction being received (not yet committed on the source side).
+    txn: Vec<TxnItem>,
+    skipping_txn: bool,
+    /// The current transaction was too large to hold: its changes are going to the target
+    /// as they come, in a group of its own.
+    txn_streaming: bool,
+    /// The open group: rows, start, and the end LSN / commit time of its last transaction.
+    group_rows: usize,
+    group_started: Option<Instant>,
+    group_end: Option<(Lsn, i64)>,
+}
+
+impl<'t, T: Target> Applier<'t, T> {
+    fn new(target: &'t mut T, opts: &'t ApplyOptions, progress: Option<Lsn>, applied: watch::Sender<Lsn>) -> Self {
+        Applier {
+            target,
+            opts,
+            skip_through: progress,
+            applied,
+            batch: Batch::default(),
+            txn: Vec::new(),
+            skipping_txn: false,
+            txn_streaming: false,
+            group_rows: 0,
+            group_started: None,
+            group_end: None,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut events: mpsc::Receiver<Vec<Event>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Finished, ApplyError> {
+        loop {
+            let deadline = self.group_started.map(|s| s + self.opts.group_max_age);
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.stop_inside_transaction().await?;
+                    self.commit_group().await?;
+                    return Ok(Finished::Interrupted);
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()).await }, if deadline.is_some() && self.group_end.is_some() => {
+                    self.commit_group().await?;
+                    continue;
+                }
+                chunk = events.recv() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                // The receiver stopped (its error is reported by the session): keep what is
+                // complete, drop what is not.
+                self.stop_inside_transaction().await?;
+                self.commit_group().await?;
+                return Ok(Finished::Interrupted);
+            };
+            for event in chunk {
+                self.handle(event).await?;
+            }
+            // Completed transactions may commit even while the next one is half received.
+            if self.group_end.is_some() && !self.txn_streaming {
+                let full = self.group_rows >= self.opts.group_max_rows;
+                let old = self.group_started.is_some_and(|s| s.elapsed() >= self.opts.group_max_age);
+                if full || old || events.is_empty() {
+                    self.commit_group().await?;
+                }
+            }
+            if let Some(until) = self.opts.until {
+                if *self.applied.borrow() >= until && self.txn.is_empty() {
+                    return Ok(Finished::Reached);
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Result<(), ApplyError> {
+        match event {
+            Event::Settings(s) => self.target.configure(&s).await?,
+            Event::Relation(_) => {}
+            Event::Begin { commit_lsn, .. } => {
+                // Its end LSN is past commit_lsn, and every earlier transaction ended at or
+                // before it: skip exactly the transactions already applied.
+                self.skipping_txn = self.skip_through.is_some_and(|p| commit_lsn < p);
+                self.txn.clear();
+                self.txn_streaming = false;
+            }
+            Event::Change(c) => {
+                if !self.skipping_txn {
+                    self.txn.push(TxnItem::Change(c));
+                    if self.txn.len() >= self.opts.batch_max_rows {
+                        self.stream_large_transaction().await?;
+                    }
+                }
+            }
+            Event::Truncate { rels, restart_identity, lsn } => {
+                if !self.skipping_txn {
+                    self.txn.push(TxnItem::Truncate { rels, restart_identity, lsn });
+                }
+            }
+            Event::Commit { end_lsn, commit_time } => {
+                if self.skipping_txn {
+                    self.skipping_txn = false;
+                    if self.group_end.is_none() {
+                        self.publish(end_lsn);
+                    }
+                    return Ok(());
+                }
+                let items = std::mem::take(&mut self.txn);
+                self.group_rows += items.len();
+                self.add_to_batch(items).await?;
+                self.group_started.get_or_insert_with(Instant::now);
+                self.group_end = Some((end_lsn, commit_time));
+                if self.txn_streaming {
+                    // A large transaction is its own group: commit it now.
+                    self.txn_streaming = false;
+                    self.commit_group().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, end: Lsn) {
+        self.applied.send_if_modified(|a| {
+            let advance = end > *a;
+            if advance {
+                *a = end;
+            }
+            advance
+        });
+    }
+
+    /// Moves a transaction's items into the batch, flushing where order demands it.
+    async fn add_to_batch(&mut self, items: Vec<TxnItem>) -> Result<(), ApplyError> {
+        for item in items {
+            match item {
+                TxnItem::Change(c) => {
+                    if self.batch.has_other_description(&c.rel) || self.batch.len() >= self.opts.batch_max_rows {
+                        self.flush_batch().await?;
+                    }
+                    self.batch.push(c);
+                }
+                TxnItem::Truncate { rels, restart_identity, lsn } => {
+                    self.flush_batch().await?;
+                    self.target.truncate(&rels, restart_identity, lsn).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_batch(&mut self) -> Result<(), ApplyError> {
+        if !self.batch.is_empty() {
+            self.target.apply(&self.batch).await?;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+
+    /// The transaction being received outgrew a batch: commit the group of complete
+    /// transactions before it, then send its changes to the target as they come.
+    async fn stream_large_transaction(&mut self) -> Result<(), ApplyError> {
+        if !self.txn_streaming {
+            self.commit_group().await?;
+            self.txn_streaming = true;
+            tracing::info!("a large source transaction: applying it in batches as it arrives");
+        }
+        let items = std::mem::take(&mut self.txn);
+        self.add_to_batch(items).await?;
+        self.flush_batch().await
+    }
+
+    /// Stopping with a source transaction half received: forget it; if parts of it were
+    /// applied already, its group (which holds nothing else) is rolled back.
+    async fn stop_inside_transaction(&mut self) -> Result<(), ApplyError> {
+        self.txn.clear();
+        if self.txn_streaming {
+            self.txn_streaming = false;
+            self.batch.clear();
+            self.target.rollback().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_group(&mut self) -> Result<(), ApplyError> {
+        let Some((end_lsn, commit_time)) = self.group_end.take() else { return Ok(()) };
+        self.flush_batch().await?;
+        self.target.commit(end_lsn, commit_time).await?;
+        tracing::debug!(end_lsn = %end_lsn, rows = self.group_rows, "group committed");
+        self.group_rows = 0;
+        self.group_started = None;
+        self.skip_through = Some(end_lsn);
+        self.publish(end_lsn);
+        Ok(())
+    }
+}
+
+/// Runs CDC until interrupted or `until` is reached, reconnecting with backoff after
+/// transient failures of either side. `connect_target` makes a fresh target each time.
+pub async fn run<T, F, Fut>(
+    source: &ConnInfo,
+    mut connect_target: F,
+    opts: &ApplyOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Finished, ApplyError>
+where
+    T: Target,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TargetError>>,
+{
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let attempt = async {
+            let mut target = connect_target().await?;
+            let result = run_session(source, &mut target, opts, &mut shutdown).await;
+            if result.is_err() {
+                // Whatever the group held was not committed; say so to the server if it listens.
+                let _ = target.rollback().await;
+            }
+            result
+        };
+        match attempt.await {
+            Ok(done) => return Ok(done),
+            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "connection lost; resuming from the last committed group");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(Finished::Interrupted),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Targets: where changes land. Every target implements [`Target`]; the apply loop
+//! (`crate::apply`) drives it the same way whatever it is.
+//!
+//! A target applies batches inside a transaction of its own (a *group* of source
+//! transactions), and stores the end LSN of the group's last source transaction in the same
+//! transaction, so that after any crash it can say exactly where to resume.
+
+pub mod postgres;
+
+use crate::apply::batch::Batch;
+use crate::apply::change::RelInfo;
+use crate::stream::Lsn;
+use std::future::Future;
+use std::sync::Arc;
+
+/// What to do when a change cannot be applied (a constraint violation, a missing table...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Stop, naming the table, the LSN and the row's key. Nothing of the group is committed.
+    Stop,
+    /// Record the failing change in the exceptions table on the target and go on.
+    Log,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The connection failed or the server went away: retry from the last committed group.
+    #[error("target connection: {0}")]
+    Connection(String),
+    /// A change that cannot be applied.
+    #[error("cannot apply {operation} on {table} at LSN {lsn} (key {key}): {error}")]
+    Change { table: String, operation: &'static str, lsn: Lsn, key: String, error: String },
+    /// Updates or deletes of a table the source logs no old key for.
+    #[error(
+        "cannot apply {operation} on {table} at LSN {lsn}: the source logs no key for its rows. \
+         On the source run ALTER TABLE {table} REPLICA IDENTITY FULL (or add a primary key); \
+         changes already in the WAL can be passed over with --on-error=log, which records them \
+         in the exceptions table"
+    )]
+    NoIdentity { table: String, operation: &'static str, lsn: Lsn },
+    #[error("target: {0}")]
+    Other(String),
+}
+
+impl TargetError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TargetError::Connection(_))
+    }
+}
+
+/// Session settings of the source's decoding session that value texts depend on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceSettings {
+    pub date_style: Option<String>,
+    pub interval_style: Option<String>,
+}
+
+pub trait Target {
+    /// Prepares the target (its control tables) and returns the end LSN of the last source
+    /// transaction applied for `slot`, if any.
+    fn start(&mut self, slot: &str) -> impl Future<Output = Result<Option<Lsn>, TargetError>>;
+
+    /// Adopts the source session's settings for value texts.
+    fn configure(&mut self, settings: &SourceSettings) -> impl Future<Output = Result<(), TargetError>>;
+
+    /// Applies a batch inside the open group (opening one if needed).
+    fn apply(&mut self, batch: &Batch) -> impl Future<Output = Result<(), TargetError>>;
+
+    /// Empties exactly these tables, in one statement.
+    fn truncate(
+        &mut self,
+        rels: &[Arc<RelInfo>],
+        restart_identity: bool,
+        lsn: Lsn,
+    ) -> impl Future<Output = Result<(), TargetError>>;
+
+    /// Commits the open group, recording `end_lsn` as applied (nothing to do without one).
+    fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> impl Future<Output = Result<(), TargetError>>;
+
+    /// Abandons the open group.
+    fn rollback(&mut self) -> impl Future<Output = Result<(), TargetError>>;
+}
