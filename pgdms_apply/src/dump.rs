@@ -6,7 +6,7 @@
 
 use crate::stream::{ConnInfo, Lsn, ReplicationConnection, StreamMessage};
 use anyhow::Context;
-use pgdms_proto::{OldImage, Options, Record, Relation, Value};
+use pgdms_proto::{OldImage, Options, Record, Records, Relation, Value};
 use serde_json::{json, Map, Value as Json};
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,6 +25,7 @@ struct TableInfo {
 pub struct JsonRenderer {
     tables: HashMap<u32, TableInfo>,
     xid: Option<u32>,
+    begin_lsn: u64,
 }
 
 fn lsn(l: u64) -> String {
@@ -103,9 +104,11 @@ impl JsonRenderer {
         }
     }
 
-    /// The JSON of one record; `wal_start` is the position the server sent it at.
-    pub fn render(&mut self, record: &Record<'_>, wal_start: Lsn) -> anyhow::Result<Json> {
-        let change = |kind: &str, t: &TableInfo| json!({"type": kind, "lsn": wal_start.to_string(), "xid": self.xid, "schema": t.schema, "table": t.name});
+    /// The JSON of one record.
+    pub fn render(&mut self, record: &Record<'_>) -> anyhow::Result<Json> {
+        let begin_lsn = self.begin_lsn;
+        let at = |offset: u64| Lsn(begin_lsn + offset).to_string();
+        let change = |kind: &str, t: &TableInfo, offset: u64| json!({"type": kind, "lsn": at(offset), "xid": self.xid, "schema": t.schema, "table": t.name});
         Ok(match record {
             Record::Startup(s) => json!({
                 "type": "startup",
@@ -121,6 +124,7 @@ impl JsonRenderer {
             }),
             Record::Begin(b) => {
                 self.xid = Some(b.xid);
+                self.begin_lsn = b.begin_lsn;
                 json!({"type": "begin", "xid": b.xid, "begin_lsn": lsn(b.begin_lsn), "commit_lsn": lsn(b.commit_lsn), "commit_time": timestamp(b.commit_time)})
             }
             Record::Commit(c) => {
@@ -141,13 +145,13 @@ impl JsonRenderer {
             }
             Record::Insert(i) => {
                 let t = self.table(i.relation)?;
-                let mut j = change("insert", t);
+                let mut j = change("insert", t, i.lsn_offset);
                 j["new"] = row(t.columns.iter(), &i.new);
                 j
             }
             Record::Update(u) => {
                 let t = self.table(u.relation)?;
-                let mut j = change("update", t);
+                let mut j = change("update", t, u.lsn_offset);
                 let (old, old_kind) = self.old_json(t, &u.old);
                 j["old"] = old;
                 j["old_kind"] = old_kind;
@@ -156,7 +160,7 @@ impl JsonRenderer {
             }
             Record::Delete(d) => {
                 let t = self.table(d.relation)?;
-                let mut j = change("delete", t);
+                let mut j = change("delete", t, d.lsn_offset);
                 let (old, old_kind) = self.old_json(t, &d.old);
                 j["old"] = old;
                 j["old_kind"] = old_kind;
@@ -168,7 +172,7 @@ impl JsonRenderer {
                     .iter()
                     .map(|oid| self.table(*oid).map(|t| json!({"schema": t.schema, "table": t.name})))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                json!({"type": "truncate", "lsn": wal_start.to_string(), "xid": self.xid, "tables": tables, "restart_identity": tr.restart_identity, "cascade": tr.cascade})
+                json!({"type": "truncate", "lsn": at(tr.lsn_offset), "xid": self.xid, "tables": tables, "restart_identity": tr.restart_identity, "cascade": tr.cascade})
             }
             Record::Message(m) => json!({
                 "type": "message",
@@ -242,26 +246,34 @@ pub async fn run(
         let Some(msg) = msg else { break };
         match msg {
             StreamMessage::XLogData { wal_start, data, .. } => {
-                let record = Record::decode(&data).with_context(|| format!("at {wal_start}"))?;
-                if !in_txn && reached(wal_start) && !matches!(record, Record::Commit(_)) {
+                // A message holds a whole transaction (or part of a large one) or a record
+                // outside any; it is sent at the position of its last record.
+                if !in_txn && opts.endpos.is_some_and(|e| wal_start > e) {
                     break;
                 }
-                match &record {
-                    Record::Begin(_) => in_txn = true,
-                    Record::Commit(_) => in_txn = false,
-                    _ => {}
+                let mut commit_end = None;
+                for record in Records::new(&data) {
+                    let record = record.with_context(|| format!("at {wal_start}"))?;
+                    match &record {
+                        Record::Begin(_) => in_txn = true,
+                        Record::Commit(c) => {
+                            in_txn = false;
+                            commit_end = Some(Lsn(c.end_lsn));
+                        }
+                        _ => {}
+                    }
+                    line.clear();
+                    serde_json::to_writer(&mut line, &renderer.render(&record)?)?;
+                    line.push(b'\n');
+                    out.write_all(&line).context("could not write to stdout")?;
                 }
-                line.clear();
-                serde_json::to_writer(&mut line, &renderer.render(&record, wal_start)?)?;
-                line.push(b'\n');
-                out.write_all(&line).context("could not write to stdout")?;
                 if !in_txn {
                     out.flush().context("could not write to stdout")?;
-                    if let Record::Commit(c) = &record {
-                        flushed = flushed.max(Lsn(c.end_lsn));
-                        if reached(Lsn(c.end_lsn)) {
-                            break;
-                        }
+                }
+                if let Some(end) = commit_end {
+                    flushed = flushed.max(end);
+                    if reached(end) {
+                        break;
                     }
                 }
             }

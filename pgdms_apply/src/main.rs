@@ -308,7 +308,9 @@ fn main() -> ExitCode {
         eprintln!("pgdms-apply: {e:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: the receiver and the applier mostly wait on sockets, and on a small machine
+    // handing work between threads costs more than the work itself.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgdms-apply: could not start: {e}");

@@ -1,9 +1,12 @@
 //! The pgdms wire format.
 //!
-//! The `pgdms` output plugin (in `pgdms_ext`) writes one [`Record`] per logical-decoding
-//! message, encoded with [postcard]; consumers (`pgdms-apply`, tests, anyone holding this
-//! crate) decode them with [`Record::decode`]. Records borrow from the message bytes, so
-//! decoding allocates only for the vectors of columns and values.
+//! The `pgdms` output plugin (in `pgdms_ext`) writes [`Record`]s encoded with [postcard];
+//! consumers (`pgdms-apply`, tests, anyone holding this crate) decode them with
+//! [`Records`] (or [`Record::decode_prefix`]). A logical-decoding message holds one or
+//! more records: a transaction's records travel together in one message (large
+//! transactions in several), since every message costs the walsender and its client a
+//! system call. Records are self-delimiting and borrow from the message bytes, so decoding
+//! allocates only for the vectors of columns and values.
 //!
 //! A stream looks like:
 //!
@@ -220,6 +223,8 @@ pub enum OldImage<'a> {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Insert<'a> {
     pub relation: Oid,
+    /// The change's LSN minus its transaction's `Begin::begin_lsn`.
+    pub lsn_offset: u64,
     #[serde(borrow)]
     pub new: Tuple<'a>,
 }
@@ -227,6 +232,8 @@ pub struct Insert<'a> {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Update<'a> {
     pub relation: Oid,
+    /// The change's LSN minus its transaction's `Begin::begin_lsn`.
+    pub lsn_offset: u64,
     /// Present when the key changed, when it holds an out-of-line value, or always under
     /// REPLICA IDENTITY FULL.
     #[serde(borrow)]
@@ -238,6 +245,8 @@ pub struct Update<'a> {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Delete<'a> {
     pub relation: Oid,
+    /// The change's LSN minus its transaction's `Begin::begin_lsn`.
+    pub lsn_offset: u64,
     /// `None` when the table has no replica identity to log (REPLICA IDENTITY NOTHING, or
     /// DEFAULT without a primary key): such a delete cannot be applied by key.
     #[serde(borrow)]
@@ -246,6 +255,8 @@ pub struct Delete<'a> {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Truncate {
+    /// The change's LSN minus its transaction's `Begin::begin_lsn`.
+    pub lsn_offset: u64,
     /// Every table truncated, those reached through CASCADE included.
     pub relations: Vec<Oid>,
     pub restart_identity: bool,
@@ -332,8 +343,48 @@ pub enum DecodeError {
     Trailing { trailing: usize },
 }
 
+/// The records of one logical-decoding message, in order.
+///
+/// ```
+/// # use pgdms_proto::{Record, Records};
+/// let mut msg = Vec::new();
+/// Record::StreamStop.encode_into(&mut msg);
+/// Record::StreamStop.encode_into(&mut msg);
+/// assert_eq!(Records::new(&msg).count(), 2);
+/// ```
+pub struct Records<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(message: &'a [u8]) -> Self {
+        Records { rest: message, failed: false }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        match Record::decode_prefix(self.rest) {
+            Ok((record, rest)) => {
+                self.rest = rest;
+                Some(Ok(record))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 impl<'a> Record<'a> {
-    /// Decodes one logical-decoding message.
+    /// Decodes a message that holds exactly one record.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let (record, rest) = Self::decode_prefix(bytes)?;
         if !rest.is_empty() {
@@ -373,6 +424,7 @@ mod tests {
             Record::Begin(Begin { xid: 7, begin_lsn: 1, commit_lsn: 2, commit_time: -5 }),
             Record::Insert(Insert {
                 relation: 16384,
+                lsn_offset: 40,
                 new: vec![
                     Value::Int4(-1),
                     Value::Text("ünï\0code"),

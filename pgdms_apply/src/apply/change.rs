@@ -6,7 +6,7 @@
 
 use crate::stream::Lsn;
 use bytes::Bytes;
-use pgdms_proto::{DmsType, Identity, OldImage, Record, ReplicaIdentity, Value};
+use pgdms_proto::{DmsType, Identity, OldImage, Record, Records, ReplicaIdentity, Value};
 use std::sync::Arc;
 
 /// One column value, owned.
@@ -199,6 +199,8 @@ pub enum Event {
     Relation(Arc<RelInfo>),
     /// The decoding session's settings that value texts depend on.
     Settings(crate::target::SourceSettings),
+    /// Between transactions, the source has sent everything up to this WAL position.
+    Idle(Lsn),
 }
 
 /// Turns records into events, keeping the latest description of each table.
@@ -206,6 +208,7 @@ pub enum Event {
 pub struct EventDecoder {
     relations: std::collections::HashMap<u32, Arc<RelInfo>>,
     xid: u32,
+    begin_lsn: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,15 +226,25 @@ impl EventDecoder {
         self.relations.get(&oid).cloned().ok_or(EventError::UnknownRelation { oid, lsn })
     }
 
-    /// Decodes one message. `None` for records the apply does not act on.
-    pub fn decode(&mut self, msg: &Bytes, lsn: Lsn) -> Result<Option<Event>, EventError> {
-        let record = Record::decode(msg)?;
+    /// Decodes one message (one or more records) into `out`; records the apply does not
+    /// act on are passed over.
+    pub fn decode(&mut self, msg: &Bytes, out: &mut Vec<Event>) -> Result<(), EventError> {
+        for record in Records::new(msg) {
+            if let Some(event) = self.event(msg, record?)? {
+                out.push(event);
+            }
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, msg: &Bytes, record: Record<'_>) -> Result<Option<Event>, EventError> {
         let old = |o: &Option<OldImage<'_>>| match o {
             None => Old::None,
             Some(OldImage::Key(v)) => Old::Key(row(v, msg)),
             Some(OldImage::Full(v)) => Old::Full(row(v, msg)),
         };
-        let change = |rel, kind| Event::Change(Change { rel, kind, lsn, xid: self.xid });
+        let lsn = |offset: u64| Lsn(self.begin_lsn + offset);
+        let change = |rel, kind, offset| Event::Change(Change { rel, kind, lsn: lsn(offset), xid: self.xid });
         Ok(Some(match &record {
             Record::Startup(s) => {
                 if s.proto_version != pgdms_proto::PROTO_VERSION {
@@ -244,6 +257,7 @@ impl EventDecoder {
             }
             Record::Begin(b) => {
                 self.xid = b.xid;
+                self.begin_lsn = b.begin_lsn;
                 Event::Begin { xid: b.xid, commit_lsn: Lsn(b.commit_lsn) }
             }
             Record::Commit(c) => Event::Commit { end_lsn: Lsn(c.end_lsn), commit_time: c.commit_time },
@@ -272,15 +286,23 @@ impl EventDecoder {
                 self.relations.insert(r.oid, info.clone());
                 Event::Relation(info)
             }
-            Record::Insert(i) => change(self.rel(i.relation, lsn)?, ChangeKind::Insert { new: row(&i.new, msg) }),
-            Record::Update(u) => {
-                change(self.rel(u.relation, lsn)?, ChangeKind::Update { old: old(&u.old), new: row(&u.new, msg) })
+            Record::Insert(i) => change(
+                self.rel(i.relation, lsn(i.lsn_offset))?,
+                ChangeKind::Insert { new: row(&i.new, msg) },
+                i.lsn_offset,
+            ),
+            Record::Update(u) => change(
+                self.rel(u.relation, lsn(u.lsn_offset))?,
+                ChangeKind::Update { old: old(&u.old), new: row(&u.new, msg) },
+                u.lsn_offset,
+            ),
+            Record::Delete(d) => {
+                change(self.rel(d.relation, lsn(d.lsn_offset))?, ChangeKind::Delete { old: old(&d.old) }, d.lsn_offset)
             }
-            Record::Delete(d) => change(self.rel(d.relation, lsn)?, ChangeKind::Delete { old: old(&d.old) }),
             Record::Truncate(t) => Event::Truncate {
-                rels: t.relations.iter().map(|oid| self.rel(*oid, lsn)).collect::<Result<_, _>>()?,
+                rels: t.relations.iter().map(|oid| self.rel(*oid, lsn(t.lsn_offset))).collect::<Result<_, _>>()?,
                 restart_identity: t.restart_identity,
-                lsn,
+                lsn: lsn(t.lsn_offset),
             },
             // Messages and the reserved kinds carry nothing to apply.
             _ => return Ok(None),

@@ -27,7 +27,7 @@ pub struct ApplyOptions {
     pub slot: String,
     /// Commit a group once it holds this many row changes...
     pub group_max_rows: usize,
-    /// ...or is this old, or nothing more is waiting.
+    /// ...or is this old, or the stream is idle.
     pub group_max_age: Duration,
     /// Apply to the target every this many row changes, within the group.
     pub batch_max_rows: usize,
@@ -131,9 +131,11 @@ pub async fn run_session<T: Target>(
     tracing::info!(slot = %opts.slot, resume_after = %start, "streaming");
     let stream = conn.start_replication(&opts.slot, start, &opts.plugin_options.to_pairs()).await?;
 
-    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(64);
+    // Deep enough for the stream to keep flowing while the target applies a batch (at most
+    // 256 chunks of CHUNK events in flight).
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(256);
     let (applied_tx, applied_rx) = watch::channel(start);
-    let receiver = tokio::spawn(receive(stream, events_tx, applied_rx, start));
+    let receiver = tokio::spawn(receive(stream, events_tx, applied_rx, start, opts.until.is_some()));
     let mut applier = Applier::new(target, opts, progress, applied_tx);
     let result = applier.run(events_rx, shutdown).await;
     let receiver_end = tokio::time::timeout(Duration::from_secs(4), receiver).await;
@@ -150,6 +152,8 @@ pub async fn run_session<T: Target>(
 
 /// Events per chunk handed to the applier.
 const CHUNK: usize = 1024;
+/// With `--until`, how long without a message before asking the server where it is.
+const IDLE_PROBE: Duration = Duration::from_millis(200);
 /// Minimum interval between standby status updates caused by applied progress.
 const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Report the position at least this often.
@@ -161,6 +165,7 @@ async fn receive(
     events: mpsc::Sender<Vec<Event>>,
     mut applied: watch::Receiver<Lsn>,
     start: Lsn,
+    probe_when_idle: bool,
 ) -> ReceiverEnd {
     let mut decoder = EventDecoder::default();
     let mut chunk: Vec<Event> = Vec::with_capacity(CHUNK);
@@ -219,9 +224,11 @@ async fn receive(
                         return Err(ApplyError::Fatal("the source ended the replication stream".into()));
                     };
                     match msg {
-                        StreamMessage::XLogData { wal_start, data, .. } => {
-                            if let Some(event) = decoder.decode(&data, wal_start)? {
-                                match &event {
+                        StreamMessage::XLogData { data, .. } => {
+                            let first = chunk.len();
+                            decoder.decode(&data, &mut chunk)?;
+                            for event in &chunk[first..] {
+                                match event {
                                     Event::Begin { .. } => in_txn = true,
                                     Event::Commit { end_lsn, .. } => {
                                         in_txn = false;
@@ -229,12 +236,12 @@ async fn receive(
                                     }
                                     _ => {}
                                 }
-                                chunk.push(event);
                             }
                         }
                         StreamMessage::Keepalive { wal_end, reply_requested } => {
                             if !in_txn {
                                 idle_end = idle_end.max(wal_end);
+                                chunk.push(Event::Idle(wal_end));
                             }
                             let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
                             if reply_requested || last_status.elapsed() >= STATUS_INTERVAL || pos > reported {
@@ -250,6 +257,13 @@ async fn receive(
                             continue; // applier gone: the closed() branch ends the stream
                         }
                     }
+                }
+                _ = tokio::time::sleep(IDLE_PROBE), if probe_when_idle && !in_txn => {
+                    // The server answers with a keepalive carrying its WAL end.
+                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
+                    stream.send_status(pos, pos, pos, true).await?;
+                    reported = pos;
+                    last_status = Instant::now();
                 }
                 _ = tokio::time::sleep(STATUS_INTERVAL) => {
                     let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
@@ -291,6 +305,8 @@ struct Applier<'t, T: Target> {
     group_rows: usize,
     group_started: Option<Instant>,
     group_end: Option<(Lsn, i64)>,
+    /// The stream was idle, with everything applied, at this WAL position.
+    caught_up_to: Lsn,
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -307,6 +323,7 @@ impl<'t, T: Target> Applier<'t, T> {
             group_rows: 0,
             group_started: None,
             group_end: None,
+            caught_up_to: Lsn(0),
         }
     }
 
@@ -341,15 +358,20 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.handle(event).await?;
             }
             // Completed transactions may commit even while the next one is half received.
+            // A group also ends when the stream goes idle (Event::Idle): the walsender sends
+            // a keepalive whenever it has caught up, so a busy stream (a backlog) makes big
+            // groups and a quiet one commits each transaction at once.
             if self.group_end.is_some() && !self.txn_streaming {
                 let full = self.group_rows >= self.opts.group_max_rows;
                 let old = self.group_started.is_some_and(|s| s.elapsed() >= self.opts.group_max_age);
-                if full || old || events.is_empty() {
+                if full || old {
                     self.commit_group().await?;
                 }
             }
             if let Some(until) = self.opts.until {
-                if *self.applied.borrow() >= until && self.txn.is_empty() {
+                let reached = self.group_end.map_or(*self.applied.borrow(), |(end, _)| end);
+                if self.txn.is_empty() && !self.txn_streaming && (reached >= until || self.caught_up_to >= until) {
+                    self.commit_group().await?;
                     return Ok(Finished::Reached);
                 }
             }
@@ -360,6 +382,13 @@ impl<'t, T: Target> Applier<'t, T> {
         match event {
             Event::Settings(s) => self.target.configure(&s).await?,
             Event::Relation(_) => {}
+            Event::Idle(wal_end) => {
+                // Nothing in flight: whatever is complete can go in now.
+                if self.txn.is_empty() && !self.txn_streaming {
+                    self.commit_group().await?;
+                    self.caught_up_to = self.caught_up_to.max(wal_end);
+                }
+            }
             Event::Begin { commit_lsn, .. } => {
                 // Its end LSN is past commit_lsn, and every earlier transaction ended at or
                 // before it: skip exactly the transactions already applied.

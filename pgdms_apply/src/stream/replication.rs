@@ -85,6 +85,9 @@ impl ServerError {
 
 type Result<T> = std::result::Result<T, ReplicationError>;
 
+/// How much one read may take from the socket.
+const READ_WINDOW: usize = 256 * 1024;
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -269,6 +272,11 @@ impl ReplicationConnection {
                 }
             } else if let Some(m) = backend::Message::parse(&mut self.rbuf)? {
                 return Ok(Some(m));
+            }
+            // Parsed messages are split off the front of the buffer, leaving little spare
+            // capacity: keep a large window so one read takes whatever has arrived.
+            if self.rbuf.capacity() - self.rbuf.len() < READ_WINDOW / 2 {
+                self.rbuf.reserve(READ_WINDOW);
             }
             if self.io.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(ReplicationError::Io(std::io::Error::new(

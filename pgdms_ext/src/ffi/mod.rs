@@ -378,7 +378,8 @@ unsafe extern "C-unwind" fn change(
     change: *mut pg_sys::ReorderBufferChange,
 ) {
     // SAFETY: valid context, relation and change for the callback.
-    let (p, rel, action) = unsafe { (private(ctx), RelationHandle::from_raw(relation), (*change).action) };
+    let (p, rel, action, lsn) =
+        unsafe { (private(ctx), RelationHandle::from_raw(relation), (*change).action, (*change).lsn) };
     let (old, new) = change_tuples(change);
     // SAFETY: rd_att of the open relation describes its tuples.
     let desc = unsafe { (*rel.raw()).rd_att };
@@ -397,7 +398,7 @@ unsafe extern "C-unwind" fn change(
         _ => return,
     };
     let _memory = ChangeMemory::enter(p.change_memory);
-    p.session.on_change(&Output { ctx }, rel, change);
+    p.session.on_change(&Output { ctx }, rel, change, lsn);
 }
 
 #[pg_guard]
@@ -409,16 +410,16 @@ unsafe extern "C-unwind" fn truncate(
     change: *mut pg_sys::ReorderBufferChange,
 ) {
     // SAFETY: `relations` holds `nrelations` open relations; truncate changes carry `truncate`.
-    let (p, rels, restart_identity, cascade) = unsafe {
+    let (p, rels, restart_identity, cascade, lsn) = unsafe {
         let rels: Vec<RelationHandle> = std::slice::from_raw_parts(relations, nrelations as usize)
             .iter()
             .map(|r| RelationHandle::from_raw(*r))
             .collect();
         let t = (*change).data.truncate;
-        (private(ctx), rels, t.restart_seqs, t.cascade)
+        (private(ctx), rels, t.restart_seqs, t.cascade, (*change).lsn)
     };
     let _memory = ChangeMemory::enter(p.change_memory);
-    p.session.on_truncate(&Output { ctx }, &rels, restart_identity, cascade);
+    p.session.on_truncate(&Output { ctx }, &rels, restart_identity, cascade, lsn);
 }
 
 #[pg_guard]

@@ -33,25 +33,45 @@ pub struct Session {
     scratch: DeformScratch,
 }
 
-/// Writes records in the order the stream promises: the startup record first, a
-/// transaction's BEGIN before its first change (and not at all if it has none).
+/// A transaction's records go out as one message (large ones in messages of about this
+/// size): the walsender sends every message in its own system call, and so does its
+/// client read it, so six messages for a small transaction cost far more than one.
+const MESSAGE_TARGET: usize = 64 * 1024;
+
+/// Builds messages of records in the order the stream promises: the startup record first,
+/// a transaction's BEGIN before its first change (and not at all if it has none).
 struct Writer {
     startup_sent: bool,
     /// BEGIN of the current transaction, until its first change writes it.
     pending_begin: Option<Begin>,
     begin_sent: bool,
-    /// Reused encoding buffer.
-    buf: Vec<u8>,
+    /// The message being built.
+    message: Vec<u8>,
 }
 
 impl Writer {
-    fn emit(&mut self, out: &Output, record: &Record<'_>) {
-        self.buf.clear();
-        record.encode_into(&mut self.buf);
-        out.write(&self.buf, true);
+    fn push(&mut self, record: &Record<'_>) {
+        record.encode_into(&mut self.message);
     }
 
-    fn ensure_startup(&mut self, out: &Output) {
+    /// Sends the message built so far; `last`: it ends a transaction (or stands alone).
+    fn flush(&mut self, out: &Output, last: bool) {
+        if !self.message.is_empty() {
+            out.write(&self.message, last);
+            self.message.clear();
+            if self.message.capacity() > 16 * MESSAGE_TARGET {
+                self.message.shrink_to(2 * MESSAGE_TARGET); // after a huge value
+            }
+        }
+    }
+
+    fn flush_if_large(&mut self, out: &Output) {
+        if self.message.len() >= MESSAGE_TARGET {
+            self.flush(out, false);
+        }
+    }
+
+    fn ensure_startup(&mut self) {
         if self.startup_sent {
             return;
         }
@@ -61,7 +81,7 @@ impl Writer {
         let interval_style = catalog::setting(c"IntervalStyle");
         let encoding = catalog::database_encoding_name();
         let database = catalog::database_name();
-        let record = Record::Startup(Startup {
+        self.push(&Record::Startup(Startup {
             proto_version: PROTO_VERSION,
             plugin_version: env!("CARGO_PKG_VERSION"),
             server_version_num: catalog::setting(c"server_version_num").parse().unwrap_or(0),
@@ -71,27 +91,31 @@ impl Writer {
             date_style: &date_style,
             interval_style: &interval_style,
             extra_float_digits: catalog::setting(c"extra_float_digits").parse().unwrap_or(1),
-        });
-        self.emit(out, &record);
+        }));
     }
 
-    /// Writes the held-back BEGIN, if this is the transaction's first output.
-    fn ensure_begin(&mut self, out: &Output) {
+    /// Adds the held-back BEGIN, if this is the transaction's first output.
+    fn ensure_begin(&mut self) {
         if self.begin_sent {
             return;
         }
-        self.ensure_startup(out);
+        self.ensure_startup();
         if let Some(begin) = self.pending_begin {
             self.begin_sent = true;
-            self.emit(out, &Record::Begin(begin));
+            self.push(&Record::Begin(begin));
         }
     }
 
-    /// Writes the relation record of `entry` if this session has not seen its current form.
-    fn ensure_relation(out: &Output, entry: &mut CachedRelation) {
+    /// A change's LSN as an offset from its transaction's begin LSN.
+    fn lsn_offset(&self, lsn: u64) -> u64 {
+        lsn.saturating_sub(self.pending_begin.map_or(lsn, |b| b.begin_lsn))
+    }
+
+    /// Adds the relation record of `entry` if this session has not seen its current form.
+    fn ensure_relation(&mut self, entry: &mut CachedRelation) {
         if !entry.sent {
             entry.sent = true;
-            out.write(&entry.record, false);
+            self.message.extend_from_slice(&entry.record);
         }
     }
 }
@@ -106,7 +130,7 @@ impl Session {
                 startup_sent: false,
                 pending_begin: None,
                 begin_sent: false,
-                buf: Vec::with_capacity(8192),
+                message: Vec::with_capacity(2 * MESSAGE_TARGET),
             },
             scratch: DeformScratch::default(),
         }
@@ -123,7 +147,8 @@ impl Session {
         self.writer.pending_begin = None;
         self.writer.begin_sent = false;
         if sent {
-            self.writer.emit(out, &Record::Commit(commit));
+            self.writer.push(&Record::Commit(commit));
+            self.writer.flush(out, true);
         }
     }
 
@@ -131,56 +156,71 @@ impl Session {
         has_origin && self.options.origin == OriginFilter::None
     }
 
-    pub fn on_change(&mut self, out: &Output, rel: RelationHandle, change: Change) {
+    pub fn on_change(&mut self, out: &Output, rel: RelationHandle, change: Change, lsn: u64) {
         let Session { relations, writer, scratch, encoding, .. } = self;
         let Some(entry) = relations.get(rel) else {
             return;
         };
-        writer.ensure_begin(out);
-        Writer::ensure_relation(out, entry);
+        writer.ensure_begin();
+        writer.ensure_relation(entry);
+        let lsn_offset = writer.lsn_offset(lsn);
         let desc = &entry.desc;
         let encoding = *encoding;
         let full = desc.replica_identity == ReplicaIdentity::Full;
         let relation = desc.oid;
         let record = match &change {
             Change::Insert { new } => {
-                Record::Insert(Insert { relation, new: new.values(desc, false, scratch, encoding) })
+                Record::Insert(Insert { relation, lsn_offset, new: new.values(desc, false, scratch, encoding) })
             }
             Change::Update { old, new } => {
                 let old = old.as_ref().map(|o| old_image(o.values(desc, !full, scratch, encoding), full));
-                Record::Update(Update { relation, old, new: new.values(desc, false, scratch, encoding) })
+                Record::Update(Update { relation, lsn_offset, old, new: new.values(desc, false, scratch, encoding) })
             }
             Change::Delete { old } => Record::Delete(Delete {
                 relation,
+                lsn_offset,
                 old: old.as_ref().map(|o| old_image(o.values(desc, !full, scratch, encoding), full)),
             }),
         };
-        writer.emit(out, &record);
+        writer.push(&record);
+        writer.flush_if_large(out);
     }
 
-    pub fn on_truncate(&mut self, out: &Output, rels: &[RelationHandle], restart_identity: bool, cascade: bool) {
+    pub fn on_truncate(
+        &mut self,
+        out: &Output,
+        rels: &[RelationHandle],
+        restart_identity: bool,
+        cascade: bool,
+        lsn: u64,
+    ) {
         let mut relations = Vec::with_capacity(rels.len());
         for rel in rels {
             if let Some(entry) = self.relations.get(*rel) {
-                if relations.is_empty() {
-                    self.writer.ensure_begin(out);
-                }
-                Writer::ensure_relation(out, entry);
+                self.writer.ensure_begin();
+                self.writer.ensure_relation(entry);
                 relations.push(entry.desc.oid);
             }
         }
         if !relations.is_empty() {
-            self.writer.emit(out, &Record::Truncate(Truncate { relations, restart_identity, cascade }));
+            let lsn_offset = self.writer.lsn_offset(lsn);
+            self.writer.push(&Record::Truncate(Truncate { lsn_offset, relations, restart_identity, cascade }));
+            self.writer.flush_if_large(out);
         }
     }
 
     pub fn on_message(&mut self, out: &Output, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
+        let record = Record::Message(Message { transactional, lsn, prefix, content });
         if transactional {
-            self.writer.ensure_begin(out);
+            self.writer.ensure_begin();
+            self.writer.push(&record);
+            self.writer.flush_if_large(out);
         } else {
-            self.writer.ensure_startup(out);
+            // Decoded between transactions: it stands alone.
+            self.writer.ensure_startup();
+            self.writer.push(&record);
+            self.writer.flush(out, true);
         }
-        self.writer.emit(out, &Record::Message(Message { transactional, lsn, prefix, content }));
     }
 }
 

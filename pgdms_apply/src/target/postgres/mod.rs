@@ -1,0 +1,563 @@
+//! A PostgreSQL target (homogeneous: every value lands as the source had it).
+//!
+//! A batch is applied set-wise: per table, one DELETE, one UPDATE per set of changed
+//! columns and one INSERT over arrays of the batch's net changes (see [`plan`]), all sent
+//! pipelined with the batch's savepoint, so a batch costs one round trip. A table with many
+//! changes goes through COPY instead: keys and rows into temporary staging tables, then
+//! DELETE ... USING and UPDATE ... FROM them, inserts copied straight in. Should the
+//! set-wise form fail (a unique key broken mid-way, a row missing), the batch is rolled back
+//! to its savepoint and replayed change by change in source order, which either succeeds
+//! or names the change that cannot be applied.
+//!
+//! The session runs with `session_replication_role = replica`, as PostgreSQL's own apply
+//! worker does: triggers and foreign keys of the target do not fire for replicated changes.
+
+mod copy;
+mod plan;
+mod report;
+
+use super::{OnError, SourceSettings, Target, TargetError};
+use crate::apply::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
+use crate::apply::change::{quote_ident, quote_literal, Change, RelInfo, Row, Val};
+use crate::stream::{conninfo::Host, ConnInfo, Lsn};
+use bytes::BytesMut;
+use futures_util::future::join_all;
+use futures_util::SinkExt;
+use plan::{change_statement, column_list, net_statements, unnest_safe, written_columns, NoIdentity, Planned};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+/// Tables with more net changes than this in a batch go through COPY and staging tables
+/// rather than array parameters.
+const UNNEST_MAX_ROWS: usize = 5_000;
+
+/// Where the target keeps its own tables.
+pub const CONTROL_SCHEMA: &str = "pgdms";
+
+pub struct PostgresTarget {
+    client: Client,
+    connection: tokio::task::JoinHandle<()>,
+    slot: String,
+    on_error: OnError,
+    synchronous_commit: String,
+    in_group: bool,
+    statements: HashMap<String, Statement>,
+    staging: HashSet<String>,
+}
+
+fn connection_error(e: tokio_postgres::Error) -> TargetError {
+    TargetError::Connection(e.to_string())
+}
+
+/// A tokio-postgres error: a lost connection is transient, anything else is the statement's.
+fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
+    if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
+        return Err(connection_error(e));
+    }
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            // admin_shutdown, crash_shutdown, cannot_connect_now, connection exceptions.
+            if code.starts_with("57P") || code.starts_with("08") {
+                return Err(TargetError::Connection(db.to_string()));
+            }
+            let mut s = db.message().to_string();
+            if let Some(d) = db.detail() {
+                let _ = write!(s, " ({d})");
+            }
+            Ok(s)
+        }
+        None => Ok(e.to_string()),
+    }
+}
+
+impl PostgresTarget {
+    pub async fn connect(info: &ConnInfo, on_error: OnError, synchronous_commit: &str) -> Result<Self, TargetError> {
+        let mut config = tokio_postgres::Config::new();
+        match &info.host {
+            Host::Unix(dir) => config.host_path(dir),
+            Host::Tcp(h) => config.host(h),
+        };
+        config.port(info.port).user(&info.user).dbname(&info.dbname).application_name("pgdms-apply");
+        if let Some(p) = &info.password {
+            config.password(p);
+        }
+        if let Some(o) = &info.options {
+            config.options(o);
+        }
+        if let Some(t) = info.connect_timeout {
+            config.connect_timeout(std::time::Duration::from_secs(t));
+        }
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| TargetError::Connection(format!("could not connect to {}: {e}", info.describe())))?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("target connection ended: {e}");
+            }
+        });
+        Ok(PostgresTarget {
+            client,
+            connection,
+            slot: String::new(),
+            on_error,
+            synchronous_commit: synchronous_commit.to_string(),
+            in_group: false,
+            statements: HashMap::new(),
+            staging: HashSet::new(),
+        })
+    }
+
+    async fn run(&self, sql: &str) -> Result<(), TargetError> {
+        match self.client.batch_execute(sql).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(TargetError::Other(format!("{}: {sql}", classify(e)?))),
+        }
+    }
+
+    /// Sends statements pipelined (preparing, also pipelined, those not cached yet); on
+    /// failure, the index of the first failing statement and why.
+    async fn pipeline(&mut self, steps: &[Planned]) -> Result<(), (usize, String)> {
+        let mut missing: Vec<(usize, Vec<Type>)> = Vec::new();
+        for (i, s) in steps.iter().enumerate() {
+            if !self.statements.contains_key(&s.sql) && !missing.iter().any(|(m, _)| steps[*m].sql == s.sql) {
+                missing.push((i, vec![Type::TEXT; s.params.len()]));
+            }
+        }
+        let prepared =
+            join_all(missing.iter().map(|(i, types)| self.client.prepare_typed(&steps[*i].sql, types))).await;
+        for ((i, _), p) in missing.iter().zip(prepared) {
+            match p {
+                Ok(stmt) => {
+                    self.statements.insert(steps[*i].sql.clone(), stmt);
+                }
+                Err(e) => return Err((*i, error_text(e))),
+            }
+        }
+        let stmts: Vec<&Statement> = steps.iter().map(|s| &self.statements[&s.sql]).collect();
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> =
+            steps.iter().map(|s| s.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()).collect();
+        let results = join_all(stmts.iter().zip(&params).map(|(st, p)| self.client.execute(*st, p))).await;
+        for (i, (r, s)) in results.into_iter().zip(steps).enumerate() {
+            match r {
+                Ok(n) if s.expect.is_none_or(|e| e == n) => {}
+                Ok(0) if s.expect == Some(1) => return Err((i, "the row was not found on the target".into())),
+                Ok(n) => return Err((i, format!("{n} rows affected where {} were expected", s.expect.unwrap_or(0)))),
+                Err(e) => return Err((i, error_text(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The temporary staging table for `rel` (its non-generated columns, with the target's
+    /// types), created on first use. Named after the column layout, so a table whose
+    /// columns changed gets a new one.
+    async fn staging_table(&mut self, rel: &RelInfo) -> Result<String, TargetError> {
+        let cols = written_columns(rel);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(rel.oid, cols.iter().map(|&i| &rel.columns[i].name).collect::<Vec<_>>()), &mut h);
+        let name = format!("pgdms_stage_{}_{:x}", rel.oid, std::hash::Hasher::finish(&h));
+        if !self.staging.contains(&name) {
+            let list = column_list(rel, &cols);
+            // Created in a transaction of its own, so no rollback of a batch or group drops it.
+            let sql = format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {list} FROM {} WITH NO DATA",
+                quote_ident(&name),
+                rel.qualified()
+            );
+            if self.in_group {
+                self.run(&sql).await?;
+            } else {
+                self.run(&format!("BEGIN; {sql}; COMMIT")).await?;
+            }
+            self.staging.insert(name.clone());
+        }
+        Ok(name)
+    }
+
+    async fn copy_rows<'r>(
+        &self,
+        table: &str,
+        columns: &str,
+        rows: impl Iterator<Item = Vec<&'r Val>>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let sink = self.client.copy_in(&format!("COPY {table} ({columns}) FROM STDIN")).await?;
+        futures_util::pin_mut!(sink);
+        let mut buf = BytesMut::with_capacity(256 * 1024);
+        for row in rows {
+            copy::write_row(&mut buf, row);
+            if buf.len() >= 192 * 1024 {
+                sink.send(buf.split().freeze()).await?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(buf.freeze()).await?;
+        }
+        sink.as_mut().finish().await
+    }
+
+    /// The set-wise form of a table with many net changes, through COPY.
+    async fn apply_net_copy(&mut self, t: &TableBatch, net: &NetTable) -> Result<(), String> {
+        let rel = &t.rel;
+        let written = written_columns(rel);
+        let target = rel.qualified();
+        let mut deletes = Vec::new();
+        let mut updates: HashMap<Vec<bool>, Vec<(&Row, &Row)>> = HashMap::new();
+        let mut inserts: Vec<&Row> = net.appended().iter().collect();
+        for (key, op) in net.ops() {
+            match op {
+                NetOp::Delete => deletes.push(key),
+                NetOp::Replace(row) => {
+                    deletes.push(key);
+                    inserts.push(row);
+                }
+                NetOp::Insert(row) => inserts.push(row),
+                NetOp::Update(row) => {
+                    let set: Vec<bool> =
+                        written.iter().map(|&i| !t.key_cols.contains(&i) && row[i] != Val::Unchanged).collect();
+                    updates.entry(set).or_default().push((key, row));
+                }
+            }
+        }
+        let key_match = t
+            .key_cols
+            .iter()
+            .map(|&i| format!("t.{c} = s.{c}", c = quote_ident(&rel.columns[i].name)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let e = |e: tokio_postgres::Error| error_text(e);
+        if !deletes.is_empty() || !updates.is_empty() {
+            let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
+            let qstage = quote_ident(&stage);
+            if !deletes.is_empty() {
+                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(e)?;
+                let key_list = column_list(rel, &t.key_cols);
+                self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect())).await.map_err(e)?;
+                let sql = format!("DELETE FROM {target} t USING {qstage} s WHERE {key_match}");
+                let n = self.client.execute(&sql, &[]).await.map_err(e)?;
+                if n != deletes.len() as u64 {
+                    return Err(format!(
+                        "{} of {} rows to delete were not found",
+                        deletes.len() as u64 - n,
+                        deletes.len()
+                    ));
+                }
+            }
+            for (set, rows) in &updates {
+                if !set.contains(&true) {
+                    continue; // nothing but unchanged values: the row is as it was
+                }
+                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(e)?;
+                let list = column_list(rel, &written);
+                // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
+                // every column that kept its value, keys included, as unchanged.
+                let staged = rows.iter().map(|(key, r)| {
+                    written
+                        .iter()
+                        .map(|&i| t.key_cols.iter().position(|&k| k == i).map_or(&r[i], |p| &key[p]))
+                        .collect()
+                });
+                self.copy_rows(&qstage, &list, staged).await.map_err(e)?;
+                let assignments: Vec<String> = written
+                    .iter()
+                    .zip(set)
+                    .filter(|(_, s)| **s)
+                    .map(|(&i, _)| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name)))
+                    .collect();
+                let sql = format!("UPDATE {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
+                let n = self.client.execute(&sql, &[]).await.map_err(e)?;
+                if n != rows.len() as u64 {
+                    return Err(format!("{} of {} rows to update were not found", rows.len() as u64 - n, rows.len()));
+                }
+            }
+        }
+        if !inserts.is_empty() {
+            let list = column_list(rel, &written);
+            self.copy_rows(&target, &list, inserts.iter().map(|r| written.iter().map(|&i| &r[i]).collect()))
+                .await
+                .map_err(e)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a batch's changes one by one in source order, each its own round trip, so
+    /// that a failure names its change. With --on-error=log a failing change goes to the
+    /// exceptions table and the rest still apply.
+    async fn replay(&mut self, batch: &Batch) -> Result<(), TargetError> {
+        let log = self.on_error == OnError::Log;
+        for c in &batch.raw {
+            let (table, operation, lsn) = (c.rel.qualified(), c.operation(), c.lsn);
+            let outcome = match change_statement(c) {
+                Ok(None) => Ok(()),
+                Ok(Some(stmt)) => {
+                    let mut steps = Vec::with_capacity(3);
+                    if log {
+                        steps.push(Planned::utility("SAVEPOINT pgdms_change"));
+                    }
+                    steps.push(stmt);
+                    if log {
+                        steps.push(Planned::utility("RELEASE SAVEPOINT pgdms_change"));
+                    }
+                    self.pipeline(&steps).await.map_err(|(_, why)| why)
+                }
+                Err(NoIdentity) => {
+                    if !log {
+                        return Err(TargetError::NoIdentity { table, operation, lsn });
+                    }
+                    if log {
+                        self.run("SAVEPOINT pgdms_change").await?;
+                    }
+                    Err("the source logs no key for this table's rows: set REPLICA IDENTITY FULL or add a primary key"
+                        .into())
+                }
+            };
+            if let Err(why) = outcome {
+                if self.client.is_closed() {
+                    return Err(TargetError::Connection(why));
+                }
+                if !log {
+                    return Err(TargetError::Change {
+                        table,
+                        operation,
+                        lsn,
+                        key: report::describe_key(c),
+                        error: why,
+                    });
+                }
+                self.run("ROLLBACK TO SAVEPOINT pgdms_change").await?;
+                tracing::warn!(%table, operation, %lsn, key = %report::describe_key(c), error = %why, "change recorded in the exceptions table");
+                self.record_exception(c, &why).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_exception(&mut self, c: &Change, error: &str) -> Result<(), TargetError> {
+        let step = Planned {
+            sql: format!(
+                "INSERT INTO {CONTROL_SCHEMA}.apply_exceptions (slot_name, table_name, operation, key, lsn, xid, error, change) \
+                 VALUES ($1, $2, $3, $4::jsonb, $5::pg_lsn, $6::bigint, $7, $8::jsonb)"
+            ),
+            params: vec![
+                Some(self.slot.clone()),
+                Some(c.rel.qualified()),
+                Some(c.operation().to_string()),
+                Some(report::key_json(c).to_string()),
+                Some(c.lsn.to_string()),
+                Some(c.xid.to_string()),
+                Some(error.to_string()),
+                Some(report::change_json(c).to_string()),
+            ],
+            expect: Some(1),
+        };
+        self.pipeline(&[step])
+            .await
+            .map_err(|(_, why)| TargetError::Other(format!("could not record an exception: {why}")))
+    }
+
+    /// The statements of a batch's set-wise form, except tables that go through COPY.
+    fn plan_batch<'b>(
+        &self,
+        batch: &'b Batch,
+    ) -> Result<(Vec<Planned>, Vec<(&'b TableBatch, &'b NetTable)>), NoIdentity> {
+        let mut steps = Vec::new();
+        let mut copied = Vec::new();
+        for t in &batch.tables {
+            match &t.mode {
+                TableMode::Net(net)
+                    if unnest_safe(&t.rel) && net.ops().count() + net.appended().len() <= UNNEST_MAX_ROWS =>
+                {
+                    steps.extend(net_statements(t, net))
+                }
+                TableMode::Net(net) => copied.push((t, net)),
+                TableMode::Sequential => {
+                    for c in batch.raw_of(t.rel.oid) {
+                        steps.extend(change_statement(c)?);
+                    }
+                }
+            }
+        }
+        Ok((steps, copied))
+    }
+
+    /// The set-wise pass of a batch, inside its savepoint.
+    async fn apply_set_wise(&mut self, batch: &Batch) -> Result<(), String> {
+        let Ok((mut steps, copied)) = self.plan_batch(batch) else {
+            return Err("a change without a key".into());
+        };
+        for (t, net) in &copied {
+            self.apply_net_copy(t, net).await?;
+        }
+        steps.push(Planned::utility("RELEASE SAVEPOINT pgdms_batch"));
+        self.pipeline(&steps).await.map_err(|(_, why)| why)
+    }
+}
+
+/// The text of a statement's error: message and detail.
+fn error_text(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+impl Target for PostgresTarget {
+    async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
+        self.slot = slot.to_string();
+        let setup = format!(
+            "SET session_replication_role = replica;
+             SET client_min_messages = warning;
+             SET TimeZone = 'UTC';
+             SET extra_float_digits = 3;
+             SET bytea_output = hex;
+             SET lc_monetary = 'C';
+             SET synchronous_commit = {};
+             CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
+             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_progress (
+                 slot_name text PRIMARY KEY,
+                 end_lsn pg_lsn NOT NULL,
+                 commit_time timestamptz,
+                 updated_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_exceptions (
+                 id bigserial PRIMARY KEY,
+                 slot_name text NOT NULL,
+                 logged_at timestamptz NOT NULL DEFAULT now(),
+                 table_name text NOT NULL,
+                 operation text NOT NULL,
+                 key jsonb,
+                 lsn pg_lsn NOT NULL,
+                 xid bigint,
+                 error text NOT NULL,
+                 change jsonb);",
+            quote_literal(&self.synchronous_commit)
+        );
+        self.client.batch_execute(&setup).await.map_err(|e| match classify(e) {
+            Ok(m) if m.contains("session_replication_role") => TargetError::Other(format!(
+                "{m}: pgdms-apply needs a target role that may set session_replication_role \
+                 (a superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <role>)"
+            )),
+            Ok(m) => TargetError::Other(m),
+            Err(c) => c,
+        })?;
+        let rows = self
+            .client
+            .query(&format!("SELECT end_lsn::text FROM {CONTROL_SCHEMA}.apply_progress WHERE slot_name = $1"), &[&slot])
+            .await
+            .map_err(connection_error)?;
+        Ok(rows.first().map(|r| r.get::<_, String>(0)).and_then(|s| s.parse().ok()))
+    }
+
+    async fn configure(&mut self, settings: &SourceSettings) -> Result<(), TargetError> {
+        let mut sql = String::new();
+        if let Some(d) = &settings.date_style {
+            let _ = write!(sql, "SET DateStyle = {};", quote_literal(d));
+        }
+        if let Some(i) = &settings.interval_style {
+            let _ = write!(sql, "SET IntervalStyle = {};", quote_literal(i));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.run(&sql).await
+    }
+
+    async fn apply(&mut self, batch: &Batch) -> Result<(), TargetError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Staging tables of the tables going through COPY exist before the savepoint.
+        for t in &batch.tables {
+            if let TableMode::Net(net) = &t.mode {
+                let copied = !unnest_safe(&t.rel) || net.ops().count() + net.appended().len() > UNNEST_MAX_ROWS;
+                if copied && net.ops().any(|(_, op)| !matches!(op, NetOp::Insert(_))) {
+                    self.staging_table(&t.rel).await?;
+                }
+            }
+        }
+        let mut opening = Vec::with_capacity(2);
+        if !self.in_group {
+            opening.push(Planned::utility("BEGIN"));
+        }
+        opening.push(Planned::utility("SAVEPOINT pgdms_batch"));
+        if let Err((_, why)) = self.pipeline(&opening).await {
+            return Err(TargetError::Connection(why));
+        }
+        self.in_group = true;
+        if let Err(why) = self.apply_set_wise(batch).await {
+            if self.client.is_closed() {
+                return Err(TargetError::Connection(why));
+            }
+            tracing::debug!(%why, changes = batch.len(), "set-wise apply failed; replaying the batch change by change");
+            self.run("ROLLBACK TO SAVEPOINT pgdms_batch").await?;
+            self.replay(batch).await?;
+            self.run("RELEASE SAVEPOINT pgdms_batch").await?;
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, rels: &[Arc<RelInfo>], restart_identity: bool, lsn: Lsn) -> Result<(), TargetError> {
+        if !self.in_group {
+            self.run("BEGIN").await?;
+            self.in_group = true;
+        }
+        let list: Vec<String> = rels.iter().map(|r| r.qualified()).collect();
+        let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
+        let sql = format!("TRUNCATE {}{restart}", list.join(", "));
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(TargetError::Change {
+                table: list.join(", "),
+                operation: "truncate",
+                lsn,
+                key: "(all rows)".into(),
+                error: classify(e)?,
+            }),
+        }
+    }
+
+    async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), TargetError> {
+        if !self.in_group {
+            return Ok(());
+        }
+        let commit_time = pgdms_proto::Value::TimestampTz(commit_time).to_pg_text().map(|c| c.into_owned());
+        let progress = Planned {
+            sql: format!(
+                "INSERT INTO {CONTROL_SCHEMA}.apply_progress (slot_name, end_lsn, commit_time, updated_at) \
+                 VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) \
+                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, commit_time = excluded.commit_time, updated_at = now()"
+            ),
+            params: vec![Some(self.slot.clone()), Some(end_lsn.to_string()), commit_time],
+            expect: Some(1),
+        };
+        let result = self.pipeline(&[progress, Planned::utility("COMMIT")]).await;
+        self.in_group = false;
+        result.map_err(|(_, why)| {
+            if self.client.is_closed() {
+                TargetError::Connection(format!("commit failed: {why}"))
+            } else {
+                TargetError::Other(format!("the target refused to commit at source LSN {end_lsn}: {why}"))
+            }
+        })
+    }
+
+    async fn rollback(&mut self) -> Result<(), TargetError> {
+        if self.in_group {
+            self.in_group = false;
+            self.client.batch_execute("ROLLBACK").await.map_err(connection_error)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PostgresTarget {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}

@@ -1,0 +1,287 @@
+//! The SQL a batch becomes: statements with text parameters, each with the number of rows
+//! it must affect, ready to be sent pipelined.
+//!
+//! A table's net changes become one DELETE, one UPDATE per set of changed columns and one
+//! INSERT, each over `unnest` of array parameters (one array per column). A change applied
+//! on its own becomes one statement that must touch exactly one row.
+
+use crate::apply::batch::{key_columns, NetOp, NetTable, TableBatch};
+use crate::apply::change::{quote_ident, Change, ChangeKind, Old, RelInfo, Row, Val};
+use pgdms_proto::{dms::oids, Identity};
+use std::collections::BTreeMap;
+
+/// One statement: its SQL, text parameters, and how many rows it must affect.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub sql: String,
+    pub params: Vec<Option<String>>,
+    pub expect: Option<u64>,
+}
+
+impl Planned {
+    pub fn utility(sql: &str) -> Planned {
+        Planned { sql: sql.to_string(), params: Vec::new(), expect: None }
+    }
+}
+
+/// The change cannot be applied: the table logs no key for it.
+#[derive(Debug)]
+pub struct NoIdentity;
+
+/// Columns a target write sets: all but generated ones (the target computes those).
+pub fn written_columns(rel: &RelInfo) -> Vec<usize> {
+    rel.columns.iter().enumerate().filter(|(_, c)| !c.generated).map(|(i, _)| i).collect()
+}
+
+pub fn column_list(rel: &RelInfo, cols: &[usize]) -> String {
+    cols.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect::<Vec<_>>().join(", ")
+}
+
+fn overriding(rel: &RelInfo) -> &'static str {
+    if rel.columns.iter().any(|c| c.identity == Identity::Always) {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    }
+}
+
+/// Can the table's rows travel as arrays? Not when a column is itself an array: an array
+/// of arrays is a multi-dimensional array, and unnest would take it apart.
+pub fn unnest_safe(rel: &RelInfo) -> bool {
+    rel.columns.iter().all(|c| !c.type_sql.ends_with(']'))
+}
+
+/// An array literal of `vals` (text elements, double-quoted and escaped; NULL bare).
+fn array_literal<'v>(vals: impl Iterator<Item = &'v Val>) -> String {
+    let mut s = String::from("{");
+    for (i, v) in vals.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        match v.to_pg_text() {
+            None => s.push_str("NULL"),
+            Some(t) => {
+                s.push('"');
+                for ch in t.chars() {
+                    if ch == '"' || ch == '\\' {
+                        s.push('\\');
+                    }
+                    s.push(ch);
+                }
+                s.push('"');
+            }
+        }
+    }
+    s.push('}');
+    s
+}
+
+/// `unnest($1::t1[], $2::t2[]) AS s(c1, c2)` over `cols`, parameters from `first`.
+fn unnest_source(rel: &RelInfo, cols: &[usize], first: usize) -> String {
+    let arrays: Vec<String> =
+        cols.iter().enumerate().map(|(n, &i)| format!("${}::{}[]", first + n, rel.columns[i].type_sql)).collect();
+    format!("unnest({}) AS s({})", arrays.join(", "), column_list(rel, cols))
+}
+
+fn key_match(rel: &RelInfo, key_cols: &[usize]) -> String {
+    key_cols
+        .iter()
+        .map(|&i| format!("t.{c} = s.{c}", c = quote_ident(&rel.columns[i].name)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The set-wise statements of a table's net changes: deletes, then updates, then inserts.
+pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
+    let rel = &t.rel;
+    let target = rel.qualified();
+    let written = written_columns(rel);
+    let mut deletes: Vec<&Row> = Vec::new();
+    let mut inserts: Vec<&Row> = net.appended().iter().collect();
+    // Updates grouped by the columns they set (a row leaves out its unchanged values).
+    let mut updates: BTreeMap<Vec<usize>, Vec<(&Row, &Row)>> = BTreeMap::new();
+    for (key, op) in net.ops() {
+        match op {
+            NetOp::Delete => deletes.push(key),
+            NetOp::Replace(row) => {
+                deletes.push(key);
+                inserts.push(row);
+            }
+            NetOp::Insert(row) => inserts.push(row),
+            NetOp::Update(row) => {
+                let set: Vec<usize> =
+                    written.iter().copied().filter(|i| !t.key_cols.contains(i) && row[*i] != Val::Unchanged).collect();
+                if !set.is_empty() {
+                    updates.entry(set).or_default().push((key, row));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if !deletes.is_empty() {
+        let params = (0..t.key_cols.len()).map(|k| Some(array_literal(deletes.iter().map(|key| &key[k])))).collect();
+        out.push(Planned {
+            sql: format!(
+                "DELETE FROM {target} t USING {} WHERE {}",
+                unnest_source(rel, &t.key_cols, 1),
+                key_match(rel, &t.key_cols)
+            ),
+            params,
+            expect: Some(deletes.len() as u64),
+        });
+    }
+    for (set, rows) in &updates {
+        let mut params: Vec<Option<String>> =
+            (0..t.key_cols.len()).map(|k| Some(array_literal(rows.iter().map(|(key, _)| &key[k])))).collect();
+        params.extend(set.iter().map(|&i| Some(array_literal(rows.iter().map(|(_, r)| &r[i])))));
+        let cols: Vec<usize> = t.key_cols.iter().chain(set).copied().collect();
+        let assignments: Vec<String> =
+            set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
+        out.push(Planned {
+            sql: format!(
+                "UPDATE {target} t SET {} FROM {} WHERE {}",
+                assignments.join(", "),
+                unnest_source(rel, &cols, 1),
+                key_match(rel, &t.key_cols)
+            ),
+            params,
+            expect: Some(rows.len() as u64),
+        });
+    }
+    if !inserts.is_empty() {
+        out.push(Planned {
+            sql: format!(
+                "INSERT INTO {target} ({}){} SELECT * FROM {}",
+                column_list(rel, &written),
+                overriding(rel),
+                unnest_source(rel, &written, 1)
+            ),
+            params: written.iter().map(|&i| Some(array_literal(inserts.iter().map(|r| &r[i])))).collect(),
+            expect: Some(inserts.len() as u64),
+        });
+    }
+    out
+}
+
+/// Renumbers `$1..` parameters of a clause to follow `offset` others.
+fn renumber(clause: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(clause.len() + 8);
+    let mut chars = clause.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch == '$' && chars.peek().is_some_and(|c| c.is_ascii_digit()) {
+            let mut n = 0usize;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = n * 10 + d as usize;
+                chars.next();
+            }
+            out.push_str(&format!("${}", n + offset));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The WHERE clause that finds a change's row (parameters from $1), and its parameters.
+fn row_condition(c: &Change, old: &Old, new: Option<&Row>) -> Result<(String, Vec<Option<String>>), NoIdentity> {
+    let rel = &c.rel;
+    let key_cols = key_columns(rel);
+    let key_vals: Option<Vec<&Val>> = match old {
+        Old::Key(k) if k.len() == key_cols.len() && !key_cols.is_empty() => Some(k.iter().collect()),
+        Old::Full(row) if !key_cols.is_empty() => Some(key_cols.iter().map(|&i| &row[i]).collect()),
+        Old::None if !key_cols.is_empty() => new.map(|n| key_cols.iter().map(|&i| &n[i]).collect()),
+        _ => None,
+    };
+    if let Some(vals) = key_vals {
+        let cond: Vec<String> = key_cols
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} = ${}::{}", quote_ident(&rel.columns[i].name), n + 1, rel.columns[i].type_sql))
+            .collect();
+        return Ok((cond.join(" AND "), vals.iter().map(|v| v.to_pg_text()).collect()));
+    }
+    let Old::Full(row) = old else { return Err(NoIdentity) };
+    // No key: the whole old row identifies it; of identical rows, change one, as the source
+    // did. Compared as text, which every type has (json or point have no equality
+    // operator); money through numeric, since its text depends on lc_monetary.
+    let cond: Vec<String> = rel
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(n, col)| {
+            let text = if col.type_oid == oids::MONEY { "::numeric::text" } else { "::text" };
+            format!("{}{text} IS NOT DISTINCT FROM ${}", quote_ident(&col.name), n + 1)
+        })
+        .collect();
+    let sql = format!("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)", rel.qualified(), cond.join(" AND "));
+    Ok((sql, row.iter().map(Val::to_pg_text).collect()))
+}
+
+/// One change as its own statement; `None` for an update that changes nothing.
+pub fn change_statement(c: &Change) -> Result<Option<Planned>, NoIdentity> {
+    let rel = &c.rel;
+    let target = rel.qualified();
+    let written = written_columns(rel);
+    let cast = |i: usize, n: usize| format!("${n}::{}", rel.columns[i].type_sql);
+    Ok(Some(match &c.kind {
+        ChangeKind::Insert { new } => {
+            let values: Vec<String> = written.iter().enumerate().map(|(n, &i)| cast(i, n + 1)).collect();
+            Planned {
+                sql: format!(
+                    "INSERT INTO {target} ({}){} VALUES ({})",
+                    column_list(rel, &written),
+                    overriding(rel),
+                    values.join(", ")
+                ),
+                params: written.iter().map(|&i| new[i].to_pg_text()).collect(),
+                expect: Some(1),
+            }
+        }
+        ChangeKind::Update { old, new } => {
+            let set: Vec<usize> = written.iter().copied().filter(|&i| new[i] != Val::Unchanged).collect();
+            if set.is_empty() {
+                return Ok(None);
+            }
+            let mut params: Vec<Option<String>> = set.iter().map(|&i| new[i].to_pg_text()).collect();
+            let assignments: Vec<String> = set
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| format!("{} = {}", quote_ident(&rel.columns[i].name), cast(i, n + 1)))
+                .collect();
+            let (cond, cond_params) = row_condition(c, old, Some(new))?;
+            let offset = params.len();
+            params.extend(cond_params);
+            Planned {
+                sql: format!("UPDATE {target} SET {} WHERE {}", assignments.join(", "), renumber(&cond, offset)),
+                params,
+                expect: Some(1),
+            }
+        }
+        ChangeKind::Delete { old } => {
+            let (cond, params) = row_condition(c, old, None)?;
+            Planned { sql: format!("DELETE FROM {target} WHERE {cond}"), params, expect: Some(1) }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn renumbers_parameters() {
+        assert_eq!(renumber("a = $1::int AND b = $2::text AND c = $10", 3), "a = $4::int AND b = $5::text AND c = $13");
+    }
+
+    #[test]
+    fn array_literals_quote_every_element() {
+        let vals = [
+            Val::Int4(1),
+            Val::Null,
+            Val::Text(Bytes::from_static(b"a \"q\" \\ {,}")),
+            Val::Text(Bytes::from_static(b"NULL")),
+        ];
+        assert_eq!(array_literal(vals.iter()), r#"{"1",NULL,"a \"q\" \\ {,}","NULL"}"#);
+    }
+}
