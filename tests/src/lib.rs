@@ -18,6 +18,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod matrix;
+
 pub use postgres;
 use serde_json::Value as Json;
 
@@ -320,6 +322,35 @@ impl Cluster {
         records
     }
 
+    /// Copies the schema of this cluster's `postgres` database to `target`'s (pg_dump -s).
+    pub fn copy_schema_to(&self, target: &Cluster) {
+        let dump = Command::new(pg_bindir().join("pg_dump"))
+            .args(["-s", "-d", &self.conninfo("postgres")])
+            .output()
+            .expect("run pg_dump");
+        assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
+        let mut psql = Command::new(pg_bindir().join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target.conninfo("postgres")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run psql");
+        std::io::Write::write_all(psql.stdin.as_mut().unwrap(), &dump.stdout).unwrap();
+        drop(psql.stdin.take());
+        assert!(psql.wait().unwrap().success(), "restoring the schema failed");
+    }
+
+    /// Every row of `table` as `row::text`, sorted: what "equal" means between source and
+    /// target.
+    pub fn rows(&self, table: &str) -> Vec<String> {
+        let mut client = self.connect("postgres");
+        client.batch_execute("set timezone = 'UTC'; set extra_float_digits = 3").unwrap();
+        query_text(&mut client, &format!("select t::text from {table} t order by 1"))
+            .into_iter()
+            .map(|r| r.into_iter().next().flatten().unwrap_or_default())
+            .collect()
+    }
+
     /// `pg_postmaster_start_time()`: unchanged as long as the server did not restart or crash.
     pub fn postmaster_start_time(&self) -> String {
         self.value("select pg_postmaster_start_time()::text")
@@ -375,6 +406,26 @@ pub fn pgdms_apply() -> Command {
     let mut c = Command::new(pgdms_apply_path());
     c.env("PGDMS_LOG", "warn");
     c
+}
+
+/// `pgdms-apply cdc` from `source`'s slot into `target`, both `postgres` databases.
+pub fn cdc(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Command {
+    let mut c = pgdms_apply();
+    c.args(["cdc", "--source", &source.conninfo("postgres"), "--target", &target.conninfo("postgres"), "--slot", slot]);
+    c.args(extra);
+    c
+}
+
+/// Asserts that `tables` hold the same rows on both clusters.
+pub fn assert_same_rows(source: &Cluster, target: &Cluster, tables: &[&str]) {
+    for t in tables {
+        let (s, d) = (source.rows(t), target.rows(t));
+        if s != d {
+            let only_s: Vec<_> = s.iter().filter(|r| !d.contains(r)).take(5).collect();
+            let only_d: Vec<_> = d.iter().filter(|r| !s.contains(r)).take(5).collect();
+            panic!("{t}: {} rows on the source, {} on the target; only on the source: {only_s:?}; only on the target: {only_d:?}", s.len(), d.len());
+        }
+    }
 }
 
 /// Polls `check` until it returns true, for at most `timeout`.

@@ -30,6 +30,9 @@ use std::sync::Arc;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
+/// Tables of a batch applied through COPY, with their net changes.
+type CopiedTables<'b> = Vec<(&'b TableBatch, &'b NetTable)>;
+
 /// Tables with more net changes than this in a batch go through COPY and staging tables
 /// rather than array parameters.
 const UNNEST_MAX_ROWS: usize = 5_000;
@@ -363,7 +366,7 @@ impl PostgresTarget {
     fn plan_batch<'b>(
         &self,
         batch: &'b Batch,
-    ) -> Result<(Vec<Planned>, Vec<(&'b TableBatch, &'b NetTable)>), NoIdentity> {
+    ) -> Result<(Vec<Planned>, CopiedTables<'b>), NoIdentity> {
         let mut steps = Vec::new();
         let mut copied = Vec::new();
         for t in &batch.tables {
