@@ -109,7 +109,7 @@ struct CdcArgs {
     #[arg(long, default_value_t = 1000)]
     group_max_ms: u64,
     /// Send changes to the target in batches of at most this many rows.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 50_000)]
     batch_max_rows: usize,
     /// synchronous_commit of the target session.
     #[arg(long, default_value = "on")]

@@ -228,3 +228,189 @@ fn a_change_the_target_rejects_stops_with_its_table_lsn_and_key_or_goes_to_the_e
     assert_eq!(exceptions[1][1].as_deref(), Some("update"));
     assert!(exceptions[1][3].as_deref().unwrap().contains("REPLICA IDENTITY FULL"));
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tls_verify_full_and_a_scram_replication_role_that_is_not_a_superuser() {
+    // A CA, a server certificate for "localhost" only, and a CA the client does not trust.
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    let ca = ["req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=pgdms test CA"];
+    openssl(dir, &[&ca[..], &["-keyout", "ca.key", "-out", "ca.crt"]].concat());
+    openssl(dir, &[&ca[..], &["-keyout", "other.key", "-out", "other.crt"]].concat());
+    openssl(dir, &["req", "-new", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+
+    let source = Cluster::builder()
+        .setting("ssl", "on")
+        .setting("ssl_cert_file", "'server.crt'")
+        .setting("ssl_key_file", "'server.key'")
+        .file("server.crt", std::fs::read(dir.join("server.crt")).unwrap())
+        .file("server.key", std::fs::read(dir.join("server.key")).unwrap())
+        .hba(&[
+            "local all all trust",
+            "local replication all trust",
+            "hostnossl all all 127.0.0.1/32 reject",
+            "hostssl all repl 127.0.0.1/32 scram-sha-256",
+        ])
+        .start();
+    let target = Cluster::start();
+    source.execute("create role repl login replication password 'secret'; create table t (id int primary key, v text)");
+    source.copy_schema_to(&target);
+    source.create_slot("tls");
+    source.execute(
+        "insert into t select i, md5(i::text) from generate_series(1, 100) i; update t set v = 'u' where id < 10",
+    );
+
+    let ca_crt = dir.join("ca.crt").display().to_string();
+    let other_crt = dir.join("other.crt").display().to_string();
+    let conn = |host: &str, extra: &str| {
+        format!(
+            "host={host} port={} user=repl dbname=postgres sslmode=verify-full sslrootcert={ca_crt} {extra}",
+            source.port
+        )
+    };
+    let run = |src: &str, password: Option<&str>| {
+        let until = source.current_lsn();
+        let mut c = pgdms_tests::pgdms_apply();
+        c.args(["cdc", "--source", src, "--target", &target.conninfo("postgres"), "--slot", "tls", "--until", &until]);
+        if let Some(p) = password {
+            c.env("PGPASSWORD", p);
+        }
+        c.output().unwrap()
+    };
+    let failure = |src: &str, password: Option<&str>| {
+        let out = run(src, password);
+        assert!(!out.status.success(), "{src} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // verify-full against the certificate's name, SCRAM with PGPASSWORD.
+    let out = run(&conn("localhost", ""), Some("secret"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_same_rows(&source, &target, &["t"]);
+
+    // The name does not match: verify-full refuses, verify-ca (chain only) accepts.
+    assert!(failure(&conn("127.0.0.1", ""), Some("secret")).contains("TLS"));
+    let ca_only = conn("127.0.0.1", "").replace("verify-full", "verify-ca");
+    assert!(run(&ca_only, Some("secret")).status.success());
+    // A CA that did not sign the server's certificate.
+    let untrusted = conn("localhost", "").replace(&ca_crt, &other_crt);
+    assert!(failure(&untrusted, Some("secret")).contains("TLS"));
+    // A wrong password, and no TLS at all.
+    assert!(failure(&conn("localhost", "password=wrong"), None).contains("password authentication failed"));
+    let plain = conn("localhost", "").replace("sslmode=verify-full", "sslmode=disable");
+    assert!(failure(&plain, Some("secret")).contains("no encryption"));
+}
+
+#[test]
+fn a_5m_row_transaction_applies_in_bounded_memory() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    source.execute("create table big (id int primary key, v text)");
+    source.copy_schema_to(&target);
+    source.create_slot("big");
+    source.execute("insert into big select i, 'row ' || i from generate_series(1, 5000000) i");
+    let until = source.current_lsn();
+    let mut child = cdc(&source, &target, "big", &["--until", &until]).stderr(Stdio::piped()).spawn().unwrap();
+    // VmHWM: the peak resident size so far; read until the process exits.
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            if let Some(kb) = s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)) {
+                peak_kb = peak_kb.max(kb.parse().unwrap_or(0));
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(peak_kb > 0, "the peak resident size was read");
+    eprintln!("5M-row transaction: peak resident size {} MB", peak_kb / 1024);
+    assert!(peak_kb < 200 * 1024, "peak resident size {} MB", peak_kb / 1024);
+    assert_eq!(target.value("select count(*) from big"), "5000000");
+    assert_eq!(
+        target.value("select md5(string_agg(v, ',' order by id)) from big"),
+        source.value("select md5(string_agg(v, ',' order by id)) from big")
+    );
+}
+
+#[test]
+fn an_invalidated_slot_is_a_fatal_error_that_says_what_to_do() {
+    let source =
+        Cluster::builder().setting("max_slot_wal_keep_size", "'1MB'").setting("max_wal_size", "'32MB'").start();
+    let target = Cluster::start();
+    source.execute("create table t (id int, pad text)");
+    source.copy_schema_to(&target);
+    source.create_slot("lost");
+    // Far more WAL than the slot may keep, then a checkpoint invalidates it.
+    for _ in 0..3 {
+        source.execute("insert into t select i, repeat('x', 500) from generate_series(1, 20000) i; select pg_switch_wal(); checkpoint;");
+    }
+    assert_eq!(source.value("select wal_status from pg_replication_slots where slot_name = 'lost'"), "lost");
+    let out = cdc(&source, &target, "lost", &["--until", &source.current_lsn()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("was invalidated by the source"), "{stderr}");
+    assert!(stderr.contains("max_slot_wal_keep_size"), "{stderr}");
+    assert!(stderr.contains("load the target again"), "{stderr}");
+}
+
+#[test]
+fn slot_commands_create_list_and_drop() {
+    let source = Cluster::start();
+    let src = source.conninfo("postgres");
+    let run = |args: &[&str]| {
+        let out = pgdms_tests::pgdms_apply().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        pgdms_tests::parse_json_lines(&out.stdout)
+    };
+    let out =
+        pgdms_tests::pgdms_apply().args(["slot", "create", "--source", &src, "--slot", "Mixed Case"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may only contain lower case letters"));
+    let created = run(&["slot", "create", "--source", &src, "--slot", "mig_1"]);
+    assert_eq!(created[0]["slot"], "mig_1");
+    assert!(created[0]["consistent_point"].as_str().unwrap().contains('/'));
+    let listed = run(&["slot", "list", "--source", &src]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["slot"], "mig_1");
+    assert_eq!(listed[0]["active"], false);
+    assert!(listed[0]["retained_wal_bytes"].as_i64().unwrap() >= 0);
+    run(&["slot", "drop", "--source", &src, "--slot", "mig_1"]);
+    assert!(run(&["slot", "list", "--source", &src]).is_empty());
+    let out = pgdms_tests::pgdms_apply().args(["slot", "drop", "--source", &src, "--slot", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}

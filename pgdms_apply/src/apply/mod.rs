@@ -131,9 +131,9 @@ pub async fn run_session<T: Target>(
     tracing::info!(slot = %opts.slot, resume_after = %start, "streaming");
     let stream = conn.start_replication(&opts.slot, start, &opts.plugin_options.to_pairs()).await?;
 
-    // Deep enough for the stream to keep flowing while the target applies a batch (at most
-    // 256 chunks of CHUNK events in flight).
-    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(256);
+    // Lets the stream keep flowing while the target applies a batch, with at most 32 chunks
+    // of CHUNK events in flight (memory stays bounded whatever the backlog).
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(32);
     let (applied_tx, applied_rx) = watch::channel(start);
     let receiver = tokio::spawn(receive(stream, events_tx, applied_rx, start, opts.until.is_some()));
     let mut applier = Applier::new(target, opts, progress, applied_tx);

@@ -3,6 +3,7 @@
 pub mod conninfo;
 pub mod lsn;
 pub mod replication;
+pub mod tls;
 
 pub use conninfo::ConnInfo;
 pub use lsn::Lsn;

@@ -25,6 +25,10 @@ pub enum ReplicationError {
     Auth(String),
     #[error("unexpected message from the server: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    #[error("TLS with {target}: {why}")]
+    TlsHandshake { target: String, why: String },
 }
 
 /// An ErrorResponse, with the fields a person needs.
@@ -88,7 +92,7 @@ type Result<T> = std::result::Result<T, ReplicationError>;
 /// How much one read may take from the socket.
 const READ_WINDOW: usize = 256 * 1024;
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// What IDENTIFY_SYSTEM says.
@@ -153,6 +157,7 @@ impl ReplicationConnection {
             };
             Ok::<_, std::io::Error>(io)
         };
+        let tls = super::tls::client_config(info)?;
         let timeout = Duration::from_secs(info.connect_timeout.filter(|t| *t > 0).unwrap_or(30));
         let io = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(io)) => io,
@@ -164,6 +169,10 @@ impl ReplicationConnection {
                 })
             }
         };
+        let io = match (tls, &info.host) {
+            (Some(config), Host::Tcp(host)) => Self::start_tls(io, config, host, info.sslmode, &target).await?,
+            _ => io,
+        };
         let mut conn = ReplicationConnection {
             io,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -173,6 +182,38 @@ impl ReplicationConnection {
         };
         conn.startup(info).await?;
         Ok(conn)
+    }
+
+    /// SSLRequest, then the TLS handshake if the server agrees (libpq's order).
+    async fn start_tls(
+        mut io: Box<dyn Io>,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        host: &str,
+        mode: super::conninfo::SslMode,
+        target: &str,
+    ) -> Result<Box<dyn Io>> {
+        let mut buf = BytesMut::new();
+        frontend::ssl_request(&mut buf);
+        io.write_all(&buf).await?;
+        io.flush().await?;
+        let mut answer = [0u8; 1];
+        io.read_exact(&mut answer).await?;
+        match answer[0] {
+            b'S' => {
+                let name = super::tls::server_name(host)?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, io)
+                    .await
+                    .map_err(|e| ReplicationError::TlsHandshake { target: target.to_string(), why: e.to_string() })?;
+                Ok(Box::new(tls))
+            }
+            b'N' if mode < super::conninfo::SslMode::Require => Ok(io),
+            b'N' => Err(ReplicationError::TlsHandshake {
+                target: target.to_string(),
+                why: "the server does not accept TLS connections, and sslmode requires TLS".into(),
+            }),
+            other => Err(ReplicationError::Protocol(format!("answer {other:#x} to SSLRequest"))),
+        }
     }
 
     async fn startup(&mut self, info: &ConnInfo) -> Result<()> {

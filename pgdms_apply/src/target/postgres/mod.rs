@@ -94,15 +94,30 @@ impl PostgresTarget {
         if let Some(t) = info.connect_timeout {
             config.connect_timeout(std::time::Duration::from_secs(t));
         }
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| TargetError::Connection(format!("could not connect to {}: {e}", info.describe())))?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("target connection ended: {e}");
+        let failed = |e: tokio_postgres::Error| {
+            TargetError::Connection(format!("could not connect to {}: {e}", info.describe()))
+        };
+        let tls = crate::stream::tls::client_config(info).map_err(|e| TargetError::Other(e.to_string()))?;
+        let (client, connection) = match tls {
+            Some(tls) => {
+                use crate::stream::conninfo::SslMode;
+                let mode = if info.sslmode >= SslMode::Require {
+                    tokio_postgres::config::SslMode::Require
+                } else {
+                    tokio_postgres::config::SslMode::Prefer
+                };
+                config.ssl_mode(mode);
+                let (client, connection) = config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()))
+                    .await
+                    .map_err(failed)?;
+                (client, tokio::spawn(async move { drive(connection).await }))
             }
-        });
+            None => {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+                (client, tokio::spawn(async move { drive(connection).await }))
+            }
+        };
         Ok(PostgresTarget {
             client,
             connection,
@@ -363,10 +378,7 @@ impl PostgresTarget {
     }
 
     /// The statements of a batch's set-wise form, except tables that go through COPY.
-    fn plan_batch<'b>(
-        &self,
-        batch: &'b Batch,
-    ) -> Result<(Vec<Planned>, CopiedTables<'b>), NoIdentity> {
+    fn plan_batch<'b>(&self, batch: &'b Batch) -> Result<(Vec<Planned>, CopiedTables<'b>), NoIdentity> {
         let mut steps = Vec::new();
         let mut copied = Vec::new();
         for t in &batch.tables {
@@ -397,6 +409,13 @@ impl PostgresTarget {
         }
         steps.push(Planned::utility("RELEASE SAVEPOINT pgdms_batch"));
         self.pipeline(&steps).await.map_err(|(_, why)| why)
+    }
+}
+
+/// Runs a target connection until it closes.
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!("target connection ended: {e}");
     }
 }
 
