@@ -2,8 +2,10 @@
 # The main job of pgdms, end to end on this machine.
 #
 # Today: installs what is missing, builds and installs the extension, starts a throwaway
-# source cluster with a sample schema, creates a pgdms slot, makes changes while the
-# source is live, and prints the decoded change records as JSON lines on stdout.
+# cluster with a sample source database and an empty target database of the same schema,
+# creates pgdms slots, makes changes while the source is live, prints the decoded change
+# records as JSON lines on stdout, then applies the same changes to the target with
+# `pgdms-apply cdc` and checks that the target equals the source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -39,7 +41,11 @@ create table orders (
 );
 insert into "Customers" (name, email) values ('Ada', 'ada@example.org'), ('Grace', 'grace@example.org');
 SQL
-psql_ -At -c "select 'demo: slot created at ' || lsn from pg_create_logical_replication_slot('pgdms_demo', 'pgdms')" >&2
+psql_ -q -c "create database demo_target"
+# The target starts as a copy of the source (the full-load command will do this itself).
+"$PG_BIN/pg_dump" -h "$DIR" -p "$PORT" -U postgres postgres | psql_ -d demo_target -o /dev/null
+psql_ -At -c "select 'demo: slots created at ' || lsn from pg_create_logical_replication_slot('pgdms_demo', 'pgdms')" >&2
+psql_ -At -o /dev/null -c "select pg_create_logical_replication_slot('pgdms_apply', 'pgdms')"
 
 echo "demo: making changes on the live source" >&2
 psql_ -o /dev/null <<'SQL'
@@ -55,8 +61,23 @@ update "Customers" set id = 10 where id = 2;                -- a primary-key upd
 delete from orders where id = 1;
 select pg_logical_emit_message(true, 'pgdms-demo', 'checkpoint reached');
 truncate orders restart identity;
+insert into orders (customer_id, total, tags) values (10, 5.00, '{after,truncate}');
 SQL
 
 END=$(psql_ -At -c "select pg_current_wal_insert_lsn()")
 echo "demo: decoding the slot up to $END with pgdms-apply dump" >&2
 ./target/release/pgdms-apply dump --source "$SOURCE" --slot pgdms_demo --endpos "$END"
+
+echo "demo: applying the same changes to database demo_target with pgdms-apply cdc" >&2
+PGDMS_LOG=warn ./target/release/pgdms-apply cdc --source "$SOURCE" \
+    --target "host=$DIR port=$PORT user=postgres dbname=demo_target" --slot pgdms_apply --until "$END"
+for t in '"Customers"' orders; do
+    q="select count(*) || ' rows, md5 ' || md5(coalesce(string_agg(t::text, ',' order by t::text), '')) from $t t"
+    src=$(psql_ -At -c "$q")
+    tgt=$(psql_ -At -d demo_target -c "$q")
+    if [ "$src" != "$tgt" ]; then
+        echo "demo: $t differs: source $src, target $tgt" >&2
+        exit 1
+    fi
+    echo "demo: $t on the target equals the source ($src)" >&2
+done

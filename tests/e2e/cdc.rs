@@ -414,3 +414,26 @@ fn slot_commands_create_list_and_drop() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[test]
+fn a_row_missing_on_the_target_is_named_and_the_group_undone() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    source.execute("create table t (id int primary key, v text); insert into t values (1, 'old'), (2, 'old')");
+    source.copy_schema_to(&target);
+    target.execute("insert into t values (2, 'old')"); // row 1 is missing on the target
+    source.create_slot("m");
+    source.execute("begin; insert into t values (3, 'new'); update t set v = 'upd' where id in (1, 2); commit");
+    let until = source.current_lsn();
+    // The set-wise update finds one row of two: the batch is undone and replayed, which names
+    // the missing row; nothing of the group stays.
+    let out = cdc(&source, &target, "m", &["--until", &until]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot apply update on \"public\".\"t\""), "{stderr}");
+    assert!(stderr.contains("(key id=1): the row was not found on the target"), "{stderr}");
+    assert_eq!(target.rows("t"), ["(2,old)"]);
+    let out = cdc(&source, &target, "m", &["--until", &until, "--on-error", "log"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(target.rows("t"), ["(2,upd)", "(3,new)"]);
+    assert_eq!(target.value("select count(*) from pgdms.apply_exceptions where key = '{\"id\": \"1\"}'"), "1");
+}

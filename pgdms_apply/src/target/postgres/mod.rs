@@ -47,6 +47,10 @@ pub struct PostgresTarget {
     on_error: OnError,
     synchronous_commit: String,
     in_group: bool,
+    /// The last batch's savepoint is still open. It is released only with the next batch's
+    /// statements (or by COMMIT): a statement that affected the wrong number of rows does not
+    /// abort the transaction, so the batch must stay undoable until its results are checked.
+    batch_savepoint: bool,
     statements: HashMap<String, Statement>,
     staging: HashSet<String>,
 }
@@ -125,6 +129,7 @@ impl PostgresTarget {
             on_error,
             synchronous_commit: synchronous_commit.to_string(),
             in_group: false,
+            batch_savepoint: false,
             statements: HashMap::new(),
             staging: HashSet::new(),
         })
@@ -307,31 +312,29 @@ impl PostgresTarget {
     /// exceptions table and the rest still apply.
     async fn replay(&mut self, batch: &Batch) -> Result<(), TargetError> {
         let log = self.on_error == OnError::Log;
+        // With --on-error=log each change has a savepoint, released (like the batch's) only
+        // once its result was checked, together with the next one's.
+        let mut change_savepoint = false;
         for c in &batch.raw {
             let (table, operation, lsn) = (c.rel.qualified(), c.operation(), c.lsn);
+            let mut steps = Vec::with_capacity(3);
+            if log {
+                if change_savepoint {
+                    steps.push(Planned::utility("RELEASE SAVEPOINT pgdms_change"));
+                }
+                steps.push(Planned::utility("SAVEPOINT pgdms_change"));
+                change_savepoint = true;
+            }
             let outcome = match change_statement(c) {
-                Ok(None) => Ok(()),
-                Ok(Some(stmt)) => {
-                    let mut steps = Vec::with_capacity(3);
-                    if log {
-                        steps.push(Planned::utility("SAVEPOINT pgdms_change"));
-                    }
-                    steps.push(stmt);
-                    if log {
-                        steps.push(Planned::utility("RELEASE SAVEPOINT pgdms_change"));
-                    }
+                Ok(stmt) => {
+                    steps.extend(stmt);
                     self.pipeline(&steps).await.map_err(|(_, why)| why)
                 }
-                Err(NoIdentity) => {
-                    if !log {
-                        return Err(TargetError::NoIdentity { table, operation, lsn });
-                    }
-                    if log {
-                        self.run("SAVEPOINT pgdms_change").await?;
-                    }
-                    Err("the source logs no key for this table's rows: set REPLICA IDENTITY FULL or add a primary key"
-                        .into())
-                }
+                Err(NoIdentity) if !log => return Err(TargetError::NoIdentity { table, operation, lsn }),
+                Err(NoIdentity) => self.pipeline(&steps).await.map_err(|(_, why)| why).and(Err(
+                    "the source logs no key for this table's rows: set REPLICA IDENTITY FULL or add a primary key"
+                        .into(),
+                )),
             };
             if let Err(why) = outcome {
                 if self.client.is_closed() {
@@ -350,6 +353,9 @@ impl PostgresTarget {
                 tracing::warn!(%table, operation, %lsn, key = %report::describe_key(c), error = %why, "change recorded in the exceptions table");
                 self.record_exception(c, &why).await?;
             }
+        }
+        if change_savepoint {
+            self.run("RELEASE SAVEPOINT pgdms_change").await?;
         }
         Ok(())
     }
@@ -401,13 +407,12 @@ impl PostgresTarget {
 
     /// The set-wise pass of a batch, inside its savepoint.
     async fn apply_set_wise(&mut self, batch: &Batch) -> Result<(), String> {
-        let Ok((mut steps, copied)) = self.plan_batch(batch) else {
+        let Ok((steps, copied)) = self.plan_batch(batch) else {
             return Err("a change without a key".into());
         };
         for (t, net) in &copied {
             self.apply_net_copy(t, net).await?;
         }
-        steps.push(Planned::utility("RELEASE SAVEPOINT pgdms_batch"));
         self.pipeline(&steps).await.map_err(|(_, why)| why)
     }
 }
@@ -506,12 +511,15 @@ impl Target for PostgresTarget {
         let mut opening = Vec::with_capacity(2);
         if !self.in_group {
             opening.push(Planned::utility("BEGIN"));
+        } else if self.batch_savepoint {
+            opening.push(Planned::utility("RELEASE SAVEPOINT pgdms_batch"));
         }
         opening.push(Planned::utility("SAVEPOINT pgdms_batch"));
         if let Err((_, why)) = self.pipeline(&opening).await {
             return Err(TargetError::Connection(why));
         }
         self.in_group = true;
+        self.batch_savepoint = true;
         if let Err(why) = self.apply_set_wise(batch).await {
             if self.client.is_closed() {
                 return Err(TargetError::Connection(why));
@@ -519,7 +527,6 @@ impl Target for PostgresTarget {
             tracing::debug!(%why, changes = batch.len(), "set-wise apply failed; replaying the batch change by change");
             self.run("ROLLBACK TO SAVEPOINT pgdms_batch").await?;
             self.replay(batch).await?;
-            self.run("RELEASE SAVEPOINT pgdms_batch").await?;
         }
         Ok(())
     }
@@ -560,6 +567,7 @@ impl Target for PostgresTarget {
         };
         let result = self.pipeline(&[progress, Planned::utility("COMMIT")]).await;
         self.in_group = false;
+        self.batch_savepoint = false;
         result.map_err(|(_, why)| {
             if self.client.is_closed() {
                 TargetError::Connection(format!("commit failed: {why}"))
@@ -572,6 +580,7 @@ impl Target for PostgresTarget {
     async fn rollback(&mut self) -> Result<(), TargetError> {
         if self.in_group {
             self.in_group = false;
+            self.batch_savepoint = false;
             self.client.batch_execute("ROLLBACK").await.map_err(connection_error)?;
         }
         Ok(())
