@@ -111,7 +111,9 @@ struct CdcArgs {
     /// Send changes to the target in batches of at most this many rows.
     #[arg(long, default_value_t = 50_000)]
     batch_max_rows: usize,
-    /// synchronous_commit of the target session.
+    /// synchronous_commit of the target session. With "off", a crash of the target server can
+    /// lose its last commits after they were acknowledged to the source, which then never
+    /// sends them again: use it only for a target you would reload after a crash.
     #[arg(long, default_value = "on")]
     synchronous_commit: String,
     /// Exit once every source transaction up to this LSN (X/Y) is applied.

@@ -33,6 +33,12 @@ conn() { echo "host=$WORK port=$PORT user=postgres dbname=$1"; }
 
 prepare() { # round: fresh source + 2 targets + pgdms slot + disabled subscription, then the backlog
     local r=$1
+    if [ "$(sql postgres "select count(*) from pg_database where datname = 'tgt_native'")" = 1 ]; then
+        # A database with a subscription cannot be dropped: detach it from its slot first.
+        sql tgt_native "alter subscription bench_sub disable" >/dev/null
+        sql tgt_native "alter subscription bench_sub set (slot_name = none)" >/dev/null
+        sql tgt_native "drop subscription bench_sub" >/dev/null
+    fi
     sql postgres "drop database if exists src with (force)" >/dev/null
     sql postgres "drop database if exists tgt_pgdms with (force)" >/dev/null
     sql postgres "drop database if exists tgt_native with (force)" >/dev/null

@@ -25,7 +25,7 @@ fn mixed_schema(source: &Cluster) {
         "create table accounts (id int primary key, balance numeric(12,2), note text);
          create table docs (id int primary key, rev int, body text);
          alter table docs alter column body set storage external;
-         create table events (at timestamptz, kind text, payload jsonb);
+         create table events (at timestamptz, kind text, payload jsonb, code char(5), span tstzrange);
          alter table events replica identity full;
          create table ident (id bigint generated always as identity primary key, v int,
                              twice int generated always as (v * 2) stored);
@@ -41,7 +41,9 @@ fn mixed_workload(source: &Cluster) {
     source.execute(
         "insert into accounts select i, i * 10, 'n' || i from generate_series(1, 200) i;
          insert into docs select i, 0, repeat(md5(i::text), 40000) from generate_series(1, 3) i;
-         insert into events values ('2024-01-01', 'a', '{\"x\": 1}'), ('2024-01-01', 'a', '{\"x\": 1}'), ('2024-01-02', 'b', null);
+         insert into events values ('2024-01-01', 'a', '{\"x\": 1}', 'ab', '[2024-01-01 10:00+02,)'),
+                                   ('2024-01-01', 'a', '{\"x\": 1}', 'ab', '[2024-01-01 10:00+02,)'),
+                                   ('2024-01-02', 'b', null, 'c', null);
          insert into ident (v) values (1), (2), (3);
          insert into swap select i, i, 'v' from generate_series(1, 10) i;
          insert into gone (v) values ('a'), ('b');",
@@ -158,7 +160,7 @@ fn spawn_cdc(source: &Cluster, target: &Cluster, slot: &str) -> Child {
 }
 
 #[test]
-fn a_terminated_walsender_and_a_restarted_target_are_survived_and_sigterm_stops_cleanly() {
+fn a_terminated_walsender_and_restarted_servers_are_survived_and_sigterm_stops_cleanly() {
     let (source, target) = (Cluster::start(), Cluster::start());
     kill_schema(&source);
     source.copy_schema_to(&target);
@@ -172,6 +174,9 @@ fn a_terminated_walsender_and_a_restarted_target_are_survived_and_sigterm_stops_
         }
         if i == 600 {
             target.restart();
+        }
+        if i == 750 {
+            source.restart();
         }
     }
     wait_until(Duration::from_secs(60), "the target to catch up", || {
@@ -329,6 +334,35 @@ fn tls_verify_full_and_a_scram_replication_role_that_is_not_a_superuser() {
     assert!(failure(&conn("localhost", "password=wrong"), None).contains("password authentication failed"));
     let plain = conn("localhost", "").replace("sslmode=verify-full", "sslmode=disable");
     assert!(failure(&plain, Some("secret")).contains("no encryption"));
+    // require and prefer encrypt without checking the certificate (no root certificate).
+    for mode in ["require", "prefer"] {
+        let unchecked = format!("host=127.0.0.1 port={} user=repl dbname=postgres sslmode={mode}", source.port);
+        assert!(run(&unchecked, Some("secret")).status.success(), "sslmode={mode}");
+    }
+}
+
+#[test]
+fn password_and_md5_authentication() {
+    let source = Cluster::builder()
+        .hba(&[
+            "local all all trust",
+            "host all md5user 127.0.0.1/32 md5",
+            "host all pwuser 127.0.0.1/32 password",
+            "host all all 127.0.0.1/32 reject",
+        ])
+        .start();
+    source.execute(
+        "set password_encryption = 'md5'; create role md5user login replication password 'm5';
+         reset password_encryption; create role pwuser login replication password 'pw';",
+    );
+    for (user, password) in [("md5user", "m5"), ("pwuser", "pw")] {
+        let src = format!("postgresql://{user}:{password}@127.0.0.1:{}/postgres?sslmode=disable", source.port);
+        let out = pgdms_tests::pgdms_apply().args(["slot", "list", "--source", &src]).output().unwrap();
+        assert!(out.status.success(), "{user}: {}", String::from_utf8_lossy(&out.stderr));
+        let bad = src.replace(&format!(":{password}@"), ":nope@");
+        let out = pgdms_tests::pgdms_apply().args(["slot", "list", "--source", &bad]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"), "{user}");
+    }
 }
 
 #[test]
@@ -436,4 +470,21 @@ fn a_row_missing_on_the_target_is_named_and_the_group_undone() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(target.rows("t"), ["(2,upd)", "(3,new)"]);
     assert_eq!(target.value("select count(*) from pgdms.apply_exceptions where key = '{\"id\": \"1\"}'"), "1");
+}
+
+#[test]
+fn with_on_error_log_a_table_missing_on_the_target_loses_no_other_change() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    source.execute("create table a (id int primary key); create table b (id int primary key)");
+    target.execute("create table a (id int primary key)");
+    source.create_slot("l");
+    source.execute("begin; insert into a values (1); insert into b values (1); insert into a values (2); commit");
+    let until = source.current_lsn();
+    let out = cdc(&source, &target, "l", &["--until", &until, "--on-error", "log"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(target.rows("a"), ["(1)", "(2)"]);
+    let errors = target.query("select table_name, error from pgdms.apply_exceptions");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0][0].as_deref(), Some("\"public\".\"b\""));
+    assert!(errors[0][1].as_deref().unwrap().contains("does not exist"));
 }

@@ -203,6 +203,32 @@ pub enum Event {
     Idle(Lsn),
 }
 
+/// Every row of a change has one value per column (key images one per key column): the
+/// apply indexes rows by column, so a malformed stream must stop here, not panic later.
+fn check_shape(c: &Change) -> Result<(), EventError> {
+    let columns = c.rel.columns.len();
+    let keys = c.rel.key_indices().len();
+    let rows: Vec<(&Row, usize)> = match &c.kind {
+        ChangeKind::Insert { new } => vec![(new, columns)],
+        ChangeKind::Update { old, new } => {
+            let mut v = vec![(new, columns)];
+            match old {
+                Old::Full(r) => v.push((r, columns)),
+                Old::Key(k) => v.push((k, keys)),
+                Old::None => {}
+            }
+            v
+        }
+        ChangeKind::Delete { old: Old::Full(r) } => vec![(r, columns)],
+        ChangeKind::Delete { old: Old::Key(k) } => vec![(k, keys)],
+        ChangeKind::Delete { old: Old::None } => vec![],
+    };
+    match rows.into_iter().find(|(r, want)| r.len() != *want) {
+        Some((r, want)) => Err(EventError::Shape { table: c.rel.qualified(), lsn: c.lsn, got: r.len(), want }),
+        None => Ok(()),
+    }
+}
+
 /// Turns records into events, keeping the latest description of each table.
 #[derive(Default)]
 pub struct EventDecoder {
@@ -219,6 +245,8 @@ pub enum EventError {
     UnknownRelation { oid: u32, lsn: Lsn },
     #[error("the stream uses pgdms proto_version {0}, this pgdms-apply speaks {PROTO}", PROTO = pgdms_proto::PROTO_VERSION)]
     Version(u32),
+    #[error("a change at {lsn} of {table} carries {got} values where its relation record describes {want}")]
+    Shape { table: String, lsn: Lsn, got: usize, want: usize },
 }
 
 impl EventDecoder {
@@ -238,6 +266,14 @@ impl EventDecoder {
     }
 
     fn event(&mut self, msg: &Bytes, record: Record<'_>) -> Result<Option<Event>, EventError> {
+        let event = self.event_unchecked(msg, record)?;
+        if let Some(Event::Change(c)) = &event {
+            check_shape(c)?;
+        }
+        Ok(event)
+    }
+
+    fn event_unchecked(&mut self, msg: &Bytes, record: Record<'_>) -> Result<Option<Event>, EventError> {
         let old = |o: &Option<OldImage<'_>>| match o {
             None => Old::None,
             Some(OldImage::Key(v)) => Old::Key(row(v, msg)),
@@ -307,5 +343,47 @@ impl EventDecoder {
             // Messages and the reserved kinds carry nothing to apply.
             _ => return Ok(None),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgdms_proto::{Column, Insert, RelKind, Relation};
+
+    #[test]
+    fn a_row_that_does_not_fit_its_relation_is_an_error_not_a_panic() {
+        let column = |name| Column {
+            attnum: 1,
+            name,
+            type_oid: 23,
+            type_name: "integer",
+            type_sql: "integer",
+            type_modifier: -1,
+            not_null: false,
+            default: None,
+            collation: None,
+            generated: false,
+            identity: Identity::None,
+            key: false,
+            primary_key: false,
+            dms_type: DmsType::Int4,
+            dms_fallback: false,
+        };
+        let mut msg = Vec::new();
+        Record::Relation(Relation {
+            oid: 7,
+            schema: "s",
+            name: "t",
+            kind: RelKind::Table,
+            replica_identity: ReplicaIdentity::Default,
+            partition_parent: None,
+            columns: vec![column("a"), column("b")],
+        })
+        .encode_into(&mut msg);
+        Record::Insert(Insert { relation: 7, lsn_offset: 0, new: vec![Value::Int4(1)] }).encode_into(&mut msg);
+        let mut events = Vec::new();
+        let err = EventDecoder::default().decode(&Bytes::from(msg), &mut events).unwrap_err();
+        assert!(matches!(err, EventError::Shape { got: 1, want: 2, .. }), "{err}");
     }
 }

@@ -53,7 +53,9 @@ impl ApplyError {
     /// Worth reconnecting and trying again?
     pub fn is_transient(&self) -> bool {
         match self {
-            ApplyError::Source(ReplicationError::Io(_) | ReplicationError::Connect { .. }) => true,
+            ApplyError::Source(
+                ReplicationError::Io(_) | ReplicationError::Connect { .. } | ReplicationError::StreamEnded,
+            ) => true,
             ApplyError::Source(ReplicationError::Server(e)) => {
                 // admin_shutdown (walsender terminated), crash/cannot connect now, connection
                 // failures, and "slot is active for PID" while an old walsender goes away.
@@ -126,9 +128,17 @@ pub async fn run_session<T: Target>(
 ) -> Result<Finished, ApplyError> {
     let progress = target.start(&opts.slot).await?;
     let mut conn = ReplicationConnection::connect(source).await?;
+    let system = conn.identify_system().await?;
     check_slot(&mut conn, &opts.slot).await?;
     let start = progress.unwrap_or_default();
-    tracing::info!(slot = %opts.slot, resume_after = %start, "streaming");
+    tracing::info!(
+        slot = %opts.slot,
+        system_id = %system.system_id,
+        timeline = system.timeline,
+        source_wal = %system.xlog_pos,
+        resume_after = %start,
+        "streaming"
+    );
     let stream = conn.start_replication(&opts.slot, start, &opts.plugin_options.to_pairs()).await?;
 
     // Lets the stream keep flowing while the target applies a batch, with at most 32 chunks
@@ -221,7 +231,7 @@ async fn receive(
                 }
                 msg = stream.recv() => {
                     let Some(msg) = msg? else {
-                        return Err(ApplyError::Fatal("the source ended the replication stream".into()));
+                        return Err(ApplyError::Source(ReplicationError::StreamEnded));
                     };
                     match msg {
                         StreamMessage::XLogData { data, .. } => {
@@ -252,9 +262,23 @@ async fn receive(
                         }
                     }
                     if !chunk.is_empty() && (chunk.len() >= CHUNK || !stream.has_buffered_message()) {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                        if events.send(full).await.is_err() {
-                            continue; // applier gone: the closed() branch ends the stream
+                        // While the applier is busy (the channel full), stop reading but keep
+                        // telling the source we are alive, so wal_sender_timeout does not end
+                        // the stream during a long target statement.
+                        let permit = loop {
+                            tokio::select! {
+                                permit = events.reserve() => break permit,
+                                _ = tokio::time::sleep(STATUS_INTERVAL) => {
+                                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
+                                    stream.send_status(pos, pos, pos, false).await?;
+                                    reported = pos;
+                                    last_status = Instant::now();
+                                }
+                            }
+                        };
+                        match permit {
+                            Ok(permit) => permit.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))),
+                            Err(_) => continue, // applier gone: the closed() branch ends the stream
                         }
                     }
                 }

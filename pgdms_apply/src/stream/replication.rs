@@ -25,6 +25,9 @@ pub enum ReplicationError {
     Auth(String),
     #[error("unexpected message from the server: {0}")]
     Protocol(String),
+    /// The server ended the replication stream (it is shutting down or restarting).
+    #[error("the source ended the replication stream (shutting down or restarting?)")]
+    StreamEnded,
     #[error(transparent)]
     Tls(#[from] super::tls::TlsError),
     #[error("TLS with {target}: {why}")]
@@ -138,6 +141,7 @@ const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("DateStyle", "ISO, MDY"),
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
 ];
 
 impl ReplicationConnection {
@@ -494,7 +498,9 @@ impl ReplicationStream {
                         }
                     }
                 }
-                backend::Message::CopyDone => return Ok(None),
+                // A walsender that shuts down ends the stream with CopyDone, or with
+                // CommandComplete when it had sent everything.
+                backend::Message::CopyDone | backend::Message::CommandComplete(_) => return Ok(None),
                 backend::Message::ErrorResponse(body) => {
                     return Err(ReplicationError::Server(Box::new(ServerError::parse(&body))))
                 }

@@ -30,6 +30,9 @@ use std::sync::Arc;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
+/// Prepared statements kept per connection at most.
+const MAX_STATEMENTS: usize = 2_000;
+
 /// Tables of a batch applied through COPY, with their net changes.
 type CopiedTables<'b> = Vec<(&'b TableBatch, &'b NetTable)>;
 
@@ -145,11 +148,21 @@ impl PostgresTarget {
     /// Sends statements pipelined (preparing, also pipelined, those not cached yet); on
     /// failure, the index of the first failing statement and why.
     async fn pipeline(&mut self, steps: &[Planned]) -> Result<(), (usize, String)> {
-        let mut missing: Vec<(usize, Vec<Type>)> = Vec::new();
-        for (i, s) in steps.iter().enumerate() {
-            if !self.statements.contains_key(&s.sql) && !missing.iter().any(|(m, _)| steps[*m].sql == s.sql) {
-                missing.push((i, vec![Type::TEXT; s.params.len()]));
+        let uncached = |cache: &HashMap<String, Statement>| {
+            let mut missing: Vec<(usize, Vec<Type>)> = Vec::new();
+            for (i, s) in steps.iter().enumerate() {
+                if !cache.contains_key(&s.sql) && !missing.iter().any(|(m, _)| steps[*m].sql == s.sql) {
+                    missing.push((i, vec![Type::TEXT; s.params.len()]));
+                }
             }
+            missing
+        };
+        let mut missing = uncached(&self.statements);
+        if self.statements.len() + missing.len() > MAX_STATEMENTS {
+            // Under REPLICA IDENTITY FULL every set of changed columns is its own statement:
+            // keep the cache (and the server's prepared statements) bounded.
+            self.statements.clear();
+            missing = uncached(&self.statements);
         }
         let prepared =
             join_all(missing.iter().map(|(i, types)| self.client.prepare_typed(&steps[*i].sql, types))).await;
@@ -182,7 +195,9 @@ impl PostgresTarget {
     async fn staging_table(&mut self, rel: &RelInfo) -> Result<String, TargetError> {
         let cols = written_columns(rel);
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&(rel.oid, cols.iter().map(|&i| &rel.columns[i].name).collect::<Vec<_>>()), &mut h);
+        let layout: Vec<(&String, &String)> =
+            cols.iter().map(|&i| (&rel.columns[i].name, &rel.columns[i].type_sql)).collect();
+        std::hash::Hash::hash(&(rel.oid, layout), &mut h);
         let name = format!("pgdms_stage_{}_{:x}", rel.oid, std::hash::Hasher::finish(&h));
         if !self.staging.contains(&name) {
             let list = column_list(rel, &cols);
@@ -260,7 +275,7 @@ impl PostgresTarget {
                 self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(e)?;
                 let key_list = column_list(rel, &t.key_cols);
                 self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect())).await.map_err(e)?;
-                let sql = format!("DELETE FROM {target} t USING {qstage} s WHERE {key_match}");
+                let sql = format!("DELETE FROM ONLY {target} t USING {qstage} s WHERE {key_match}");
                 let n = self.client.execute(&sql, &[]).await.map_err(e)?;
                 if n != deletes.len() as u64 {
                     return Err(format!(
@@ -291,10 +306,11 @@ impl PostgresTarget {
                     .filter(|(_, s)| **s)
                     .map(|(&i, _)| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name)))
                     .collect();
-                let sql = format!("UPDATE {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
+                let sql =
+                    format!("UPDATE ONLY {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
                 let n = self.client.execute(&sql, &[]).await.map_err(e)?;
                 if n != rows.len() as u64 {
-                    return Err(format!("{} of {} rows to update were not found", rows.len() as u64 - n, rows.len()));
+                    return Err(format!("{n} rows updated where {} were expected", rows.len()));
                 }
             }
         }
@@ -317,24 +333,26 @@ impl PostgresTarget {
         let mut change_savepoint = false;
         for c in &batch.raw {
             let (table, operation, lsn) = (c.rel.qualified(), c.operation(), c.lsn);
-            let mut steps = Vec::with_capacity(3);
             if log {
+                // Its own round trip: preparing the change's statement can fail and abort the
+                // transaction, which must then roll back to this change's savepoint, not to
+                // the previous change's.
+                let mut savepoint = Vec::with_capacity(2);
                 if change_savepoint {
-                    steps.push(Planned::utility("RELEASE SAVEPOINT pgdms_change"));
+                    savepoint.push(Planned::utility("RELEASE SAVEPOINT pgdms_change"));
                 }
-                steps.push(Planned::utility("SAVEPOINT pgdms_change"));
+                savepoint.push(Planned::utility("SAVEPOINT pgdms_change"));
+                self.pipeline(&savepoint).await.map_err(|(_, why)| TargetError::Connection(why))?;
                 change_savepoint = true;
             }
             let outcome = match change_statement(c) {
-                Ok(stmt) => {
-                    steps.extend(stmt);
-                    self.pipeline(&steps).await.map_err(|(_, why)| why)
-                }
+                Ok(None) => Ok(()),
+                Ok(Some(stmt)) => self.pipeline(&[stmt]).await.map_err(|(_, why)| why),
                 Err(NoIdentity) if !log => return Err(TargetError::NoIdentity { table, operation, lsn }),
-                Err(NoIdentity) => self.pipeline(&steps).await.map_err(|(_, why)| why).and(Err(
-                    "the source logs no key for this table's rows: set REPLICA IDENTITY FULL or add a primary key"
-                        .into(),
-                )),
+                Err(NoIdentity) => {
+                    Err("the source logs no key for this table's rows: set REPLICA IDENTITY FULL or add a primary key"
+                        .into())
+                }
             };
             if let Err(why) = outcome {
                 if self.client.is_closed() {
@@ -538,6 +556,7 @@ impl Target for PostgresTarget {
         }
         let list: Vec<String> = rels.iter().map(|r| r.qualified()).collect();
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
+        let list: Vec<String> = list.iter().map(|t| format!("ONLY {t}")).collect();
         let sql = format!("TRUNCATE {}{restart}", list.join(", "));
         match self.client.batch_execute(&sql).await {
             Ok(()) => Ok(()),

@@ -45,10 +45,11 @@ fn overriding(rel: &RelInfo) -> &'static str {
     }
 }
 
-/// Can the table's rows travel as arrays? Not when a column is itself an array: an array
-/// of arrays is a multi-dimensional array, and unnest would take it apart.
+/// Can the table's rows travel as arrays? Not when a column is itself an array (an array of
+/// arrays is a multi-dimensional array, and unnest would take it apart), nor a box (whose
+/// array elements are separated by ';', not ',').
 pub fn unnest_safe(rel: &RelInfo) -> bool {
-    rel.columns.iter().all(|c| !c.type_sql.ends_with(']'))
+    rel.columns.iter().all(|c| !c.type_sql.ends_with(']') && c.type_oid != oids::BOX)
 }
 
 /// An array literal of `vals` (text elements, double-quoted and escaped; NULL bare).
@@ -122,7 +123,7 @@ pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
         let params = (0..t.key_cols.len()).map(|k| Some(array_literal(deletes.iter().map(|key| &key[k])))).collect();
         out.push(Planned {
             sql: format!(
-                "DELETE FROM {target} t USING {} WHERE {}",
+                "DELETE FROM ONLY {target} t USING {} WHERE {}",
                 unnest_source(rel, &t.key_cols, 1),
                 key_match(rel, &t.key_cols)
             ),
@@ -139,7 +140,7 @@ pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
             set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
         out.push(Planned {
             sql: format!(
-                "UPDATE {target} t SET {} FROM {} WHERE {}",
+                "UPDATE ONLY {target} t SET {} FROM {} WHERE {}",
                 assignments.join(", "),
                 unnest_source(rel, &cols, 1),
                 key_match(rel, &t.key_cols)
@@ -163,27 +164,14 @@ pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
     out
 }
 
-/// Renumbers `$1..` parameters of a clause to follow `offset` others.
-fn renumber(clause: &str, offset: usize) -> String {
-    let mut out = String::with_capacity(clause.len() + 8);
-    let mut chars = clause.chars().peekable();
-    while let Some(ch) = chars.next() {
-        if ch == '$' && chars.peek().is_some_and(|c| c.is_ascii_digit()) {
-            let mut n = 0usize;
-            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
-                n = n * 10 + d as usize;
-                chars.next();
-            }
-            out.push_str(&format!("${}", n + offset));
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// The WHERE clause that finds a change's row (parameters from $1), and its parameters.
-fn row_condition(c: &Change, old: &Old, new: Option<&Row>) -> Result<(String, Vec<Option<String>>), NoIdentity> {
+/// The WHERE clause that finds a change's row (its parameters numbered after `offset`
+/// others), and its parameters.
+fn row_condition(
+    c: &Change,
+    old: &Old,
+    new: Option<&Row>,
+    offset: usize,
+) -> Result<(String, Vec<Option<String>>), NoIdentity> {
     let rel = &c.rel;
     let key_cols = key_columns(rel);
     let key_vals: Option<Vec<&Val>> = match old {
@@ -196,24 +184,29 @@ fn row_condition(c: &Change, old: &Old, new: Option<&Row>) -> Result<(String, Ve
         let cond: Vec<String> = key_cols
             .iter()
             .enumerate()
-            .map(|(n, &i)| format!("{} = ${}::{}", quote_ident(&rel.columns[i].name), n + 1, rel.columns[i].type_sql))
+            .map(|(n, &i)| {
+                format!("{} = ${}::{}", quote_ident(&rel.columns[i].name), offset + n + 1, rel.columns[i].type_sql)
+            })
             .collect();
         return Ok((cond.join(" AND "), vals.iter().map(|v| v.to_pg_text()).collect()));
     }
     let Old::Full(row) = old else { return Err(NoIdentity) };
     // No key: the whole old row identifies it; of identical rows, change one, as the source
     // did. Compared as text, which every type has (json or point have no equality
-    // operator); money through numeric, since its text depends on lc_monetary.
+    // operator), both sides through the target's own input and output functions (so char(n)
+    // padding and time zones compare alike); money through numeric, since its text depends
+    // on lc_monetary.
     let cond: Vec<String> = rel
         .columns
         .iter()
         .enumerate()
         .map(|(n, col)| {
-            let text = if col.type_oid == oids::MONEY { "::numeric::text" } else { "::text" };
-            format!("{}{text} IS NOT DISTINCT FROM ${}", quote_ident(&col.name), n + 1)
+            let (via, ty) =
+                if col.type_oid == oids::MONEY { ("::numeric", "numeric") } else { ("", col.type_sql.as_str()) };
+            format!("{}{via}::text IS NOT DISTINCT FROM (${}::{ty})::text", quote_ident(&col.name), offset + n + 1)
         })
         .collect();
-    let sql = format!("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)", rel.qualified(), cond.join(" AND "));
+    let sql = format!("ctid = (SELECT ctid FROM ONLY {} WHERE {} LIMIT 1)", rel.qualified(), cond.join(" AND "));
     Ok((sql, row.iter().map(Val::to_pg_text).collect()))
 }
 
@@ -248,18 +241,17 @@ pub fn change_statement(c: &Change) -> Result<Option<Planned>, NoIdentity> {
                 .enumerate()
                 .map(|(n, &i)| format!("{} = {}", quote_ident(&rel.columns[i].name), cast(i, n + 1)))
                 .collect();
-            let (cond, cond_params) = row_condition(c, old, Some(new))?;
-            let offset = params.len();
+            let (cond, cond_params) = row_condition(c, old, Some(new), params.len())?;
             params.extend(cond_params);
             Planned {
-                sql: format!("UPDATE {target} SET {} WHERE {}", assignments.join(", "), renumber(&cond, offset)),
+                sql: format!("UPDATE ONLY {target} SET {} WHERE {cond}", assignments.join(", ")),
                 params,
                 expect: Some(1),
             }
         }
         ChangeKind::Delete { old } => {
-            let (cond, params) = row_condition(c, old, None)?;
-            Planned { sql: format!("DELETE FROM {target} WHERE {cond}"), params, expect: Some(1) }
+            let (cond, params) = row_condition(c, old, None, 0)?;
+            Planned { sql: format!("DELETE FROM ONLY {target} WHERE {cond}"), params, expect: Some(1) }
         }
     }))
 }
@@ -268,11 +260,6 @@ pub fn change_statement(c: &Change) -> Result<Option<Planned>, NoIdentity> {
 mod tests {
     use super::*;
     use bytes::Bytes;
-
-    #[test]
-    fn renumbers_parameters() {
-        assert_eq!(renumber("a = $1::int AND b = $2::text AND c = $10", 3), "a = $4::int AND b = $5::text AND c = $13");
-    }
 
     #[test]
     fn array_literals_quote_every_element() {
