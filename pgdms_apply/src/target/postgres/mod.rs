@@ -18,12 +18,15 @@ mod report;
 
 use super::{OnError, SourceSettings, Target, TargetError};
 use crate::apply::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
-use crate::apply::change::{quote_ident, quote_literal, Change, RelInfo, Row, Val};
+use crate::apply::change::{quote_ident, quote_literal, Change, RelInfo, Val};
 use crate::stream::{conninfo::Host, ConnInfo, Lsn};
 use bytes::BytesMut;
 use futures_util::future::join_all;
 use futures_util::SinkExt;
-use plan::{change_statement, column_list, net_statements, unnest_safe, written_columns, NoIdentity, Planned};
+use plan::{
+    change_statement, column_list, net_statements, split_net, unnest_safe, written_columns, NetSplit, NoIdentity,
+    Planned,
+};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -243,24 +246,7 @@ impl PostgresTarget {
         let rel = &t.rel;
         let written = written_columns(rel);
         let target = rel.qualified();
-        let mut deletes = Vec::new();
-        let mut updates: HashMap<Vec<bool>, Vec<(&Row, &Row)>> = HashMap::new();
-        let mut inserts: Vec<&Row> = net.appended().iter().collect();
-        for (key, op) in net.ops() {
-            match op {
-                NetOp::Delete => deletes.push(key),
-                NetOp::Replace(row) => {
-                    deletes.push(key);
-                    inserts.push(row);
-                }
-                NetOp::Insert(row) => inserts.push(row),
-                NetOp::Update(row) => {
-                    let set: Vec<bool> =
-                        written.iter().map(|&i| !t.key_cols.contains(&i) && row[i] != Val::Unchanged).collect();
-                    updates.entry(set).or_default().push((key, row));
-                }
-            }
-        }
+        let NetSplit { deletes, updates, inserts } = split_net(t, net);
         let key_match = t
             .key_cols
             .iter()
@@ -286,9 +272,6 @@ impl PostgresTarget {
                 }
             }
             for (set, rows) in &updates {
-                if !set.contains(&true) {
-                    continue; // nothing but unchanged values: the row is as it was
-                }
                 self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(e)?;
                 let list = column_list(rel, &written);
                 // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
@@ -300,12 +283,8 @@ impl PostgresTarget {
                         .collect()
                 });
                 self.copy_rows(&qstage, &list, staged).await.map_err(e)?;
-                let assignments: Vec<String> = written
-                    .iter()
-                    .zip(set)
-                    .filter(|(_, s)| **s)
-                    .map(|(&i, _)| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name)))
-                    .collect();
+                let assignments: Vec<String> =
+                    set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
                 let sql =
                     format!("UPDATE ONLY {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
                 let n = self.client.execute(&sql, &[]).await.map_err(e)?;

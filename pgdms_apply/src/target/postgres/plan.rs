@@ -92,32 +92,47 @@ fn key_match(rel: &RelInfo, key_cols: &[usize]) -> String {
         .join(" AND ")
 }
 
+/// A table's net changes sorted by what the target must do.
+pub struct NetSplit<'b> {
+    /// Key values of rows to delete (replaced rows included).
+    pub deletes: Vec<&'b Row>,
+    /// (key values, new row) of rows to update, grouped by the columns they set (a row leaves
+    /// out its unchanged values and its key); rows that set nothing are left out.
+    pub updates: BTreeMap<Vec<usize>, Vec<(&'b Row, &'b Row)>>,
+    /// Rows to insert (replaced rows included).
+    pub inserts: Vec<&'b Row>,
+}
+
+pub fn split_net<'b>(t: &TableBatch, net: &'b NetTable) -> NetSplit<'b> {
+    let written = written_columns(&t.rel);
+    let mut split =
+        NetSplit { deletes: Vec::new(), updates: BTreeMap::new(), inserts: net.appended().iter().collect() };
+    for (key, op) in net.ops() {
+        match op {
+            NetOp::Delete => split.deletes.push(key),
+            NetOp::Replace(row) => {
+                split.deletes.push(key);
+                split.inserts.push(row);
+            }
+            NetOp::Insert(row) => split.inserts.push(row),
+            NetOp::Update(row) => {
+                let set: Vec<usize> =
+                    written.iter().copied().filter(|i| !t.key_cols.contains(i) && row[*i] != Val::Unchanged).collect();
+                if !set.is_empty() {
+                    split.updates.entry(set).or_default().push((key, row));
+                }
+            }
+        }
+    }
+    split
+}
+
 /// The set-wise statements of a table's net changes: deletes, then updates, then inserts.
 pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
     let rel = &t.rel;
     let target = rel.qualified();
     let written = written_columns(rel);
-    let mut deletes: Vec<&Row> = Vec::new();
-    let mut inserts: Vec<&Row> = net.appended().iter().collect();
-    // Updates grouped by the columns they set (a row leaves out its unchanged values).
-    let mut updates: BTreeMap<Vec<usize>, Vec<(&Row, &Row)>> = BTreeMap::new();
-    for (key, op) in net.ops() {
-        match op {
-            NetOp::Delete => deletes.push(key),
-            NetOp::Replace(row) => {
-                deletes.push(key);
-                inserts.push(row);
-            }
-            NetOp::Insert(row) => inserts.push(row),
-            NetOp::Update(row) => {
-                let set: Vec<usize> =
-                    written.iter().copied().filter(|i| !t.key_cols.contains(i) && row[*i] != Val::Unchanged).collect();
-                if !set.is_empty() {
-                    updates.entry(set).or_default().push((key, row));
-                }
-            }
-        }
-    }
+    let NetSplit { deletes, updates, inserts } = split_net(t, net);
     let mut out = Vec::new();
     if !deletes.is_empty() {
         let params = (0..t.key_cols.len()).map(|k| Some(array_literal(deletes.iter().map(|key| &key[k])))).collect();
