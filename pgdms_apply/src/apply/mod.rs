@@ -169,6 +169,58 @@ const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Report the position at least this often.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// What the receiver tells the source it may forget, and when it last said so.
+struct Reporter {
+    /// Inside a source transaction (between its Begin and Commit).
+    in_txn: bool,
+    /// End LSN of the last commit received.
+    received_end: Lsn,
+    /// The latest keepalive WAL end seen between transactions.
+    idle_end: Lsn,
+    reported: Lsn,
+    last_status: Instant,
+    /// A report held back by STATUS_MIN_INTERVAL, to send when it passes.
+    due: Option<Instant>,
+}
+
+impl Reporter {
+    /// As flushed: what the target committed, or with nothing in flight, the idle WAL end.
+    fn position(&self, applied: Lsn) -> Lsn {
+        if !self.in_txn && applied >= self.received_end {
+            applied.max(self.idle_end)
+        } else {
+            applied
+        }
+    }
+
+    async fn report(
+        &mut self,
+        stream: &mut ReplicationStream,
+        applied: Lsn,
+        reply: bool,
+    ) -> Result<(), ReplicationError> {
+        let pos = self.position(applied);
+        stream.send_status(pos, pos, pos, reply).await?;
+        self.reported = pos;
+        self.last_status = Instant::now();
+        self.due = None;
+        Ok(())
+    }
+
+    /// Reports applied progress now, or soon if a report just went out.
+    async fn progress(&mut self, stream: &mut ReplicationStream, applied: Lsn) -> Result<(), ReplicationError> {
+        if self.position(applied) <= self.reported {
+            return Ok(());
+        }
+        if self.last_status.elapsed() >= STATUS_MIN_INTERVAL {
+            self.report(stream, applied, false).await
+        } else {
+            self.due = Some(self.last_status + STATUS_MIN_INTERVAL);
+            Ok(())
+        }
+    }
+}
+
 /// The receiver task: stream → events, progress → source.
 async fn receive(
     mut stream: ReplicationStream,
@@ -179,55 +231,34 @@ async fn receive(
 ) -> ReceiverEnd {
     let mut decoder = EventDecoder::default();
     let mut chunk: Vec<Event> = Vec::with_capacity(CHUNK);
-    let mut in_txn = false;
-    // End LSN of the last commit received, and the latest keepalive WAL end.
-    let mut received_end = start;
-    let mut idle_end = start;
-    let mut reported = start;
-    let mut last_status = Instant::now();
-    // A report held back by STATUS_MIN_INTERVAL, to send when it passes.
-    let mut report_due: Option<Instant> = None;
-    let flushable = |applied: Lsn, in_txn: bool, received_end: Lsn, idle_end: Lsn| {
-        if !in_txn && applied >= received_end {
-            applied.max(idle_end)
-        } else {
-            applied
-        }
+    let mut rep = Reporter {
+        in_txn: false,
+        received_end: start,
+        idle_end: start,
+        reported: start,
+        last_status: Instant::now(),
+        due: None,
     };
     let result: Result<(), ApplyError> = async {
         loop {
+            let now_applied = *applied.borrow();
             tokio::select! {
                 biased;
                 _ = events.closed() => {
                     // The applier is done: report what it committed and end the stream.
-                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
-                    stream.send_status(pos, pos, pos, false).await?;
+                    let a = *applied.borrow();
+                    rep.report(&mut stream, a, false).await?;
                     stream.finish().await?;
                     return Ok(());
                 }
                 changed = applied.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
-                    if pos > reported {
-                        if last_status.elapsed() >= STATUS_MIN_INTERVAL {
-                            stream.send_status(pos, pos, pos, false).await?;
-                            reported = pos;
-                            last_status = Instant::now();
-                        } else {
-                            report_due = Some(last_status + STATUS_MIN_INTERVAL);
-                        }
+                    if changed.is_ok() {
+                        let a = *applied.borrow();
+                        rep.progress(&mut stream, a).await?;
                     }
                 }
-                _ = async { tokio::time::sleep_until(report_due.unwrap_or_else(Instant::now).into()).await }, if report_due.is_some() => {
-                    report_due = None;
-                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
-                    if pos > reported {
-                        stream.send_status(pos, pos, pos, false).await?;
-                        reported = pos;
-                        last_status = Instant::now();
-                    }
+                _ = async { tokio::time::sleep_until(rep.due.unwrap_or_else(Instant::now).into()).await }, if rep.due.is_some() => {
+                    rep.report(&mut stream, now_applied, false).await?;
                 }
                 msg = stream.recv() => {
                     let Some(msg) = msg? else {
@@ -239,25 +270,23 @@ async fn receive(
                             decoder.decode(&data, &mut chunk)?;
                             for event in &chunk[first..] {
                                 match event {
-                                    Event::Begin { .. } => in_txn = true,
+                                    Event::Begin { .. } => rep.in_txn = true,
                                     Event::Commit { end_lsn, .. } => {
-                                        in_txn = false;
-                                        received_end = *end_lsn;
+                                        rep.in_txn = false;
+                                        rep.received_end = *end_lsn;
                                     }
                                     _ => {}
                                 }
                             }
                         }
                         StreamMessage::Keepalive { wal_end, reply_requested } => {
-                            if !in_txn {
-                                idle_end = idle_end.max(wal_end);
+                            if !rep.in_txn {
+                                rep.idle_end = rep.idle_end.max(wal_end);
                                 chunk.push(Event::Idle(wal_end));
                             }
-                            let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
-                            if reply_requested || last_status.elapsed() >= STATUS_INTERVAL || pos > reported {
-                                stream.send_status(pos, pos, pos, false).await?;
-                                reported = pos;
-                                last_status = Instant::now();
+                            let applied = *applied.borrow();
+                            if reply_requested || rep.last_status.elapsed() >= STATUS_INTERVAL || rep.position(applied) > rep.reported {
+                                rep.report(&mut stream, applied, false).await?;
                             }
                         }
                     }
@@ -269,10 +298,8 @@ async fn receive(
                             tokio::select! {
                                 permit = events.reserve() => break permit,
                                 _ = tokio::time::sleep(STATUS_INTERVAL) => {
-                                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
-                                    stream.send_status(pos, pos, pos, false).await?;
-                                    reported = pos;
-                                    last_status = Instant::now();
+                                    let a = *applied.borrow();
+                                    rep.report(&mut stream, a, false).await?
                                 }
                             }
                         };
@@ -282,19 +309,11 @@ async fn receive(
                         }
                     }
                 }
-                _ = tokio::time::sleep(IDLE_PROBE), if probe_when_idle && !in_txn => {
-                    // The server answers with a keepalive carrying its WAL end.
-                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
-                    stream.send_status(pos, pos, pos, true).await?;
-                    reported = pos;
-                    last_status = Instant::now();
+                // The server answers a reply request with a keepalive carrying its WAL end.
+                _ = tokio::time::sleep(IDLE_PROBE), if probe_when_idle && !rep.in_txn => {
+                    rep.report(&mut stream, now_applied, true).await?;
                 }
-                _ = tokio::time::sleep(STATUS_INTERVAL) => {
-                    let pos = flushable(*applied.borrow(), in_txn, received_end, idle_end);
-                    stream.send_status(pos, pos, pos, false).await?;
-                    reported = pos;
-                    last_status = Instant::now();
-                }
+                _ = tokio::time::sleep(STATUS_INTERVAL) => rep.report(&mut stream, now_applied, false).await?,
             }
         }
     }
