@@ -4,13 +4,14 @@
 //! source with `DateStyle = ISO` and `TimeZone = UTC`), NULL as `null`, and an unchanged
 //! TOASTed value as `{"unchanged_toast": true}`.
 
+use crate::stream::replication::{IDLE_PROBE, STATUS_INTERVAL};
 use crate::stream::{ConnInfo, Lsn, ReplicationConnection, StreamMessage};
 use anyhow::Context;
 use pgdms_proto::{OldImage, Options, Record, Records, Relation, Value};
 use serde_json::{json, Map, Value as Json};
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What a change needs to know of its table.
 struct TableInfo {
@@ -195,11 +196,6 @@ pub struct DumpOptions {
     pub endpos: Option<Lsn>,
     pub plugin_options: Options,
 }
-
-/// How long without a message before `--endpos` asks the server where it is.
-const IDLE_PROBE: Duration = Duration::from_millis(200);
-/// How often the position is reported to the server in any case.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Streams the slot to `out` until `--endpos`, the end of the stream, or `shutdown`.
 pub async fn run(

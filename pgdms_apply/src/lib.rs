@@ -10,5 +10,6 @@
 
 pub mod apply;
 pub mod dump;
+pub mod sql;
 pub mod stream;
 pub mod target;

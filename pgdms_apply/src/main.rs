@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgdms_apply::apply::{self, ApplyOptions, Finished};
 use pgdms_apply::dump::{self, DumpOptions};
-use pgdms_apply::stream::replication::quote_literal;
+use pgdms_apply::sql::quote_literal;
 use pgdms_apply::stream::{ConnInfo, Lsn, ReplicationConnection};
 use pgdms_apply::target::postgres::PostgresTarget;
 use pgdms_apply::target::OnError;

@@ -129,8 +129,10 @@ pub fn key_columns(rel: &RelInfo) -> Vec<usize> {
     Vec::new()
 }
 
-/// The key values of a change's row before it (`None`: it has no usable old key).
-fn old_key(old: &Old, new: Option<&Row>, key_cols: &[usize]) -> Option<Row> {
+/// The key values (in `key_cols` order) of a change's row before it: from its old key image,
+/// its whole old row, or (when nothing old was logged because the key did not change) its
+/// new row. `None`: it has no usable old key.
+pub fn old_key(old: &Old, new: Option<&Row>, key_cols: &[usize]) -> Option<Row> {
     match old {
         Old::Key(k) if k.len() == key_cols.len() => Some(k.clone()),
         Old::Key(_) => None,

@@ -4,6 +4,7 @@
 //! commits, so it converts them here. Text and bytea values stay slices of the received
 //! message (`Bytes` is reference-counted), so nothing is copied.
 
+use crate::sql::quote_ident;
 use crate::stream::Lsn;
 use bytes::Bytes;
 use pgdms_proto::{DmsType, Identity, OldImage, Record, Records, ReplicaIdentity, Value};
@@ -130,14 +131,6 @@ impl RelInfo {
     pub fn pk_indices(&self) -> Vec<usize> {
         self.columns.iter().enumerate().filter(|(_, c)| c.primary_key).map(|(i, _)| i).collect()
     }
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The old values a change carries.

@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod change;
 
+use crate::stream::replication::{IDLE_PROBE, STATUS_INTERVAL};
 use crate::stream::{ConnInfo, Lsn, ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};
 use crate::target::{Target, TargetError};
 use batch::Batch;
@@ -87,7 +88,7 @@ enum ReceiverEnd {
 async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), ApplyError> {
     let sql = format!(
         "SELECT plugin, coalesce(wal_status, ''), database = current_database() FROM pg_replication_slots WHERE slot_name = {}",
-        crate::stream::replication::quote_literal(slot)
+        crate::sql::quote_literal(slot)
     );
     let rows = conn.command(&sql).await?;
     let Some(row) = rows.first() else {
@@ -162,12 +163,8 @@ pub async fn run_session<T: Target>(
 
 /// Events per chunk handed to the applier.
 const CHUNK: usize = 1024;
-/// With `--until`, how long without a message before asking the server where it is.
-const IDLE_PROBE: Duration = Duration::from_millis(200);
 /// Minimum interval between standby status updates caused by applied progress.
 const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
-/// Report the position at least this often.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the receiver tells the source it may forget, and when it last said so.
 struct Reporter {

@@ -6,6 +6,7 @@
 
 use super::conninfo::{ConnInfo, Host};
 use super::lsn::Lsn;
+use crate::sql::{quote_ident, quote_literal};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
@@ -91,6 +92,13 @@ impl ServerError {
 }
 
 type Result<T> = std::result::Result<T, ReplicationError>;
+
+/// How often a consumer reports its position to the source in any case (well inside the
+/// default wal_sender_timeout of 60 s).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a consumer that waits for a position waits without a message before asking the
+/// server where it is (a status update requesting a reply, answered by a keepalive).
+pub const IDLE_PROBE: Duration = Duration::from_millis(200);
 
 /// How much one read may take from the socket.
 const READ_WINDOW: usize = 256 * 1024;
@@ -565,13 +573,4 @@ fn message_name(m: &backend::Message) -> &'static str {
         }
         _ => "a message",
     }
-}
-
-/// Quotes an identifier for a replication command (they follow SQL's rules).
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

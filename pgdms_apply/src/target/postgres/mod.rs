@@ -18,7 +18,8 @@ mod report;
 
 use super::{OnError, SourceSettings, Target, TargetError};
 use crate::apply::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
-use crate::apply::change::{quote_ident, quote_literal, Change, RelInfo, Val};
+use crate::apply::change::{Change, RelInfo, Val};
+use crate::sql::{quote_ident, quote_literal};
 use crate::stream::{conninfo::Host, ConnInfo, Lsn};
 use bytes::BytesMut;
 use futures_util::future::join_all;
@@ -77,11 +78,7 @@ fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
             if code.starts_with("57P") || code.starts_with("08") {
                 return Err(TargetError::Connection(db.to_string()));
             }
-            let mut s = db.message().to_string();
-            if let Some(d) = db.detail() {
-                let _ = write!(s, " ({d})");
-            }
-            Ok(s)
+            Ok(error_text(e))
         }
         None => Ok(e.to_string()),
     }
@@ -253,16 +250,17 @@ impl PostgresTarget {
             .map(|&i| format!("t.{c} = s.{c}", c = quote_ident(&rel.columns[i].name)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let e = |e: tokio_postgres::Error| error_text(e);
         if !deletes.is_empty() || !updates.is_empty() {
             let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
             let qstage = quote_ident(&stage);
             if !deletes.is_empty() {
-                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(e)?;
+                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
                 let key_list = column_list(rel, &t.key_cols);
-                self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect())).await.map_err(e)?;
+                self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect()))
+                    .await
+                    .map_err(error_text)?;
                 let sql = format!("DELETE FROM ONLY {target} t USING {qstage} s WHERE {key_match}");
-                let n = self.client.execute(&sql, &[]).await.map_err(e)?;
+                let n = self.client.execute(&sql, &[]).await.map_err(error_text)?;
                 if n != deletes.len() as u64 {
                     return Err(format!(
                         "{} of {} rows to delete were not found",
@@ -272,7 +270,7 @@ impl PostgresTarget {
                 }
             }
             for (set, rows) in &updates {
-                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(e)?;
+                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
                 let list = column_list(rel, &written);
                 // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
                 // every column that kept its value, keys included, as unchanged.
@@ -282,12 +280,12 @@ impl PostgresTarget {
                         .map(|&i| t.key_cols.iter().position(|&k| k == i).map_or(&r[i], |p| &key[p]))
                         .collect()
                 });
-                self.copy_rows(&qstage, &list, staged).await.map_err(e)?;
+                self.copy_rows(&qstage, &list, staged).await.map_err(error_text)?;
                 let assignments: Vec<String> =
                     set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
                 let sql =
                     format!("UPDATE ONLY {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
-                let n = self.client.execute(&sql, &[]).await.map_err(e)?;
+                let n = self.client.execute(&sql, &[]).await.map_err(error_text)?;
                 if n != rows.len() as u64 {
                     return Err(format!("{n} rows updated where {} were expected", rows.len()));
                 }
@@ -297,7 +295,7 @@ impl PostgresTarget {
             let list = column_list(rel, &written);
             self.copy_rows(&target, &list, inserts.iter().map(|r| written.iter().map(|&i| &r[i]).collect()))
                 .await
-                .map_err(e)?;
+                .map_err(error_text)?;
         }
         Ok(())
     }

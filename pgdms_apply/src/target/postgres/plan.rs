@@ -5,8 +5,10 @@
 //! INSERT, each over `unnest` of array parameters (one array per column). A change applied
 //! on its own becomes one statement that must touch exactly one row.
 
+use crate::apply::batch::old_key;
 use crate::apply::batch::{key_columns, NetOp, NetTable, TableBatch};
-use crate::apply::change::{quote_ident, Change, ChangeKind, Old, RelInfo, Row, Val};
+use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
+use crate::sql::quote_ident;
 use pgdms_proto::{dms::oids, Identity};
 use std::collections::BTreeMap;
 
@@ -189,12 +191,7 @@ fn row_condition(
 ) -> Result<(String, Vec<Option<String>>), NoIdentity> {
     let rel = &c.rel;
     let key_cols = key_columns(rel);
-    let key_vals: Option<Vec<&Val>> = match old {
-        Old::Key(k) if k.len() == key_cols.len() && !key_cols.is_empty() => Some(k.iter().collect()),
-        Old::Full(row) if !key_cols.is_empty() => Some(key_cols.iter().map(|&i| &row[i]).collect()),
-        Old::None if !key_cols.is_empty() => new.map(|n| key_cols.iter().map(|&i| &n[i]).collect()),
-        _ => None,
-    };
+    let key_vals = if key_cols.is_empty() { None } else { old_key(old, new, &key_cols) };
     if let Some(vals) = key_vals {
         let cond: Vec<String> = key_cols
             .iter()

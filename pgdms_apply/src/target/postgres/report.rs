@@ -1,6 +1,6 @@
 //! How a change is named in errors and in the exceptions table: its key and its values.
 
-use crate::apply::batch::key_columns;
+use crate::apply::batch::{key_columns, old_key};
 use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
 use serde_json::Value as Json;
 
@@ -9,16 +9,22 @@ use serde_json::Value as Json;
 fn key_values(c: &Change) -> Vec<(String, Option<String>)> {
     let rel = &c.rel;
     let key_cols = key_columns(rel);
-    let row = match &c.kind {
-        ChangeKind::Update { old: Old::Key(k), .. } | ChangeKind::Delete { old: Old::Key(k) } => {
-            return key_cols.iter().zip(k).map(|(&i, v)| (rel.columns[i].name.clone(), v.to_pg_text())).collect();
-        }
-        ChangeKind::Update { old: Old::Full(r), .. } | ChangeKind::Delete { old: Old::Full(r) } => Some(r),
-        ChangeKind::Insert { new } | ChangeKind::Update { new, .. } => Some(new),
-        ChangeKind::Delete { old: Old::None } => None,
+    let (old, new) = match &c.kind {
+        ChangeKind::Insert { new } => (&Old::None, Some(new)),
+        ChangeKind::Update { old, new } => (old, Some(new)),
+        ChangeKind::Delete { old } => (old, None),
     };
-    let cols: Vec<usize> = if key_cols.is_empty() { (0..rel.columns.len()).collect() } else { key_cols };
-    row.map(|r| cols.iter().map(|&i| (rel.columns[i].name.clone(), r[i].to_pg_text())).collect()).unwrap_or_default()
+    let named = |cols: &[usize], vals: &[Val]| -> Vec<(String, Option<String>)> {
+        cols.iter().zip(vals).map(|(&i, v)| (rel.columns[i].name.clone(), v.to_pg_text())).collect()
+    };
+    if !key_cols.is_empty() {
+        return old_key(old, new, &key_cols).map(|k| named(&key_cols, &k)).unwrap_or_default();
+    }
+    let all: Vec<usize> = (0..rel.columns.len()).collect();
+    match old {
+        Old::Full(row) => named(&all, row),
+        _ => new.map(|r| named(&all, r)).unwrap_or_default(),
+    }
 }
 
 /// `id=5, region=eu`, for messages.
@@ -30,11 +36,9 @@ pub fn describe_key(c: &Change) -> String {
     kv.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("NULL"))).collect::<Vec<_>>().join(", ")
 }
 
+/// A value as `dump` shows it, so the exceptions table and the stream read alike.
 fn text_json(v: &Val) -> Json {
-    match v {
-        Val::Unchanged => serde_json::json!({"unchanged_toast": true}),
-        v => v.to_pg_text().map_or(Json::Null, Json::String),
-    }
+    crate::dump::value_json(&v.as_wire())
 }
 
 pub fn key_json(c: &Change) -> Json {
