@@ -201,7 +201,8 @@ impl PostgresTarget {
         let name = format!("pgdms_stage_{}_{:x}", rel.oid, std::hash::Hasher::finish(&h));
         if !self.staging.contains(&name) {
             let list = column_list(rel, &cols);
-            // Created in a transaction of its own, so no rollback of a batch or group drops it.
+            // Outside a group, created in a transaction of its own; inside one, it is gone if
+            // the group rolls back, which is why `rollback` forgets the names.
             let sql = format!(
                 "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {list} FROM {} WITH NO DATA",
                 quote_ident(&name),
@@ -574,6 +575,8 @@ impl Target for PostgresTarget {
     }
 
     async fn rollback(&mut self) -> Result<(), TargetError> {
+        // Staging tables created inside the group went with it; they are created again.
+        self.staging.clear();
         if self.in_group {
             self.in_group = false;
             self.batch_savepoint = false;
