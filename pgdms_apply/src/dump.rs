@@ -183,6 +183,14 @@ impl JsonRenderer {
                 "content": String::from_utf8_lossy(m.content),
                 "content_hex": m.content.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             }),
+            Record::Ddl(d) => {
+                // command_tag, object_identity, query, and the object's definitions.
+                let mut j = json!({"type": "ddl", "xid": self.xid});
+                if let Json::Object(fields) = serde_json::to_value(d)? {
+                    j.as_object_mut().map(|o| o.extend(fields));
+                }
+                j
+            }
             other => json!({"type": "reserved", "record": format!("{other:?}")}),
         })
     }

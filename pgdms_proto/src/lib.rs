@@ -15,7 +15,7 @@
 //! Begin                                 per source transaction with at least one change
 //!   Relation                            before the first change of a table in the session,
 //!                                       and again whenever its description changes
-//!   Insert | Update | Delete | Truncate | Message
+//!   Insert | Update | Delete | Truncate | Message | Ddl
 //! Commit
 //! ```
 //!
@@ -23,10 +23,12 @@
 //! [`Relation`] carries its DMS type ([`DmsType`]), mapped as the AWS DMS guide's table
 //! "Source Data Types for PostgreSQL" says, with that guide's gaps filled (see [`dms`]).
 
+pub mod ddl;
 pub mod dms;
 pub mod options;
 pub mod pgtext;
 
+pub use ddl::{Ddl, DdlObject, TableDef, TypeDef, DDL_MESSAGE_PREFIX};
 pub use dms::{DmsType, PgTypeInfo};
 pub use options::{OptionError, Options, OriginFilter};
 use serde::{Deserialize, Serialize};
@@ -86,6 +88,8 @@ pub enum Record<'a> {
     CommitPrepared(Prepare<'a>),
     #[serde(borrow)]
     RollbackPrepared(Prepare<'a>),
+    /// A DDL command, in its transaction's order with the row changes.
+    Ddl(Ddl),
 }
 
 /// How a decoding session was set up; sent before its first record.
@@ -130,9 +134,10 @@ pub struct Commit {
     pub commit_time: PgTimestamp,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReplicaIdentity {
     /// The primary key (or nothing when there is none).
+    #[default]
     Default,
     /// The whole old row.
     Full,
@@ -141,8 +146,9 @@ pub enum ReplicaIdentity {
     Nothing,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RelKind {
+    #[default]
     Table,
     PartitionedTable,
 }
@@ -170,8 +176,9 @@ pub struct Relation<'a> {
     pub columns: Vec<Column<'a>>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Identity {
+    #[default]
     None,
     Always,
     ByDefault,

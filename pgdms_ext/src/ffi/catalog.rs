@@ -98,11 +98,11 @@ fn format_type(typid: pg_sys::Oid, typmod: Option<i32>, qualify: bool) -> String
     cstr_to_string(unsafe { pg_sys::format_type_extended(typid, typmod.unwrap_or(-1), flags as u16) })
 }
 
-struct TypeFacts {
-    name: String,
-    typtype: u8,
-    is_array: bool,
-    builtin: bool,
+pub struct TypeFacts {
+    pub name: String,
+    pub typtype: u8,
+    pub is_array: bool,
+    pub builtin: bool,
 }
 
 /// Key columns (attnums) of an index, read from pg_index without opening or locking it.
@@ -125,12 +125,20 @@ fn index_key_attnums(index: pg_sys::Oid) -> Vec<i16> {
 }
 
 fn type_facts(typid: pg_sys::Oid) -> TypeFacts {
+    match type_facts_if_exists(typid) {
+        Some(facts) => facts,
+        None => pgrx::error!("pgdms: cache lookup failed for type {}", typid.to_u32()),
+    }
+}
+
+/// What the DMS type map needs of a type, or `None` if there is no such type.
+pub fn type_facts_if_exists(typid: pg_sys::Oid) -> Option<TypeFacts> {
     // SAFETY: syscache lookup by oid; the tuple is released before returning and its data
     // copied out first.
     unsafe {
         let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, pg_sys::Datum::from(typid));
         if tup.is_null() {
-            pgrx::error!("pgdms: cache lookup failed for type {}", typid.to_u32());
+            return None;
         }
         let form = &*pg_sys::GETSTRUCT(tup).cast::<pg_sys::FormData_pg_type>();
         let facts = TypeFacts {
@@ -140,7 +148,7 @@ fn type_facts(typid: pg_sys::Oid) -> TypeFacts {
             builtin: form.typnamespace.to_u32() == pg_sys::PG_CATALOG_NAMESPACE,
         };
         pg_sys::ReleaseSysCache(tup);
-        facts
+        Some(facts)
     }
 }
 

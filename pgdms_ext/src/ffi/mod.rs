@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod datum;
+pub mod event_trigger;
 
 use crate::plugin::{Change, Session};
 use catalog::{RelationDesc, RelationHandle};

@@ -13,8 +13,8 @@ use crate::ffi::catalog::{self, RelationHandle};
 use crate::ffi::datum::ServerEncoding;
 use crate::ffi::{DeformScratch, Output, SessionMemory, TupleHandle};
 use pgdms_proto::{
-    Begin, Commit, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, ReplicaIdentity, Startup,
-    Truncate, Update, Value, PROTO_VERSION,
+    Begin, Commit, Ddl, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, ReplicaIdentity, Startup,
+    Truncate, Update, Value, DDL_MESSAGE_PREFIX, PROTO_VERSION,
 };
 use relcache::{CachedRelation, RelationCache};
 
@@ -210,6 +210,18 @@ impl Session {
     }
 
     pub fn on_message(&mut self, out: &Output, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
+        if transactional && prefix == DDL_MESSAGE_PREFIX {
+            // The extension's event triggers wrote it: send it as a DDL record. Should it
+            // not parse (a bug), it still goes out as the message it is, for the consumer
+            // to report: decoding must not stop on it.
+            if let Ok(ddl) = serde_json::from_slice::<Ddl>(content) {
+                self.writer.ensure_begin();
+                self.writer.push(&Record::Ddl(ddl));
+                self.writer.flush_if_large(out);
+                return;
+            }
+            pgrx::warning!("pgdms: a DDL message at {lsn:X} does not parse; passing it on as a message");
+        }
         let record = Record::Message(Message { transactional, lsn, prefix, content });
         if transactional {
             self.writer.ensure_begin();

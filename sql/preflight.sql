@@ -1,0 +1,346 @@
+-- pgdms.preflight(): is this database ready to be migrated by pgdms, and if not, what to do.
+--
+-- One row per check: name, status ('ok', 'warn' or 'fail'), finding (what was found), fix.
+-- 'fail' stops a migration; 'warn' is something to know or decide. It runs for any role:
+-- what the role cannot see is reported as such, never as an error.
+CREATE FUNCTION pgdms.preflight()
+RETURNS TABLE (name text, status text, finding text, fix text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me name := current_user;
+    is_super boolean := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+    can_replicate boolean := (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user);
+    sees_all_activity boolean := is_super OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE');
+    val text;
+    cnt bigint;
+    lim bigint;
+    list text;
+BEGIN
+    -- wal_level
+    val := current_setting('wal_level');
+    name := 'wal_level';
+    IF val = 'logical' THEN
+        status := 'ok'; finding := 'logical'; fix := NULL;
+    ELSE
+        status := 'fail'; finding := val;
+        fix := 'ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL';
+    END IF;
+    RETURN NEXT;
+
+    -- rds.logical_replication, where it exists (Amazon RDS and Aurora)
+    val := current_setting('rds.logical_replication', true);
+    name := 'rds.logical_replication';
+    IF val IS NULL THEN
+        status := 'ok'; finding := 'not an Amazon RDS server (no such setting)'; fix := NULL;
+    ELSIF val IN ('on', '1') THEN
+        status := 'ok'; finding := val; fix := NULL;
+    ELSE
+        status := 'fail'; finding := val;
+        fix := 'set rds.logical_replication = 1 in the DB parameter group, then reboot the instance';
+    END IF;
+    RETURN NEXT;
+
+    -- max_replication_slots against the slots in use
+    lim := current_setting('max_replication_slots')::bigint;
+    cnt := (SELECT count(*) FROM pg_replication_slots);
+    name := 'max_replication_slots';
+    finding := format('%s of %s in use', cnt, lim);
+    IF lim - cnt >= 2 THEN
+        status := 'ok'; fix := NULL;
+    ELSIF lim - cnt = 1 THEN
+        status := 'warn';
+        fix := 'one slot is free: enough for CDC, none left for reloading a table; raise max_replication_slots (restart) or drop unused slots';
+    ELSE
+        status := 'fail';
+        fix := 'no free slot: raise max_replication_slots (restart) or drop an unused slot (SELECT * FROM pg_replication_slots)';
+    END IF;
+    RETURN NEXT;
+
+    -- max_wal_senders against the walsenders running
+    lim := current_setting('max_wal_senders')::bigint;
+    cnt := (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender');
+    name := 'max_wal_senders';
+    finding := format('%s of %s in use', cnt, lim);
+    IF lim - cnt >= 2 THEN
+        status := 'ok'; fix := NULL;
+    ELSIF lim - cnt = 1 THEN
+        status := 'warn'; fix := 'one walsender is free: raise max_wal_senders (restart) to allow a reconnect while the old one exits';
+    ELSE
+        status := 'fail'; fix := 'no walsender is free: raise max_wal_senders (restart)';
+    END IF;
+    RETURN NEXT;
+
+    -- wal_sender_timeout
+    lim := (SELECT setting::bigint FROM pg_settings WHERE pg_settings.name = 'wal_sender_timeout');
+    name := 'wal_sender_timeout';
+    finding := CASE WHEN lim = 0 THEN '0 (disabled)' ELSE format('%s ms', lim) END;
+    IF lim = 0 THEN
+        status := 'warn';
+        fix := 'a dead migration connection then holds its slot until TCP gives up: ALTER SYSTEM SET wal_sender_timeout = ''60s''; SELECT pg_reload_conf()';
+    ELSIF lim < 30000 THEN
+        status := 'warn';
+        fix := 'pgdms-apply reports every 10 s; below 30 s a busy target can get the stream cut: ALTER SYSTEM SET wal_sender_timeout = ''60s''; SELECT pg_reload_conf()';
+    ELSE
+        status := 'ok'; fix := NULL;
+    END IF;
+    RETURN NEXT;
+
+    -- output_plugin_libraries (PostgreSQL builds that restrict output plugins)
+    val := current_setting('output_plugin_libraries', true);
+    name := 'output_plugin_libraries';
+    IF val IS NULL THEN
+        status := 'ok'; finding := 'output plugins are not restricted on this server'; fix := NULL;
+    ELSIF 'pgdms' = ANY (SELECT trim(both ' "' FROM x) FROM unnest(string_to_array(val, ',')) x) THEN
+        status := 'ok'; finding := val; fix := NULL;
+    ELSE
+        status := 'fail'; finding := coalesce(nullif(val, ''), '(empty)');
+        fix := format('ALTER SYSTEM SET output_plugin_libraries = %s; SELECT pg_reload_conf()',
+                      (SELECT string_agg(quote_literal(x), ', ')
+                         FROM (SELECT trim(both ' "' FROM x) AS x FROM unnest(string_to_array(val, ',')) x
+                               UNION SELECT 'pgdms') l WHERE x <> ''));
+    END IF;
+    RETURN NEXT;
+
+    -- replication rights of the role running the migration
+    name := 'replication privilege';
+    IF can_replicate THEN
+        status := 'ok'; finding := format('%I may replicate (%s)', me, CASE WHEN is_super THEN 'superuser' ELSE 'REPLICATION' END);
+        fix := NULL;
+    ELSE
+        status := 'fail'; finding := format('%I has neither REPLICATION nor superuser', me);
+        fix := format('as a superuser: SELECT * FROM pgdms.grant_migration_role(%L)', me);
+    END IF;
+    RETURN NEXT;
+
+    -- read access to every table to migrate
+    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
+      INTO cnt, list
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND pgdms.is_captured('table', c.oid)
+       AND NOT (has_schema_privilege(c.relnamespace, 'USAGE') AND has_table_privilege(c.oid, 'SELECT'));
+    name := 'select privilege';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := format('%I can read every table', me); fix := NULL;
+    ELSE
+        status := 'fail'; finding := format('%s tables %I cannot read: %s', cnt, me, list);
+        fix := format('as a superuser: SELECT * FROM pgdms.grant_migration_role(%L)', me);
+    END IF;
+    RETURN NEXT;
+
+    -- tables whose UPDATE and DELETE cannot be applied (no key logged)
+    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
+      INTO cnt, list
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND pgdms.is_captured('table', c.oid)
+       AND (c.relreplident = 'n'
+            OR (c.relreplident = 'd' AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)));
+    name := 'tables without a key';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'every table has a primary key or a replica identity'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s tables log no key, their UPDATE and DELETE cannot be applied: %s', cnt, list);
+        fix := 'add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL (or USING INDEX a unique index)';
+    END IF;
+    RETURN NEXT;
+
+    -- partitioned tables
+    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
+      INTO cnt, list
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'p' AND pgdms.is_captured('table', c.oid);
+    name := 'partitioned tables';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s partitioned tables: %s', cnt, list);
+        fix := 'replicated by pgdms (changes are decoded per partition); the target needs the same partitions, which DDL capture keeps up (ATTACH/DETACH included)';
+    END IF;
+    RETURN NEXT;
+
+    -- names that differ only by case
+    SELECT count(*), string_agg(x, '; ') INTO cnt, list FROM (
+        SELECT string_agg(format('%I.%I', n.nspname, c.relname), ' / ' ORDER BY c.relname) AS x
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p') AND pgdms.is_captured('table', c.oid)
+         GROUP BY lower(n.nspname), lower(c.relname) HAVING count(*) > 1) d;
+    name := 'names differing only by case';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := list;
+        fix := 'replicated as they are to PostgreSQL; on a case-insensitive target (MySQL on Windows/macOS, SQLite) rename one of each pair with a transformation rule';
+    END IF;
+    RETURN NEXT;
+
+    -- columns whose type is outside the DMS table
+    SELECT count(*), string_agg(format('%I.%I.%I (%s)', n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)),
+                                ', ' ORDER BY n.nspname, c.relname, a.attnum)
+      INTO cnt, list
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p') AND pgdms.is_captured('table', c.oid)
+       AND a.attnum > 0 AND NOT a.attisdropped AND pgdms.dms_text_fallback(a.atttypid);
+    name := 'text fallback types';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'every column has a DMS type'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s columns travel as text (DMS type NCLOB): %s', cnt, list);
+        fix := 'lossless into PostgreSQL; other targets store these values as text';
+    END IF;
+    RETURN NEXT;
+
+    -- unlogged tables (never decoded)
+    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
+      INTO cnt, list
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' AND pgdms.is_captured('table', c.oid);
+    name := 'unlogged tables';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s unlogged tables, whose changes are not decoded: %s', cnt, list);
+        fix := 'ALTER TABLE ... SET LOGGED to replicate them, or leave them out of the migration';
+    END IF;
+    RETURN NEXT;
+
+    -- large objects (never decoded)
+    cnt := (SELECT count(*) FROM pg_largeobject_metadata);
+    name := 'large objects';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s large objects, which logical decoding does not carry', cnt);
+        fix := 'copy them separately (pg_dump --large-objects) or store them in bytea columns';
+    END IF;
+    RETURN NEXT;
+
+    -- materialized views (never decoded)
+    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
+      INTO cnt, list
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema');
+    name := 'materialized views';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s materialized views, not decoded: %s', cnt, list);
+        fix := 'REFRESH MATERIALIZED VIEW on the target after cutover';
+    END IF;
+    RETURN NEXT;
+
+    -- sequences (not decoded)
+    cnt := (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND NOT EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                              WHERE d.objid = c.oid AND d.deptype = 'e' AND e.extname = 'pgdms'));
+    name := 'sequences';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s sequences: their values are not decoded', cnt);
+        fix := 'pgdms-apply sets them on the target at the end of the full load and at cutover';
+    END IF;
+    RETURN NEXT;
+
+    -- inactive slots and the WAL they hold back
+    SELECT count(*), string_agg(format('%I (%s, retains %s)', s.slot_name, coalesce(s.plugin, 'physical'),
+                                       pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn))),
+                                ', ' ORDER BY s.slot_name)
+      INTO cnt, list
+      FROM pg_replication_slots s WHERE NOT s.active;
+    name := 'inactive slots';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s inactive slots keep WAL on disk: %s', cnt, list);
+        fix := 'drop those no longer needed: SELECT pgdms.drop_slot(''name'') (pgdms slots), pg_drop_replication_slot(''name''), or pgdms-apply slot drop --slot name';
+    END IF;
+    RETURN NEXT;
+
+    -- max_slot_wal_keep_size, and slots it already put at risk
+    lim := (SELECT setting::bigint FROM pg_settings WHERE pg_settings.name = 'max_slot_wal_keep_size');
+    SELECT count(*), string_agg(format('%I (%s)', s.slot_name, s.wal_status), ', ')
+      INTO cnt, list
+      FROM pg_replication_slots s WHERE s.wal_status IN ('unreserved', 'lost');
+    name := 'max_slot_wal_keep_size';
+    IF cnt > 0 THEN
+        status := 'fail'; finding := format('slots past the limit: %s', list);
+        fix := 'a lost slot cannot be resumed: drop it and start the migration again; raise max_slot_wal_keep_size or keep the consumer running';
+    ELSIF lim = -1 THEN
+        status := 'ok'; finding := 'unlimited: a stalled migration keeps WAL until the disk fills (watch pgdms.slots())'; fix := NULL;
+    ELSIF lim < 1024 THEN
+        status := 'warn'; finding := format('%s MB', lim);
+        fix := 'a migration slot that falls this far behind is invalidated and must start over: ALTER SYSTEM SET max_slot_wal_keep_size = ''10GB'' (or -1); SELECT pg_reload_conf()';
+    ELSE
+        status := 'ok'; finding := format('%s MB', lim); fix := NULL;
+    END IF;
+    RETURN NEXT;
+
+    -- long-running transactions (creating a slot waits for them)
+    name := 'long-running transactions';
+    SELECT count(*), string_agg(format('pid %s (%s, open %s)', a.pid, a.usename, date_trunc('second', now() - a.xact_start)), ', ')
+      INTO cnt, list
+      FROM pg_stat_activity a
+     WHERE a.xact_start < now() - interval '5 minutes' AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend';
+    IF cnt > 0 THEN
+        status := 'warn'; finding := format('%s transactions open for more than 5 minutes: %s', cnt, list);
+        fix := 'creating a slot waits for them to end, and they hold back WAL removal: let them finish or pg_terminate_backend(pid)';
+    ELSIF NOT sees_all_activity THEN
+        status := 'warn'; finding := format('%I cannot see other roles'' sessions', me);
+        fix := format('GRANT pg_read_all_stats TO %I, or run preflight as a superuser', me);
+    ELSE
+        status := 'ok'; finding := 'none open for more than 5 minutes'; fix := NULL;
+    END IF;
+    RETURN NEXT;
+
+    -- prepared transactions
+    SELECT count(*), string_agg(format('%L (prepared %s ago)', gid, date_trunc('second', now() - prepared)), ', ')
+      INTO cnt, list FROM pg_prepared_xacts;
+    name := 'prepared transactions';
+    IF cnt = 0 THEN
+        status := 'ok'; finding := 'none'; fix := NULL;
+    ELSE
+        status := 'warn'; finding := format('%s prepared transactions: %s', cnt, list);
+        fix := 'creating a slot waits for them: COMMIT PREPARED or ROLLBACK PREPARED each';
+    END IF;
+    RETURN NEXT;
+
+    -- the database encoding
+    val := pg_encoding_to_char((SELECT encoding FROM pg_database WHERE datname = current_database()));
+    name := 'database encoding';
+    finding := val;
+    IF val = 'UTF8' THEN
+        status := 'ok'; fix := NULL;
+    ELSIF val = 'SQL_ASCII' THEN
+        status := 'fail';
+        fix := 'SQL_ASCII text has no known encoding and cannot be converted to UTF-8 reliably: convert the database to UTF8 first (dump and restore with -E UTF8)';
+    ELSE
+        status := 'warn'; fix := 'text is converted to UTF-8 on the way; a target in another encoding converts again';
+    END IF;
+    RETURN NEXT;
+
+    -- DDL capture: event triggers enabled, and the switch
+    SELECT count(*), string_agg(format('%s (%s)', evtname,
+                                       CASE evtenabled WHEN 'D' THEN 'disabled' WHEN 'R' THEN 'replica only' ELSE 'enabled' END),
+                                ', ' ORDER BY evtname)
+      INTO cnt, list
+      FROM pg_event_trigger
+     WHERE evtname IN ('pgdms_intercept_ddl', 'pgdms_intercept_drop', 'pgdms_intercept_rewrite')
+       AND evtenabled IN ('O', 'A');
+    name := 'DDL capture';
+    IF cnt < 3 THEN
+        status := 'fail';
+        finding := coalesce((SELECT string_agg(format('%s (%s)', evtname,
+                                   CASE evtenabled WHEN 'D' THEN 'disabled' WHEN 'R' THEN 'replica only' ELSE 'enabled' END),
+                                   ', ' ORDER BY evtname)
+                             FROM pg_event_trigger WHERE evtname LIKE 'pgdms\_intercept\_%'), 'no pgdms event triggers');
+        fix := 'ALTER EVENT TRIGGER pgdms_intercept_ddl ENABLE (and pgdms_intercept_drop, pgdms_intercept_rewrite), or DROP EXTENSION pgdms; CREATE EXTENSION pgdms';
+    ELSIF NOT pgdms.capture_ddl_enabled() THEN
+        status := 'warn'; finding := 'event triggers enabled, but pgdms.capture_ddl is off in this session';
+        fix := 'ALTER SYSTEM RESET pgdms.capture_ddl (or ALTER DATABASE/ROLE ... RESET pgdms.capture_ddl); SELECT pg_reload_conf()';
+    ELSE
+        status := 'ok'; finding := list; fix := NULL;
+    END IF;
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION pgdms.preflight() IS 'pgdms: checks this database is ready to be migrated; one row per check with the fix';
