@@ -283,16 +283,19 @@ BEGIN
         RETURN;
     END IF;
     BEGIN
-        FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
-                    WHERE NOT is_temporary AND object_type IN ('table', 'type', 'domain', 'schema')
-        LOOP
-            PERFORM pgdms.capture(CASE obj.object_type WHEN 'domain' THEN 'type' ELSE obj.object_type END,
-                                  obj.objid, tg_tag, obj.object_identity);
-        END LOOP;
+        -- In replay order: columns leave their tables before the types they used go, and
+        -- schemas go after what they contained.
         FOR obj IN SELECT DISTINCT objid FROM pg_event_trigger_dropped_objects()
                     WHERE object_type = 'table column' AND NOT is_temporary
         LOOP
             PERFORM pgdms.capture('table', obj.objid, tg_tag, obj.objid::regclass::text);
+        END LOOP;
+        FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+                    WHERE NOT is_temporary AND object_type IN ('table', 'type', 'domain', 'schema')
+                    ORDER BY object_type = 'schema'
+        LOOP
+            PERFORM pgdms.capture(CASE obj.object_type WHEN 'domain' THEN 'type' ELSE obj.object_type END,
+                                  obj.objid, tg_tag, obj.object_identity);
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         PERFORM pgdms.capture_failed(tg_tag, SQLERRM);

@@ -119,6 +119,10 @@ struct CdcArgs {
     /// Exit once every source transaction up to this LSN (X/Y) is applied.
     #[arg(long)]
     until: Option<Lsn>,
+    /// With --until: drop the slot once everything up to that LSN is applied, so a finished
+    /// migration leaves no slot holding WAL on the source. (Not on an interruption.)
+    #[arg(long, requires = "until")]
+    drop_slot_on_finish: bool,
     #[command(flatten)]
     plugin: PluginArgs,
 }
@@ -235,7 +239,16 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let connect = || PostgresTarget::connect(&target, on_error, &sync);
     match apply::run(&source, connect, &opts, shutdown_watch()).await? {
         Finished::Interrupted => tracing::info!("stopped"),
-        Finished::Reached => tracing::info!(until = %opts.until.unwrap_or_default(), "reached --until"),
+        Finished::Reached => {
+            tracing::info!(until = %opts.until.unwrap_or_default(), "reached --until");
+            if args.drop_slot_on_finish {
+                let mut conn = ReplicationConnection::connect(&source).await?;
+                conn.drop_slot(&opts.slot, true)
+                    .await
+                    .with_context(|| format!("the migration finished, but dropping slot \"{}\" failed", opts.slot))?;
+                tracing::info!(slot = %opts.slot, "migration finished: slot dropped");
+            }
+        }
     }
     Ok(())
 }

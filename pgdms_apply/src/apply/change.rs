@@ -7,7 +7,8 @@
 use crate::sql::quote_ident;
 use crate::stream::Lsn;
 use bytes::Bytes;
-use pgdms_proto::{DmsType, Identity, OldImage, Record, Records, ReplicaIdentity, Value};
+use pgdms_proto::ddl::DdlObject;
+use pgdms_proto::{Ddl, DmsType, Identity, OldImage, Record, Records, ReplicaIdentity, Value};
 use std::sync::Arc;
 
 /// One column value, owned.
@@ -190,6 +191,11 @@ pub enum Event {
     },
     /// The source described a table anew (its columns may have changed).
     Relation(Arc<RelInfo>),
+    /// A DDL command of the current transaction, at its place among the row changes.
+    Ddl {
+        ddl: Arc<Ddl>,
+        lsn: Lsn,
+    },
     /// The decoding session's settings that value texts depend on.
     Settings(crate::target::SourceSettings),
     /// Between transactions, the source has sent everything up to this WAL position.
@@ -333,7 +339,21 @@ impl EventDecoder {
                 restart_identity: t.restart_identity,
                 lsn: lsn(t.lsn_offset),
             },
-            // Messages and the reserved kinds carry nothing to apply.
+            Record::Ddl(d) => Event::Ddl { ddl: Arc::new(d.clone()), lsn: lsn(0) },
+            // A DDL message the plugin could not read: the apply must not pass over it.
+            Record::Message(m) if m.transactional && m.prefix == pgdms_proto::DDL_MESSAGE_PREFIX => Event::Ddl {
+                ddl: Arc::new(Ddl {
+                    command_tag: "DDL".into(),
+                    object_identity: String::new(),
+                    query: String::from_utf8_lossy(m.content).into_owned(),
+                    object: DdlObject::CaptureFailed {
+                        error: "the source sent a DDL message its plugin could not read (pgdms versions differ?)"
+                            .into(),
+                    },
+                }),
+                lsn: Lsn(m.lsn),
+            },
+            // Other messages and the reserved kinds carry nothing to apply.
             _ => return Ok(None),
         }))
     }

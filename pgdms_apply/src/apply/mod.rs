@@ -325,6 +325,7 @@ async fn receive(
 enum TxnItem {
     Change(Change),
     Truncate { rels: Vec<Arc<RelInfo>>, restart_identity: bool, lsn: Lsn },
+    Ddl { ddl: Arc<pgdms_proto::Ddl>, lsn: Lsn },
 }
 
 /// The applier: complete transactions → batches → groups on the target.
@@ -338,6 +339,8 @@ struct Applier<'t, T: Target> {
     /// The source transaction being received (not yet committed on the source side).
     txn: Vec<TxnItem>,
     skipping_txn: bool,
+    /// The transaction being received holds DDL.
+    txn_has_ddl: bool,
     /// The current transaction was too large to hold: its changes are going to the target
     /// as they come, in a group of its own.
     txn_streaming: bool,
@@ -359,6 +362,7 @@ impl<'t, T: Target> Applier<'t, T> {
             batch: Batch::default(),
             txn: Vec::new(),
             skipping_txn: false,
+            txn_has_ddl: false,
             txn_streaming: false,
             group_rows: 0,
             group_started: None,
@@ -434,6 +438,7 @@ impl<'t, T: Target> Applier<'t, T> {
                 // before it: skip exactly the transactions already applied.
                 self.skipping_txn = self.skip_through.is_some_and(|p| commit_lsn < p);
                 self.txn.clear();
+                self.txn_has_ddl = false;
                 self.txn_streaming = false;
             }
             Event::Change(c) => {
@@ -449,6 +454,12 @@ impl<'t, T: Target> Applier<'t, T> {
                     self.txn.push(TxnItem::Truncate { rels, restart_identity, lsn });
                 }
             }
+            Event::Ddl { ddl, lsn } => {
+                if !self.skipping_txn {
+                    self.txn.push(TxnItem::Ddl { ddl, lsn });
+                    self.txn_has_ddl = true;
+                }
+            }
             Event::Commit { end_lsn, commit_time } => {
                 if self.skipping_txn {
                     self.skipping_txn = false;
@@ -462,8 +473,9 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.add_to_batch(items).await?;
                 self.group_started.get_or_insert_with(Instant::now);
                 self.group_end = Some((end_lsn, commit_time));
-                if self.txn_streaming {
-                    // A large transaction is its own group: commit it now.
+                if self.txn_streaming || std::mem::take(&mut self.txn_has_ddl) {
+                    // A large transaction is its own group: commit it now. So is one with
+                    // DDL: an enum label it added can only be used once committed.
                     self.txn_streaming = false;
                     self.commit_group().await?;
                 }
@@ -495,6 +507,10 @@ impl<'t, T: Target> Applier<'t, T> {
                 TxnItem::Truncate { rels, restart_identity, lsn } => {
                     self.flush_batch().await?;
                     self.target.truncate(&rels, restart_identity, lsn).await?;
+                }
+                TxnItem::Ddl { ddl, lsn } => {
+                    self.flush_batch().await?;
+                    self.target.ddl(&ddl, lsn).await?;
                 }
             }
         }

@@ -74,6 +74,10 @@ pub trait Target {
         lsn: Lsn,
     ) -> impl Future<Output = Result<(), TargetError>>;
 
+    /// Replays a DDL command inside the open group (opening one if needed), from its
+    /// before/after definitions.
+    fn ddl(&mut self, ddl: &pgdms_proto::Ddl, lsn: Lsn) -> impl Future<Output = Result<(), TargetError>>;
+
     /// Commits the open group, recording `end_lsn` as applied (nothing to do without one).
     fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> impl Future<Output = Result<(), TargetError>>;
 

@@ -439,7 +439,18 @@ unsafe extern "C-unwind" fn message(
         (private(ctx), CStr::from_ptr(prefix).to_string_lossy(), content)
     };
     let _memory = ChangeMemory::enter(p.change_memory);
-    p.session.on_message(&Output { ctx }, transactional, lsn, &prefix, content);
+    if let Some(oid) = p.session.on_message(&Output { ctx }, transactional, lsn, &prefix, content) {
+        // SAFETY: opening a relation by oid under the transaction's historic snapshot, as
+        // the change callback's relation was opened; NULL if it does not exist (anymore).
+        // It is closed before returning, and the handle does not outlive it.
+        unsafe {
+            let rel = pg_sys::RelationIdGetRelation(pg_sys::Oid::from(oid));
+            if !rel.is_null() {
+                p.session.after_ddl(RelationHandle::from_raw(rel));
+                pg_sys::RelationClose(rel);
+            }
+        }
+    }
 }
 
 #[pg_guard]

@@ -12,6 +12,7 @@ mod relcache;
 use crate::ffi::catalog::{self, RelationHandle};
 use crate::ffi::datum::ServerEncoding;
 use crate::ffi::{DeformScratch, Output, SessionMemory, TupleHandle};
+use pgdms_proto::ddl::DdlObject;
 use pgdms_proto::{
     Begin, Commit, Ddl, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, ReplicaIdentity, Startup,
     Truncate, Update, Value, DDL_MESSAGE_PREFIX, PROTO_VERSION,
@@ -209,16 +210,29 @@ impl Session {
         }
     }
 
-    pub fn on_message(&mut self, out: &Output, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
+    /// A logical message; for a DDL record of a table that still exists, returns its oid:
+    /// the caller opens it and passes it to [`Session::after_ddl`].
+    pub fn on_message(
+        &mut self,
+        out: &Output,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: &[u8],
+    ) -> Option<u32> {
         if transactional && prefix == DDL_MESSAGE_PREFIX {
             // The extension's event triggers wrote it: send it as a DDL record. Should it
             // not parse (a bug), it still goes out as the message it is, for the consumer
             // to report: decoding must not stop on it.
             if let Ok(ddl) = serde_json::from_slice::<Ddl>(content) {
+                let table = match &ddl.object {
+                    DdlObject::Table { after: Some(after), .. } => Some(after.oid),
+                    _ => None,
+                };
                 self.writer.ensure_begin();
                 self.writer.push(&Record::Ddl(ddl));
                 self.writer.flush_if_large(out);
-                return;
+                return table;
             }
             pgrx::warning!("pgdms: a DDL message at {lsn:X} does not parse; passing it on as a message");
         }
@@ -232,6 +246,15 @@ impl Session {
             self.writer.ensure_startup();
             self.writer.push(&record);
             self.writer.flush(out, true);
+        }
+        None
+    }
+
+    /// Follows a table's DDL record with its new relation record, as the catalog shows it
+    /// at this point of the transaction (if it changed what the consumer was told).
+    pub fn after_ddl(&mut self, rel: RelationHandle) {
+        if let Some(entry) = self.relations.get(rel) {
+            self.writer.ensure_relation(entry);
         }
     }
 }

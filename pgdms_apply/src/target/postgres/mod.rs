@@ -13,6 +13,7 @@
 //! worker does: triggers and foreign keys of the target do not fire for replicated changes.
 
 mod copy;
+mod ddl;
 mod plan;
 mod report;
 
@@ -24,6 +25,8 @@ use crate::stream::{conninfo::Host, ConnInfo, Lsn};
 use bytes::BytesMut;
 use futures_util::future::join_all;
 use futures_util::SinkExt;
+use pgdms_proto::ddl::DdlObject;
+use pgdms_proto::Ddl;
 use plan::{
     change_statement, column_list, net_statements, split_net, unnest_safe, written_columns, NetSplit, NoIdentity,
     Planned,
@@ -136,6 +139,14 @@ impl PostgresTarget {
             statements: HashMap::new(),
             staging: HashSet::new(),
         })
+    }
+
+    async fn open_group(&mut self) -> Result<(), TargetError> {
+        if !self.in_group {
+            self.run("BEGIN").await?;
+            self.in_group = true;
+        }
+        Ok(())
     }
 
     async fn run(&self, sql: &str) -> Result<(), TargetError> {
@@ -357,6 +368,29 @@ impl PostgresTarget {
     }
 
     async fn record_exception(&mut self, c: &Change, error: &str) -> Result<(), TargetError> {
+        self.record_exception_row(
+            c.rel.qualified(),
+            c.operation(),
+            report::key_json(c).to_string(),
+            c.lsn,
+            Some(c.xid),
+            error,
+            report::change_json(c).to_string(),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_exception_row(
+        &mut self,
+        table: String,
+        operation: &str,
+        key_json: String,
+        lsn: Lsn,
+        xid: Option<u32>,
+        error: &str,
+        change_json: String,
+    ) -> Result<(), TargetError> {
         let step = Planned {
             sql: format!(
                 "INSERT INTO {CONTROL_SCHEMA}.apply_exceptions (slot_name, table_name, operation, key, lsn, xid, error, change) \
@@ -364,13 +398,13 @@ impl PostgresTarget {
             ),
             params: vec![
                 Some(self.slot.clone()),
-                Some(c.rel.qualified()),
-                Some(c.operation().to_string()),
-                Some(report::key_json(c).to_string()),
-                Some(c.lsn.to_string()),
-                Some(c.xid.to_string()),
+                Some(table),
+                Some(operation.to_string()),
+                Some(key_json),
+                Some(lsn.to_string()),
+                xid.map(|x| x.to_string()),
                 Some(error.to_string()),
-                Some(report::change_json(c).to_string()),
+                Some(change_json),
             ],
             expect: Some(1),
         };
@@ -442,7 +476,17 @@ impl Target for PostgresTarget {
              SET bytea_output = hex;
              SET lc_monetary = 'C';
              SET synchronous_commit = {};
+             -- Every name pgdms writes is qualified; with only pg_catalog on the path, the
+             -- target's catalog describes types and defaults as the source's DDL records do.
+             SET search_path = pg_catalog, pg_temp;
              CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
+             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_reload_needed (
+                 id bigserial PRIMARY KEY,
+                 slot_name text NOT NULL,
+                 flagged_at timestamptz NOT NULL DEFAULT now(),
+                 table_name text NOT NULL,
+                 lsn pg_lsn NOT NULL,
+                 reason text NOT NULL);
              CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_progress (
                  slot_name text PRIMARY KEY,
                  end_lsn pg_lsn NOT NULL,
@@ -527,11 +571,76 @@ impl Target for PostgresTarget {
         Ok(())
     }
 
-    async fn truncate(&mut self, rels: &[Arc<RelInfo>], restart_identity: bool, lsn: Lsn) -> Result<(), TargetError> {
-        if !self.in_group {
-            self.run("BEGIN").await?;
-            self.in_group = true;
+    async fn ddl(&mut self, record: &Ddl, lsn: Lsn) -> Result<(), TargetError> {
+        self.open_group().await?;
+        if self.batch_savepoint {
+            self.run("RELEASE SAVEPOINT pgdms_batch").await?;
+            self.batch_savepoint = false;
         }
+        // Prepared statements name columns and types that may be gone now.
+        self.statements.clear();
+        let what = || format!("{} {}", record.command_tag, record.object_identity);
+        let failure = match &record.object {
+            DdlObject::CaptureFailed { error } => Some(format!(
+                "the source could not capture a DDL command ({error}), so the target cannot follow it; \
+                 compare the definitions and fix the target by hand, then pass over it with --on-error=log"
+            )),
+            _ => {
+                self.run("SAVEPOINT pgdms_ddl").await?;
+                match ddl::replay(&self.client, record).await {
+                    Ok(done) => {
+                        self.run("RELEASE SAVEPOINT pgdms_ddl").await?;
+                        for statement in &done.statements {
+                            tracing::info!(%lsn, ddl = %what(), %statement, "DDL replayed");
+                        }
+                        for warning in &done.warnings {
+                            tracing::warn!(%lsn, ddl = %what(), "{warning}");
+                        }
+                        if let Some((table, reason)) = done.reload {
+                            tracing::warn!(%lsn, %table, %reason, "the source rewrote the table; its rows on the target may differ: flagged for reload in {CONTROL_SCHEMA}.apply_reload_needed");
+                            let step = Planned {
+                                sql: format!("INSERT INTO {CONTROL_SCHEMA}.apply_reload_needed (slot_name, table_name, lsn, reason) VALUES ($1, $2, $3::pg_lsn, $4)"),
+                                params: vec![Some(self.slot.clone()), Some(table), Some(lsn.to_string()), Some(reason)],
+                                expect: Some(1),
+                            };
+                            self.pipeline(&[step]).await.map_err(|(_, why)| TargetError::Other(why))?;
+                        }
+                        None
+                    }
+                    Err(failed) => {
+                        let why = classify(failed.error)?;
+                        self.run("ROLLBACK TO SAVEPOINT pgdms_ddl").await?;
+                        Some(format!("{why}; statement: {}", failed.statement))
+                    }
+                }
+            }
+        };
+        let Some(error) = failure else { return Ok(()) };
+        if self.on_error == OnError::Stop {
+            return Err(TargetError::Change {
+                table: record.object_identity.clone(),
+                operation: "ddl",
+                lsn,
+                key: record.command_tag.clone(),
+                error,
+            });
+        }
+        tracing::warn!(%lsn, ddl = %what(), %error, "DDL recorded in the exceptions table");
+        let change = serde_json::to_string(record).unwrap_or_default();
+        self.record_exception_row(
+            record.object_identity.clone(),
+            "ddl",
+            serde_json::json!({ "command_tag": record.command_tag }).to_string(),
+            lsn,
+            None,
+            &error,
+            change,
+        )
+        .await
+    }
+
+    async fn truncate(&mut self, rels: &[Arc<RelInfo>], restart_identity: bool, lsn: Lsn) -> Result<(), TargetError> {
+        self.open_group().await?;
         let list: Vec<String> = rels.iter().map(|r| r.qualified()).collect();
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
         let list: Vec<String> = list.iter().map(|t| format!("ONLY {t}")).collect();

@@ -1,0 +1,491 @@
+//! DDL replay: a DDL record's before/after definitions turned into the target's DDL.
+//!
+//! The source's query text is never replayed (see `pgdms_proto::ddl`). Instead each step
+//! compares what the source's object became with what the target has now and issues only
+//! what is missing, so that a step already done (a partition's column, added through its
+//! parent; an object the initial schema copy already had) is not done twice. Columns are
+//! matched across renames by attnum, through `before`.
+
+use crate::sql::{quote_ident, quote_literal};
+use pgdms_proto::ddl::{ColumnDef, DdlObject, SchemaDef, TableDef, TypeDef, TypeKind};
+use pgdms_proto::{Ddl, Identity};
+use tokio_postgres::Client;
+
+/// What replaying a DDL record did besides its statements.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Statements run, in order.
+    pub statements: Vec<String>,
+    /// The table must be reloaded: its rows on the target no longer match the source's.
+    pub reload: Option<(String, String)>,
+    /// Things not replicated, to report.
+    pub warnings: Vec<String>,
+}
+
+/// A statement the target refused (or a query about its catalog that failed).
+#[derive(Debug)]
+pub struct DdlFailed {
+    pub statement: String,
+    pub error: tokio_postgres::Error,
+}
+
+fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// A target column as its catalog describes it (types and defaults written with
+/// search_path = pg_catalog, as the source's definitions are).
+#[derive(Debug)]
+struct TargetColumn {
+    name: String,
+    type_sql: String,
+    not_null: bool,
+    default: Option<String>,
+}
+
+struct Replay<'c> {
+    client: &'c Client,
+    done: Replayed,
+}
+
+impl Replay<'_> {
+    async fn run(&mut self, sql: String) -> Result<(), DdlFailed> {
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => {
+                self.done.statements.push(sql);
+                Ok(())
+            }
+            Err(error) => Err(DdlFailed { statement: sql, error }),
+        }
+    }
+
+    async fn query(&self, sql: &str, param: &str) -> Result<Vec<tokio_postgres::Row>, DdlFailed> {
+        self.client.query(sql, &[&param]).await.map_err(|error| DdlFailed { statement: sql.to_string(), error })
+    }
+
+    async fn exists(&self, regclass_or_type: &str, qualified: &str) -> Result<bool, DdlFailed> {
+        let sql = format!("SELECT {regclass_or_type}($1) IS NOT NULL");
+        Ok(self.query(&sql, qualified).await?[0].get(0))
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<TargetColumn>, DdlFailed> {
+        let rows = self
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                        CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END \
+                   FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                table,
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TargetColumn { name: r.get(0), type_sql: r.get(1), not_null: r.get(2), default: r.get(3) })
+            .collect())
+    }
+
+    /// Sequences a default draws from (`serial` columns) must exist before the default.
+    async fn default_sequences(&mut self, columns: &[&ColumnDef]) -> Result<(), DdlFailed> {
+        for c in columns {
+            if let Some(seq) = c.default.as_deref().and_then(nextval_sequence) {
+                self.run(format!("CREATE SEQUENCE IF NOT EXISTS {seq}")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn table(&mut self, before: Option<&TableDef>, after: Option<&TableDef>) -> Result<(), DdlFailed> {
+        match (before, after) {
+            (_, None) => {
+                if let Some(b) = before {
+                    self.run(format!("DROP TABLE IF EXISTS {}", qualified(&b.schema, &b.name))).await?;
+                }
+                Ok(())
+            }
+            (None, Some(a)) => self.create_table(a).await,
+            (Some(b), Some(a)) => self.alter_table(b, a).await,
+        }
+    }
+
+    async fn create_table(&mut self, a: &TableDef) -> Result<(), DdlFailed> {
+        let name = qualified(&a.schema, &a.name);
+        if self.exists("to_regclass", &name).await? {
+            return Ok(());
+        }
+        self.default_sequences(&a.columns.iter().collect::<Vec<_>>()).await?;
+        let partition_by = a.partition_key.as_deref().map(|k| format!(" PARTITION BY {k}")).unwrap_or_default();
+        let sql = match &a.partition_of {
+            Some(p) => format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {} {}{partition_by}",
+                qualified(&p.schema, &p.name),
+                p.bound
+            ),
+            None => {
+                let mut parts: Vec<String> = a.columns.iter().map(column_definition).collect();
+                if let Some(pk) = &a.primary_key {
+                    parts.push(format!(
+                        "CONSTRAINT {} PRIMARY KEY ({})",
+                        quote_ident(&pk.name),
+                        key_names(a, &pk.columns).join(", ")
+                    ));
+                }
+                format!("CREATE TABLE IF NOT EXISTS {name} ({}){partition_by}", parts.join(", "))
+            }
+        };
+        self.run(sql).await
+    }
+
+    async fn alter_table(&mut self, b: &TableDef, a: &TableDef) -> Result<(), DdlFailed> {
+        let old_name = qualified(&b.schema, &b.name);
+        let mut name = old_name.clone();
+        if (&b.schema, &b.name) != (&a.schema, &a.name) && self.exists("to_regclass", &old_name).await? {
+            if b.name != a.name {
+                self.run(format!("ALTER TABLE {old_name} RENAME TO {}", quote_ident(&a.name))).await?;
+                name = qualified(&b.schema, &a.name);
+            }
+            if b.schema != a.schema {
+                self.run(format!("ALTER TABLE {name} SET SCHEMA {}", quote_ident(&a.schema))).await?;
+            }
+        }
+        name = qualified(&a.schema, &a.name);
+        if !self.exists("to_regclass", &name).await? {
+            // The target never had it (created before the schema copy, or by hand): create
+            // it as the source has it now.
+            self.done.warnings.push(format!("{name} was missing on the target: created from the source's definition"));
+            return self.create_table(a).await;
+        }
+        let alter = |action: String| format!("ALTER TABLE {name} {action}");
+        let mut target = self.columns(&name).await?;
+        let has = |target: &[TargetColumn], n: &str| target.iter().any(|c| c.name == n);
+
+        for gone in b.columns.iter().filter(|c| a.column(c.attnum).is_none()) {
+            if has(&target, &gone.name) {
+                self.run(alter(format!("DROP COLUMN {}", quote_ident(&gone.name)))).await?;
+            }
+        }
+        for now in &a.columns {
+            if let Some(was) = b.column(now.attnum) {
+                if was.name != now.name && has(&target, &was.name) && !has(&target, &now.name) {
+                    self.run(alter(format!("RENAME COLUMN {} TO {}", quote_ident(&was.name), quote_ident(&now.name))))
+                        .await?;
+                }
+            }
+        }
+        target = self.columns(&name).await?;
+        let added: Vec<&ColumnDef> = a.columns.iter().filter(|c| !has(&target, &c.name)).collect();
+        self.default_sequences(&added).await?;
+        for c in &added {
+            self.run(alter(format!("ADD COLUMN IF NOT EXISTS {}", column_definition(c)))).await?;
+        }
+        for now in a.columns.iter().filter(|c| c.generated.is_none()) {
+            let Some(t) = target.iter().find(|t| t.name == now.name) else { continue };
+            let col = quote_ident(&now.name);
+            if t.type_sql != now.type_sql {
+                self.run(alter(format!("ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}", ty = now.type_sql))).await?;
+            }
+            if t.default != now.default && now.identity == Identity::None {
+                match &now.default {
+                    Some(d) => {
+                        self.default_sequences(&[now]).await?;
+                        self.run(alter(format!("ALTER COLUMN {col} SET DEFAULT {d}"))).await?
+                    }
+                    None => self.run(alter(format!("ALTER COLUMN {col} DROP DEFAULT"))).await?,
+                }
+            }
+            if t.not_null != now.not_null {
+                let action = if now.not_null { "SET" } else { "DROP" };
+                self.run(alter(format!("ALTER COLUMN {col} {action} NOT NULL"))).await?;
+            }
+        }
+        self.primary_key(&name, a).await?;
+        self.partition_membership(&name, a).await
+    }
+
+    async fn primary_key(&mut self, name: &str, a: &TableDef) -> Result<(), DdlFailed> {
+        let rows = self
+            .query(
+                "SELECT c.conname::text, array(SELECT attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) \
+                        JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.n ORDER BY k.i) \
+                   FROM pg_constraint c WHERE c.conrelid = to_regclass($1) AND c.contype = 'p'",
+                name,
+            )
+            .await?;
+        let current: Option<(String, Vec<String>)> = rows.first().map(|r| (r.get(0), r.get(1)));
+        let wanted: Option<Vec<String>> = a
+            .primary_key
+            .as_ref()
+            .map(|pk| pk.columns.iter().filter_map(|n| a.column(*n)).map(|c| c.name.clone()).collect());
+        if current.as_ref().map(|(_, cols)| cols) == wanted.as_ref() {
+            return Ok(());
+        }
+        if let Some((conname, _)) = &current {
+            self.run(format!("ALTER TABLE {name} DROP CONSTRAINT {}", quote_ident(conname))).await?;
+        }
+        if let Some(pk) = &a.primary_key {
+            self.run(format!(
+                "ALTER TABLE {name} ADD CONSTRAINT {} PRIMARY KEY ({})",
+                quote_ident(&pk.name),
+                key_names(a, &pk.columns).join(", ")
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn partition_membership(&mut self, name: &str, a: &TableDef) -> Result<(), DdlFailed> {
+        let rows = self
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE i.inhrelid = to_regclass($1) AND c.relkind = 'p'",
+                name,
+            )
+            .await?;
+        let current: Option<(String, String)> = rows.first().map(|r| (r.get(0), r.get(1)));
+        let wanted = a.partition_of.as_ref().map(|p| (p.schema.clone(), p.name.clone()));
+        if current == wanted {
+            return Ok(());
+        }
+        if let Some((schema, parent)) = &current {
+            self.run(format!("ALTER TABLE {} DETACH PARTITION {name}", qualified(schema, parent))).await?;
+        }
+        if let Some(p) = &a.partition_of {
+            self.run(format!("ALTER TABLE {} ATTACH PARTITION {name} {}", qualified(&p.schema, &p.name), p.bound))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn type_(&mut self, before: Option<&TypeDef>, after: Option<&TypeDef>) -> Result<(), DdlFailed> {
+        let Some(a) = after else {
+            if let Some(b) = before {
+                let kind = if b.kind == TypeKind::Domain { "DOMAIN" } else { "TYPE" };
+                self.run(format!("DROP {kind} IF EXISTS {}", qualified(&b.schema, &b.name))).await?;
+            }
+            return Ok(());
+        };
+        if a.kind == TypeKind::Other {
+            self.done.warnings.push(format!(
+                "type {}.{} is not an enum, composite or domain: create it on the target by hand",
+                a.schema, a.name
+            ));
+            return Ok(());
+        }
+        let kind = if a.kind == TypeKind::Domain { "DOMAIN" } else { "TYPE" };
+        if let Some(b) = before {
+            let old = qualified(&b.schema, &b.name);
+            if (&b.schema, &b.name) != (&a.schema, &a.name) && self.exists("to_regtype", &old).await? {
+                if b.name != a.name {
+                    self.run(format!("ALTER {kind} {old} RENAME TO {}", quote_ident(&a.name))).await?;
+                }
+                if b.schema != a.schema {
+                    let renamed = qualified(&b.schema, &a.name);
+                    self.run(format!("ALTER {kind} {renamed} SET SCHEMA {}", quote_ident(&a.schema))).await?;
+                }
+            }
+        }
+        let name = qualified(&a.schema, &a.name);
+        if !self.exists("to_regtype", &name).await? {
+            let sql = match a.kind {
+                TypeKind::Enum => format!(
+                    "CREATE TYPE {name} AS ENUM ({})",
+                    a.labels.iter().map(|l| quote_literal(l)).collect::<Vec<_>>().join(", ")
+                ),
+                TypeKind::Composite => format!(
+                    "CREATE TYPE {name} AS ({})",
+                    a.attributes
+                        .iter()
+                        .map(|at| format!("{} {}", quote_ident(&at.name), at.type_sql))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                _ => {
+                    let mut sql = format!("CREATE DOMAIN {name} AS {}", a.base_type.as_deref().unwrap_or("text"));
+                    if let Some(d) = &a.default {
+                        sql += &format!(" DEFAULT {d}");
+                    }
+                    if a.not_null {
+                        sql += " NOT NULL";
+                    }
+                    for check in &a.checks {
+                        sql += &format!(" {check}");
+                    }
+                    sql
+                }
+            };
+            return self.run(sql).await;
+        }
+        match a.kind {
+            TypeKind::Enum => self.enum_labels(&name, before, a).await,
+            TypeKind::Composite => {
+                let attrs: Vec<String> = self
+                    .query(
+                        "SELECT attname::text FROM pg_attribute WHERE attrelid = (SELECT typrelid FROM pg_type \
+                          WHERE oid = to_regtype($1)) AND attnum > 0 AND NOT attisdropped",
+                        &name,
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for gone in attrs.iter().filter(|t| !a.attributes.iter().any(|at| &at.name == *t)) {
+                    self.run(format!("ALTER TYPE {name} DROP ATTRIBUTE IF EXISTS {}", quote_ident(gone))).await?;
+                }
+                for new in a.attributes.iter().filter(|at| !attrs.contains(&at.name)) {
+                    self.run(format!("ALTER TYPE {name} ADD ATTRIBUTE {} {}", quote_ident(&new.name), new.type_sql))
+                        .await?;
+                }
+                Ok(())
+            }
+            _ => {
+                if let Some(b) = before {
+                    if b.default != a.default {
+                        match &a.default {
+                            Some(d) => self.run(format!("ALTER DOMAIN {name} SET DEFAULT {d}")).await?,
+                            None => self.run(format!("ALTER DOMAIN {name} DROP DEFAULT")).await?,
+                        }
+                    }
+                    if b.not_null != a.not_null {
+                        let action = if a.not_null { "SET" } else { "DROP" };
+                        self.run(format!("ALTER DOMAIN {name} {action} NOT NULL")).await?;
+                    }
+                    for check in a.checks.iter().filter(|c| !b.checks.contains(c)) {
+                        self.run(format!("ALTER DOMAIN {name} ADD {check}")).await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Renamed labels (same position, new text) and added ones, each added next to a label
+    /// the target has, so the sort order is the source's.
+    async fn enum_labels(&mut self, name: &str, before: Option<&TypeDef>, a: &TypeDef) -> Result<(), DdlFailed> {
+        let labels_sql = "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = to_regtype($1) ORDER BY enumsortorder";
+        let mut have: Vec<String> = self.query(labels_sql, name).await?.iter().map(|r| r.get(0)).collect();
+        if let Some(b) = before.filter(|b| b.labels.len() == a.labels.len()) {
+            for (old, new) in b.labels.iter().zip(&a.labels).filter(|(o, n)| o != n) {
+                if have.contains(old) && !have.contains(new) {
+                    self.run(format!(
+                        "ALTER TYPE {name} RENAME VALUE {} TO {}",
+                        quote_literal(old),
+                        quote_literal(new)
+                    ))
+                    .await?;
+                }
+            }
+            have = self.query(labels_sql, name).await?.iter().map(|r| r.get(0)).collect();
+        }
+        for (i, label) in a.labels.iter().enumerate() {
+            if have.contains(label) {
+                continue;
+            }
+            let place = match a.labels[i + 1..].iter().find(|l| have.contains(l)) {
+                Some(next) => format!(" BEFORE {}", quote_literal(next)),
+                None => String::new(),
+            };
+            self.run(format!("ALTER TYPE {name} ADD VALUE IF NOT EXISTS {}{place}", quote_literal(label))).await?;
+            let at = a.labels[i + 1..].iter().find_map(|l| have.iter().position(|h| h == l)).unwrap_or(have.len());
+            have.insert(at, label.clone());
+        }
+        Ok(())
+    }
+
+    async fn schema(&mut self, before: Option<&SchemaDef>, after: Option<&SchemaDef>) -> Result<(), DdlFailed> {
+        match (before, after) {
+            (Some(b), None) => self.run(format!("DROP SCHEMA IF EXISTS {}", quote_ident(&b.name))).await,
+            (None, Some(a)) => self.run(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&a.name))).await,
+            (Some(b), Some(a)) if b.name != a.name => {
+                let found = self.query("SELECT to_regnamespace($1) IS NOT NULL", &quote_ident(&b.name)).await?;
+                if found[0].get(0) {
+                    self.run(format!("ALTER SCHEMA {} RENAME TO {}", quote_ident(&b.name), quote_ident(&a.name)))
+                        .await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `"id" integer GENERATED BY DEFAULT AS IDENTITY NOT NULL`, as CREATE TABLE and ADD COLUMN
+/// take it.
+fn column_definition(c: &ColumnDef) -> String {
+    let mut sql = format!("{} {}", quote_ident(&c.name), c.type_sql);
+    if let Some(coll) = &c.collation {
+        sql += &format!(" COLLATE {coll}");
+    }
+    match (&c.generated, c.identity, &c.default) {
+        (Some(expr), _, _) => sql += &format!(" GENERATED ALWAYS AS ({expr}) STORED"),
+        (None, Identity::Always, _) => sql += " GENERATED ALWAYS AS IDENTITY",
+        (None, Identity::ByDefault, _) => sql += " GENERATED BY DEFAULT AS IDENTITY",
+        (None, Identity::None, Some(d)) => sql += &format!(" DEFAULT {d}"),
+        (None, Identity::None, None) => {}
+    }
+    if c.not_null {
+        sql += " NOT NULL";
+    }
+    sql
+}
+
+fn key_names(t: &TableDef, attnums: &[i16]) -> Vec<String> {
+    attnums.iter().filter_map(|n| t.column(*n)).map(|c| quote_ident(&c.name)).collect()
+}
+
+/// The sequence of a `nextval('public."t_id_seq"'::regclass)` default, as SQL names it.
+fn nextval_sequence(default: &str) -> Option<String> {
+    let inner = default.strip_prefix("nextval('")?.strip_suffix("'::regclass)")?;
+    Some(inner.replace("''", "'"))
+}
+
+/// Replays one DDL record on the target, inside the open transaction.
+pub async fn replay(client: &Client, ddl: &Ddl) -> Result<Replayed, DdlFailed> {
+    let mut r = Replay { client, done: Replayed::default() };
+    match &ddl.object {
+        DdlObject::Table { before, after } => r.table(before.as_ref(), after.as_ref()).await?,
+        DdlObject::Type { before, after } => r.type_(before.as_ref(), after.as_ref()).await?,
+        DdlObject::Schema { before, after } => r.schema(before.as_ref(), after.as_ref()).await?,
+        DdlObject::Rewrite { schema, name, reason, .. } => {
+            r.done.reload = Some((qualified(schema, name), pgdms_proto::ddl::rewrite_reason::describe(*reason)));
+        }
+        // The caller reports it: there is nothing to run.
+        DdlObject::CaptureFailed { .. } => {}
+    }
+    Ok(r.done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_defaults_name_their_sequence() {
+        assert_eq!(
+            nextval_sequence("nextval('public.\"Mixed Case_id_seq\"'::regclass)").as_deref(),
+            Some("public.\"Mixed Case_id_seq\"")
+        );
+        assert_eq!(nextval_sequence("nextval('s.o''brien_seq'::regclass)").as_deref(), Some("s.o'brien_seq"));
+        assert_eq!(nextval_sequence("now()"), None);
+    }
+
+    #[test]
+    fn column_definitions() {
+        let c = ColumnDef {
+            attnum: 1,
+            name: "Id".into(),
+            type_sql: "integer".into(),
+            not_null: true,
+            identity: Identity::ByDefault,
+            ..Default::default()
+        };
+        assert_eq!(column_definition(&c), "\"Id\" integer GENERATED BY DEFAULT AS IDENTITY NOT NULL");
+        let g = ColumnDef {
+            name: "g".into(),
+            type_sql: "numeric(10,2)".into(),
+            generated: Some("(a * 2)".into()),
+            collation: None,
+            ..Default::default()
+        };
+        assert_eq!(column_definition(&g), "\"g\" numeric(10,2) GENERATED ALWAYS AS ((a * 2)) STORED");
+    }
+}
