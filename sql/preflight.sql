@@ -2,8 +2,9 @@
 --
 -- One row per check: name, status ('ok', 'warn' or 'fail'), finding (what was found), fix.
 -- 'fail' stops a migration; 'warn' is something to know or decide. It runs for any role:
--- what the role cannot see is reported as such, never as an error.
-CREATE FUNCTION pgdms.preflight()
+-- what the role cannot see is reported as such, never as an error. Transactions open longer
+-- than long_transaction_age are reported.
+CREATE FUNCTION pgdms.preflight(long_transaction_age interval DEFAULT interval '5 minutes')
 RETURNS TABLE (name text, status text, finding text, fix text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -86,9 +87,16 @@ BEGIN
     RETURN NEXT;
 
     -- output_plugin_libraries (PostgreSQL builds that restrict output plugins)
-    val := current_setting('output_plugin_libraries', true);
     name := 'output_plugin_libraries';
-    IF val IS NULL THEN
+    BEGIN
+        val := current_setting('output_plugin_libraries', true);
+    EXCEPTION WHEN insufficient_privilege THEN
+        val := '(unreadable)';
+    END;
+    IF val = '(unreadable)' THEN
+        status := 'warn'; finding := format('%I may not read this superuser-only setting', me);
+        fix := format('a superuser can check it (SHOW output_plugin_libraries) or GRANT pg_read_all_settings TO %I', me);
+    ELSIF val IS NULL THEN
         status := 'ok'; finding := 'output plugins are not restricted on this server'; fix := NULL;
     ELSIF 'pgdms' = ANY (SELECT trim(both ' "' FROM x) FROM unnest(string_to_array(val, ',')) x) THEN
         status := 'ok'; finding := val; fix := NULL;
@@ -280,15 +288,15 @@ BEGIN
     SELECT count(*), string_agg(format('pid %s (%s, open %s)', a.pid, a.usename, date_trunc('second', now() - a.xact_start)), ', ')
       INTO cnt, list
       FROM pg_stat_activity a
-     WHERE a.xact_start < now() - interval '5 minutes' AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend';
+     WHERE a.xact_start <= now() - long_transaction_age AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend';
     IF cnt > 0 THEN
-        status := 'warn'; finding := format('%s transactions open for more than 5 minutes: %s', cnt, list);
+        status := 'warn'; finding := format('%s transactions open for more than %s: %s', cnt, long_transaction_age, list);
         fix := 'creating a slot waits for them to end, and they hold back WAL removal: let them finish or pg_terminate_backend(pid)';
     ELSIF NOT sees_all_activity THEN
         status := 'warn'; finding := format('%I cannot see other roles'' sessions', me);
         fix := format('GRANT pg_read_all_stats TO %I, or run preflight as a superuser', me);
     ELSE
-        status := 'ok'; finding := 'none open for more than 5 minutes'; fix := NULL;
+        status := 'ok'; finding := format('none open for more than %s', long_transaction_age); fix := NULL;
     END IF;
     RETURN NEXT;
 
@@ -343,4 +351,4 @@ BEGIN
     RETURN NEXT;
 END
 $$;
-COMMENT ON FUNCTION pgdms.preflight() IS 'pgdms: checks this database is ready to be migrated; one row per check with the fix';
+COMMENT ON FUNCTION pgdms.preflight(interval) IS 'pgdms: checks this database is ready to be migrated; one row per check with the fix';

@@ -463,6 +463,18 @@ unsafe extern "C-unwind" fn filter_by_origin(
     p.session.filter_origin(u32::from(origin_id) != pg_sys::InvalidRepOriginId)
 }
 
+/// Reserves a settings prefix: PostgreSQL then refuses to create placeholders for unknown
+/// `prefix.*` names (PostgreSQL 15 and later; earlier ones only warn about them).
+pub fn reserve_setting_prefix(prefix: &'static CStr) {
+    // SAFETY: called from _PG_init with a static, NUL-terminated name.
+    unsafe {
+        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+        pg_sys::MarkGUCPrefixReserved(prefix.as_ptr());
+        #[cfg(any(feature = "pg13", feature = "pg14"))]
+        pg_sys::EmitWarningsOnPlaceholders(prefix.as_ptr());
+    }
+}
+
 // --- catalog invalidation ---------------------------------------------------------------
 
 /// Invalidations received since the session last looked. The callbacks only record them:
