@@ -3,9 +3,9 @@
 #
 # Today: installs what is missing, builds and installs the extension, starts a throwaway
 # cluster with a sample source database and an empty target database of the same schema,
-# creates pgdms slots, makes changes while the source is live, prints the decoded change
-# records as JSON lines on stdout, then applies the same changes to the target with
-# `pgdms-apply cdc` and checks that the target equals the source.
+# runs pgdms.preflight(), creates pgdms slots, makes changes (DDL included) while the source
+# is live, prints the decoded records as JSON lines on stdout, then applies the same
+# changes to the target with `pgdms-apply cdc` and checks that the target equals the source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -41,6 +41,8 @@ create table orders (
 );
 insert into "Customers" (name, email) values ('Ada', 'ada@example.org'), ('Grace', 'grace@example.org');
 SQL
+echo "demo: SELECT name, status, finding FROM pgdms.preflight()" >&2
+psql_ -c "select name, status, finding from pgdms.preflight()" >&2
 psql_ -q -c "create database demo_target"
 # The target starts as a copy of the source (the full-load command will do this itself).
 "$PG_BIN/pg_dump" -h "$DIR" -p "$PORT" -U postgres postgres | psql_ -d demo_target -o /dev/null
@@ -62,6 +64,14 @@ delete from orders where id = 1;
 select pg_logical_emit_message(true, 'pgdms-demo', 'checkpoint reached');
 truncate orders restart identity;
 insert into orders (customer_id, total, tags) values (10, 5.00, '{after,truncate}');
+-- DDL is captured by the extension's event triggers and replayed from its definitions,
+-- in order with the data: a column added and filled in one transaction, a new table.
+begin;
+alter table orders add column coupon varchar(20) default 'none' not null;
+update orders set coupon = 'WELCOME' where customer_id = 10;
+commit;
+create table refunds (id int primary key, order_id int not null, amount numeric(12,2), at timestamptz default now());
+insert into refunds (id, order_id, amount) values (1, 1, 5.00);
 SQL
 
 END=$(psql_ -At -c "select pg_current_wal_insert_lsn()")
@@ -71,7 +81,7 @@ echo "demo: decoding the slot up to $END with pgdms-apply dump" >&2
 echo "demo: applying the same changes to database demo_target with pgdms-apply cdc" >&2
 PGDMS_LOG=warn ./target/release/pgdms-apply cdc --source "$SOURCE" \
     --target "host=$DIR port=$PORT user=postgres dbname=demo_target" --slot pgdms_apply --until "$END"
-for t in '"Customers"' orders; do
+for t in '"Customers"' orders refunds; do
     q="select count(*) || ' rows, md5 ' || md5(coalesce(string_agg(t::text, ',' order by t::text), '')) from $t t"
     src=$(psql_ -At -c "$q")
     tgt=$(psql_ -At -d demo_target -c "$q")
