@@ -104,10 +104,18 @@ const STEPS: &[&str] = &[
     "create table doomed{s} (id int primary key); insert into doomed{s} values (1)",
     "drop table doomed{s}",
     "drop table events{s}_2023",
+    // CREATE SCHEMA and SET SCHEMA; an enum label renamed; a composite type in a new column.
+    "create schema \"Other{s}\"; alter table keyless{s} set schema \"Other{s}\";
+     update \"Other{s}\".keyless{s} set b = 'moved' where a = 1",
+    "alter type \"Mood{s}\" rename value 'sad' to 'blue';
+     update \"Sales{s}\" set mood = 'blue' where id = 4",
+    "create type pair{s} as (a int, b text);
+     alter table twin{s} add column p pair{s};
+     update twin{s} set p = row(1, 'x, \"y\"')",
 ];
 
 fn tables(s: &str) -> Vec<String> {
-    ["\"Sales{s}\"", "keyless{s}", "\"Twin{s}\"", "twin{s}", "events{s}", "events{s}_2024"]
+    ["\"Sales{s}\"", "\"Other{s}\".keyless{s}", "\"Twin{s}\"", "twin{s}", "events{s}", "events{s}_2024"]
         .iter()
         .map(|t| t.replace("{s}", s))
         .collect()
