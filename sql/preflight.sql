@@ -1,3 +1,16 @@
+-- One check's row from the objects it found: ok when there are none, else `problem` (warn
+-- by default) with the count and the list, formatted by `found`.
+CREATE FUNCTION pgdms.listing_check(check_name text, items text[], none_found text, found text, fix text,
+                                    problem text DEFAULT 'warn')
+RETURNS TABLE (name text, status text, finding text, fix text)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT check_name,
+           CASE WHEN cardinality(items) = 0 THEN 'ok' ELSE problem END,
+           CASE WHEN cardinality(items) = 0 THEN none_found
+                ELSE format(found, cardinality(items), array_to_string(items, ', ')) END,
+           CASE WHEN cardinality(items) = 0 THEN NULL ELSE fix END
+$$;
+
 -- pgdms.preflight(): is this database ready to be migrated by pgdms, and if not, what to do.
 --
 -- One row per check: name, status ('ok', 'warn' or 'fail'), finding (what was found), fix.
@@ -121,94 +134,63 @@ BEGIN
     RETURN NEXT;
 
     -- read access to every table to migrate
-    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
-      INTO cnt, list
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND pgdms.is_captured('table', c.oid)
-       AND NOT (has_schema_privilege(c.relnamespace, 'USAGE') AND has_table_privilege(c.oid, 'SELECT'));
-    name := 'select privilege';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := format('%I can read every table', me); fix := NULL;
-    ELSE
-        status := 'fail'; finding := format('%s tables %I cannot read: %s', cnt, me, list);
-        fix := format('as a superuser: SELECT * FROM pgdms.grant_migration_role(%L)', me);
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('select privilege',
+        ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND pgdms.is_captured('table', c.oid)
+                 AND NOT (has_schema_privilege(c.relnamespace, 'USAGE') AND has_table_privilege(c.oid, 'SELECT'))
+               ORDER BY 1),
+        format('%I can read every table', me), '%s tables ' || replace(format('%I', me), '%', '%%') || ' cannot read: %s',
+        format('as a superuser: SELECT * FROM pgdms.grant_migration_role(%L)', me), 'fail');
 
     -- tables whose UPDATE and DELETE cannot be applied (no key logged)
-    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
-      INTO cnt, list
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND pgdms.is_captured('table', c.oid)
-       AND (c.relreplident = 'n'
-            OR (c.relreplident = 'd' AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)));
-    name := 'tables without a key';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'every table has a primary key or a replica identity'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s tables log no key, their UPDATE and DELETE cannot be applied: %s', cnt, list);
-        fix := 'add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL (or USING INDEX a unique index)';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('tables without a key',
+        ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND pgdms.is_captured('table', c.oid)
+                 AND (c.relreplident = 'n'
+                      OR (c.relreplident = 'd'
+                          AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+               ORDER BY 1),
+        'every table has a primary key or a replica identity',
+        '%s tables log no key, their UPDATE and DELETE cannot be applied: %s',
+        'add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL (or USING INDEX a unique index)');
 
     -- partitioned tables
-    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
-      INTO cnt, list
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind = 'p' AND pgdms.is_captured('table', c.oid);
-    name := 'partitioned tables';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'none'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s partitioned tables: %s', cnt, list);
-        fix := 'replicated by pgdms (changes are decoded per partition); the target needs the same partitions, which DDL capture keeps up (ATTACH/DETACH included)';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('partitioned tables',
+        ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind = 'p' AND pgdms.is_captured('table', c.oid) ORDER BY 1),
+        'none', '%s partitioned tables: %s',
+        'replicated by pgdms (changes are decoded per partition); the target needs the same partitions, which DDL capture keeps up (ATTACH/DETACH included)');
 
     -- names that differ only by case
-    SELECT count(*), string_agg(x, '; ') INTO cnt, list FROM (
-        SELECT string_agg(format('%I.%I', n.nspname, c.relname), ' / ' ORDER BY c.relname) AS x
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r', 'p') AND pgdms.is_captured('table', c.oid)
-         GROUP BY lower(n.nspname), lower(c.relname) HAVING count(*) > 1) d;
-    name := 'names differing only by case';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'none'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := list;
-        fix := 'replicated as they are to PostgreSQL; on a case-insensitive target (MySQL on Windows/macOS, SQLite) rename one of each pair with a transformation rule';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('names differing only by case',
+        ARRAY(SELECT string_agg(format('%I.%I', n.nspname, c.relname), ' / ' ORDER BY c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind IN ('r', 'p') AND pgdms.is_captured('table', c.oid)
+               GROUP BY lower(n.nspname), lower(c.relname) HAVING count(*) > 1 ORDER BY 1),
+        'none', '%s sets of tables: %s',
+        'replicated as they are to PostgreSQL; on a case-insensitive target (MySQL on Windows/macOS, SQLite) rename one of each set with a transformation rule');
 
     -- columns whose type is outside the DMS table
-    SELECT count(*), string_agg(format('%I.%I.%I (%s)', n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)),
-                                ', ' ORDER BY n.nspname, c.relname, a.attnum)
-      INTO cnt, list
-      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind IN ('r', 'p') AND pgdms.is_captured('table', c.oid)
-       AND a.attnum > 0 AND NOT a.attisdropped AND pgdms.dms_text_fallback(a.atttypid);
-    name := 'text fallback types';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'every column has a DMS type'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s columns travel as text (DMS type NCLOB): %s', cnt, list);
-        fix := 'lossless into PostgreSQL; other targets store these values as text';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('text fallback types',
+        ARRAY(SELECT format('%I.%I.%I (%s)', n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod))
+                FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind IN ('r', 'p') AND pgdms.is_captured('table', c.oid)
+                 AND a.attnum > 0 AND NOT a.attisdropped AND pgdms.dms_text_fallback(a.atttypid)
+               ORDER BY n.nspname, c.relname, a.attnum),
+        'every column has a DMS type', '%s columns travel as text (DMS type NCLOB): %s',
+        'lossless into PostgreSQL; other targets store these values as text');
 
     -- unlogged tables (never decoded)
-    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
-      INTO cnt, list
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' AND pgdms.is_captured('table', c.oid);
-    name := 'unlogged tables';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'none'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s unlogged tables, whose changes are not decoded: %s', cnt, list);
-        fix := 'ALTER TABLE ... SET LOGGED to replicate them, or leave them out of the migration';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('unlogged tables',
+        ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u' AND pgdms.is_captured('table', c.oid)
+               ORDER BY 1),
+        'none', '%s unlogged tables, whose changes are not decoded: %s',
+        'ALTER TABLE ... SET LOGGED to replicate them, or leave them out of the migration');
 
     -- large objects (never decoded)
     cnt := (SELECT count(*) FROM pg_largeobject_metadata);
@@ -222,47 +204,31 @@ BEGIN
     RETURN NEXT;
 
     -- materialized views (never decoded)
-    SELECT count(*), string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname)
-      INTO cnt, list
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema');
-    name := 'materialized views';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'none'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s materialized views, not decoded: %s', cnt, list);
-        fix := 'REFRESH MATERIALIZED VIEW on the target after cutover';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('materialized views',
+        ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1),
+        'none', '%s materialized views, not decoded: %s',
+        'REFRESH MATERIALIZED VIEW on the target after cutover');
 
     -- sequences (not decoded)
-    cnt := (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-             AND NOT EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
-                              WHERE d.objid = c.oid AND d.deptype = 'e' AND e.extname = 'pgdms'));
-    name := 'sequences';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'none'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s sequences: their values are not decoded', cnt);
-        fix := 'pgdms-apply sets them on the target at the end of the full load and at cutover';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('sequences',
+        ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 AND NOT EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                                  WHERE d.objid = c.oid AND d.deptype = 'e' AND e.extname = 'pgdms')
+               ORDER BY 1),
+        'none', '%s sequences, whose values are not decoded: %s',
+        'pgdms-apply sets them on the target at the end of the full load and at cutover');
 
     -- inactive slots and the WAL they hold back
-    SELECT count(*), string_agg(format('%I (%s, retains %s)', s.slot_name, coalesce(s.plugin, 'physical'),
-                                       pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn))),
-                                ', ' ORDER BY s.slot_name)
-      INTO cnt, list
-      FROM pg_replication_slots s WHERE NOT s.active;
-    name := 'inactive slots';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'none'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s inactive slots keep WAL on disk: %s', cnt, list);
-        fix := 'drop those no longer needed: SELECT pgdms.drop_slot(''name'') (pgdms slots), pg_drop_replication_slot(''name''), or pgdms-apply slot drop --slot name';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('inactive slots',
+        ARRAY(SELECT format('%I (%s, retains %s)', s.slot_name, coalesce(s.plugin, 'physical'),
+                            pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)))
+                FROM pg_replication_slots s WHERE NOT s.active ORDER BY s.slot_name),
+        'none', '%s inactive slots keep WAL on disk: %s',
+        'drop those no longer needed: SELECT pgdms.drop_slot(''name'') (pgdms slots), pg_drop_replication_slot(''name''), or pgdms-apply slot drop --slot name');
 
     -- max_slot_wal_keep_size, and slots it already put at risk
     lim := (SELECT setting::bigint FROM pg_settings WHERE pg_settings.name = 'max_slot_wal_keep_size');
@@ -301,16 +267,11 @@ BEGIN
     RETURN NEXT;
 
     -- prepared transactions
-    SELECT count(*), string_agg(format('%L (prepared %s ago)', gid, date_trunc('second', now() - prepared)), ', ')
-      INTO cnt, list FROM pg_prepared_xacts;
-    name := 'prepared transactions';
-    IF cnt = 0 THEN
-        status := 'ok'; finding := 'none'; fix := NULL;
-    ELSE
-        status := 'warn'; finding := format('%s prepared transactions: %s', cnt, list);
-        fix := 'creating a slot waits for them: COMMIT PREPARED or ROLLBACK PREPARED each';
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY SELECT * FROM pgdms.listing_check('prepared transactions',
+        ARRAY(SELECT format('%L (prepared %s ago)', gid, date_trunc('second', now() - prepared))
+                FROM pg_prepared_xacts ORDER BY prepared),
+        'none', '%s prepared transactions: %s',
+        'creating a slot waits for them: COMMIT PREPARED or ROLLBACK PREPARED each');
 
     -- the database encoding
     val := pg_encoding_to_char((SELECT encoding FROM pg_database WHERE datname = current_database()));

@@ -2,16 +2,9 @@
 //! disconnects, on real clusters.
 
 use pgdms_tests::matrix::{setup_matrix, ROWS};
-use pgdms_tests::{assert_same_rows, cdc, wait_until, Cluster};
+use pgdms_tests::{assert_same_rows, catch_up, cdc, wait_until, Cluster};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-/// Runs cdc up to the source's current position and checks it succeeded.
-fn catch_up(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) {
-    let until = source.current_lsn();
-    let out = cdc(source, target, slot, &["--until", &until]).args(extra).output().unwrap();
-    assert!(out.status.success(), "cdc failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-}
 
 fn progress(target: &Cluster) -> Option<String> {
     target.query("select end_lsn::text from pgdms.apply_progress").into_iter().next().and_then(|r| r[0].clone())

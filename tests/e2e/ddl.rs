@@ -1,14 +1,7 @@
 //! DDL capture and replay: each DDL form, run plainly and inside a function, reaches the
 //! target through the stream in order with the data, on real clusters.
 
-use pgdms_tests::{assert_same_rows, cdc, of_type, Cluster};
-
-/// Runs cdc up to the source's current position and checks it succeeded.
-fn catch_up(source: &Cluster, target: &Cluster, slot: &str) {
-    let until = source.current_lsn();
-    let out = cdc(source, target, slot, &["--until", &until]).output().unwrap();
-    assert!(out.status.success(), "cdc failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-}
+use pgdms_tests::{assert_same_rows, catch_up, cdc, of_type, Cluster};
 
 /// Tables, columns (name, type, NOT NULL, default in order), primary keys, partitions and
 /// enum labels of the user schemas: what "same definitions" means.
@@ -149,7 +142,7 @@ fn every_ddl_form_replays_in_order_with_the_data_plain_and_inside_functions() {
     source.create_slot("ddl");
 
     run_steps(&source, "", false);
-    catch_up(&source, &target, "ddl");
+    catch_up(&source, &target, "ddl", &[]);
     assert_same_definitions(&source, &target);
     let plain = tables("");
     assert_same_rows(&source, &target, &plain.iter().map(String::as_str).collect::<Vec<_>>());
@@ -157,7 +150,7 @@ fn every_ddl_form_replays_in_order_with_the_data_plain_and_inside_functions() {
     // The same forms inside functions (and a DO block).
     run_steps(&source, "_f", true);
     source.execute("do $$ begin alter table base add column w int default 3; update base set w = 4; end $$");
-    catch_up(&source, &target, "ddl");
+    catch_up(&source, &target, "ddl", &[]);
     assert_same_definitions(&source, &target);
     let in_functions = tables("_f");
     let mut all: Vec<&str> = in_functions.iter().map(String::as_str).collect();
@@ -197,7 +190,7 @@ fn a_rewrite_the_stream_cannot_carry_flags_the_table_for_reload() {
     source.execute("select pg_drop_replication_slot('rw')");
     source.create_slot("rw2");
     source.execute("alter table r add column z timestamptz default clock_timestamp()");
-    catch_up(&source, &target, "rw2");
+    catch_up(&source, &target, "rw2", &[]);
     let flagged = target.query("select table_name, reason from pgdms.apply_reload_needed");
     assert_eq!(flagged.len(), 1, "{flagged:?}");
     assert_eq!(flagged[0][0].as_deref(), Some("\"public\".\"r\""));

@@ -416,6 +416,13 @@ pub fn cdc(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Co
     c
 }
 
+/// Runs cdc up to the source's current position and checks it succeeded.
+pub fn catch_up(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) {
+    let until = source.current_lsn();
+    let out = cdc(source, target, slot, &["--until", &until]).args(extra).output().unwrap();
+    assert!(out.status.success(), "cdc failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
 /// Asserts that `tables` hold the same rows on both clusters.
 pub fn assert_same_rows(source: &Cluster, target: &Cluster, tables: &[&str]) {
     for t in tables {
