@@ -73,16 +73,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'kind', CASE t.typtype WHEN 'e' THEN 'Enum' WHEN 'c' THEN 'Composite' WHEN 'd' THEN 'Domain' ELSE 'Other' END,
         'labels', coalesce((SELECT jsonb_agg(e.enumlabel::text ORDER BY e.enumsortorder)
                               FROM pg_enum e WHERE e.enumtypid = t.oid), '[]'::jsonb),
-        'attributes', coalesce((SELECT jsonb_agg(jsonb_build_object('name', a.attname::text,
+        'attributes', coalesce((SELECT jsonb_agg(jsonb_build_object('attnum', a.attnum, 'name', a.attname::text,
                                                                     'type_sql', format_type(a.atttypid, a.atttypmod))
                                                  ORDER BY a.attnum)
                                   FROM pg_attribute a
                                  WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb),
         'base_type', CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END,
         'not_null', t.typnotnull,
-        'default', t.typdefault,
-        'checks', coalesce((SELECT jsonb_agg(pg_get_constraintdef(con.oid) ORDER BY con.conname)
-                              FROM pg_constraint con WHERE con.contypid = t.oid AND con.contype = 'c'), '[]'::jsonb))
+        'default', pg_get_expr(t.typdefaultbin, 0),
+        -- Validated CHECK constraints (a NOT VALID one cannot be part of CREATE DOMAIN).
+        'checks', coalesce((SELECT jsonb_agg(jsonb_build_object('name', con.conname::text,
+                                                                'definition', pg_get_constraintdef(con.oid))
+                                             ORDER BY con.conname)
+                              FROM pg_constraint con
+                             WHERE con.contypid = t.oid AND con.contype = 'c' AND con.convalidated), '[]'::jsonb))
       FROM pg_type t
       JOIN pg_namespace n ON n.oid = t.typnamespace
      WHERE t.oid = typid
@@ -100,7 +104,7 @@ $$;
 CREATE TABLE @extschema@.pgdms_ddl_audit (
     c_key         bigserial PRIMARY KEY,
     c_time        timestamptz NOT NULL DEFAULT clock_timestamp(),
-    c_user        text NOT NULL DEFAULT current_user, -- session_user when run from a SECURITY DEFINER function
+    c_user        text NOT NULL DEFAULT session_user, -- the login role (the trigger runs as the extension's owner)
     c_txn         xid8 NOT NULL DEFAULT pg_current_xact_id(),
     c_tag         text NOT NULL,        -- the command tag: CREATE TABLE, ALTER TABLE, ALTER TYPE...
     c_oid         oid,                  -- the object's oid
@@ -123,12 +127,15 @@ CREATE TABLE @extschema@.pgdms_ddl_state (
 );
 
 -- The objects whose DDL is captured: user tables (not temporary), types and schemas,
--- outside the system schemas and not belonging to pgdms itself.
+-- outside the system schemas and not belonging to an extension (pgdms's own, or another
+-- extension's, which CREATE EXTENSION on the target provides).
 CREATE FUNCTION pgdms.is_captured(kind text, objid oid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT NOT EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
-                        WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
-                          AND e.extname = 'pgdms' AND d.objid = $2)
+    SELECT NOT EXISTS (SELECT FROM pg_depend d
+                        WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND d.objid = $2
+                          AND d.classid = CASE kind WHEN 'table' THEN 'pg_class'::regclass
+                                                    WHEN 'type' THEN 'pg_type'::regclass
+                                                    ELSE 'pg_namespace'::regclass END)
        AND CASE kind
            WHEN 'table' THEN EXISTS (
                SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -215,19 +222,22 @@ BEGIN
         SELECT s.objid FROM @extschema@.pgdms_ddl_state s
          WHERE s.kind = 'table' AND (s.definition->'partition_of'->>'oid')::oid = relid
     LOOP
-        PERFORM pgdms.capture('table', child, tag, child::regclass::text);
+        -- Sub-partitions too: parents always come before their children.
+        PERFORM pgdms.capture_table(child, tag, coalesce(to_regclass(child::text)::text, child::text));
     END LOOP;
 END
 $$;
 
--- Renaming a schema or a type changes how tables' definitions name them, without any
--- table command: bring the recorded state up to date, so that the next change of those
--- tables is not mistaken for a type change.
-CREATE FUNCTION pgdms.refresh_table_state() RETURNS void
+-- Renaming a schema or a type changes how the definitions of tables and types name them,
+-- without a command on those: bring the recorded state up to date, so that their next
+-- change is not mistaken for a type change (or a drop sent under the old name).
+CREATE FUNCTION pgdms.refresh_state() RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE @extschema@.pgdms_ddl_state s SET definition = pgdms.table_definition(s.objid)
-     WHERE s.kind = 'table' AND pgdms.table_definition(s.objid) IS NOT NULL
-       AND s.definition IS DISTINCT FROM pgdms.table_definition(s.objid)
+    UPDATE @extschema@.pgdms_ddl_state s SET definition = now.definition
+      FROM (SELECT kind, objid, pgdms.definition(kind, objid) AS definition
+              FROM @extschema@.pgdms_ddl_state WHERE kind IN ('table', 'type')) now
+     WHERE s.kind = now.kind AND s.objid = now.objid
+       AND now.definition IS NOT NULL AND s.definition IS DISTINCT FROM now.definition
 $$;
 
 -- Reports a failure to capture on the stream (the user's command still succeeds).
@@ -255,6 +265,10 @@ BEGIN
         FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE NOT in_extension LOOP
             IF cmd.classid = 'pg_class'::regclass AND cmd.object_type IN ('table', 'table column') THEN
                 PERFORM pgdms.capture_table(cmd.objid, tg_tag, cmd.object_identity);
+            ELSIF cmd.classid = 'pg_class'::regclass AND cmd.object_type IN ('composite type', 'composite type column') THEN
+                -- ALTER TYPE ... ADD/DROP/ALTER/RENAME ATTRIBUTE names the type's relation.
+                PERFORM pgdms.capture('type', (SELECT reltype FROM pg_class WHERE oid = cmd.objid), tg_tag,
+                                      cmd.object_identity);
             ELSIF cmd.classid = 'pg_type'::regclass THEN
                 PERFORM pgdms.capture('type', cmd.objid, tg_tag, cmd.object_identity);
                 renamed := renamed OR tg_tag = 'ALTER TYPE' OR tg_tag = 'ALTER DOMAIN';
@@ -264,7 +278,7 @@ BEGIN
             END IF;
         END LOOP;
         IF renamed THEN
-            PERFORM pgdms.refresh_table_state();
+            PERFORM pgdms.refresh_state();
         END IF;
     EXCEPTION WHEN OTHERS THEN
         PERFORM pgdms.capture_failed(tg_tag, SQLERRM);
@@ -285,10 +299,18 @@ BEGIN
     BEGIN
         -- In replay order: columns leave their tables before the types they used go, and
         -- schemas go after what they contained.
-        FOR obj IN SELECT DISTINCT objid FROM pg_event_trigger_dropped_objects()
-                    WHERE object_type = 'table column' AND NOT is_temporary
+        -- Parents before their partitions: a partition's inherited column goes with its parent's.
+        FOR obj IN SELECT d.objid FROM pg_event_trigger_dropped_objects() d
+                    WHERE d.object_type = 'table column' AND NOT d.is_temporary
+                    GROUP BY d.objid
+                    ORDER BY (SELECT count(*) FROM pg_partition_ancestors(d.objid))
         LOOP
             PERFORM pgdms.capture('table', obj.objid, tg_tag, obj.objid::regclass::text);
+        END LOOP;
+        FOR obj IN SELECT DISTINCT c.reltype FROM pg_event_trigger_dropped_objects() d JOIN pg_class c ON c.oid = d.objid
+                    WHERE d.object_type = 'composite type column'
+        LOOP
+            PERFORM pgdms.capture('type', obj.reltype, tg_tag, obj.reltype::regtype::text);
         END LOOP;
         FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
                     WHERE NOT is_temporary AND object_type IN ('table', 'type', 'domain', 'schema')

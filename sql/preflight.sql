@@ -225,7 +225,8 @@ BEGIN
     -- inactive slots and the WAL they hold back
     RETURN QUERY SELECT * FROM pgdms.listing_check('inactive slots',
         ARRAY(SELECT format('%I (%s, retains %s)', s.slot_name, coalesce(s.plugin, 'physical'),
-                            pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)))
+                            pg_size_pretty(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                                                ELSE pg_current_wal_lsn() END, s.restart_lsn)))
                 FROM pg_replication_slots s WHERE NOT s.active ORDER BY s.slot_name),
         'none', '%s inactive slots keep WAL on disk: %s',
         'drop those no longer needed: SELECT pgdms.drop_slot(''name'') (pgdms slots), pg_drop_replication_slot(''name''), or pgdms-apply slot drop --slot name');

@@ -168,13 +168,22 @@ pub struct TypeDef {
     pub base_type: Option<String>,
     pub not_null: bool,
     pub default: Option<String>,
-    pub checks: Vec<String>,
+    pub checks: Vec<DomainCheck>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct TypeAttribute {
+    /// The attribute's identity across renames and type changes.
+    pub attnum: i16,
     pub name: String,
     pub type_sql: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct DomainCheck {
+    pub name: String,
+    /// `pg_get_constraintdef`: "CHECK ((VALUE > 0))".
+    pub definition: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]

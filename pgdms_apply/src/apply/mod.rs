@@ -19,6 +19,7 @@ use crate::target::{Target, TargetError};
 use batch::Batch;
 use change::{Change, Event, EventDecoder, EventError, RelInfo};
 use pgdms_proto::Options;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -341,6 +342,10 @@ struct Applier<'t, T: Target> {
     skipping_txn: bool,
     /// The transaction being received holds DDL.
     txn_has_ddl: bool,
+    /// Tables described in this session, and those first described in the current
+    /// transaction (which may have created them).
+    described: HashSet<u32>,
+    new_in_txn: HashSet<u32>,
     /// The current transaction was too large to hold: its changes are going to the target
     /// as they come, in a group of its own.
     txn_streaming: bool,
@@ -363,6 +368,8 @@ impl<'t, T: Target> Applier<'t, T> {
             txn: Vec::new(),
             skipping_txn: false,
             txn_has_ddl: false,
+            described: HashSet::new(),
+            new_in_txn: HashSet::new(),
             txn_streaming: false,
             group_rows: 0,
             group_started: None,
@@ -425,7 +432,12 @@ impl<'t, T: Target> Applier<'t, T> {
     async fn handle(&mut self, event: Event) -> Result<(), ApplyError> {
         match event {
             Event::Settings(s) => self.target.configure(&s).await?,
-            Event::Relation(_) => {}
+            Event::Relation(rel) => {
+                // A table first described inside the transaction may be one it creates.
+                if self.described.insert(rel.oid) {
+                    self.new_in_txn.insert(rel.oid);
+                }
+            }
             Event::Idle(wal_end) => {
                 // Nothing in flight: whatever is complete can go in now.
                 if self.txn.is_empty() && !self.txn_streaming {
@@ -439,6 +451,7 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.skipping_txn = self.skip_through.is_some_and(|p| commit_lsn < p);
                 self.txn.clear();
                 self.txn_has_ddl = false;
+                self.new_in_txn.clear();
                 self.txn_streaming = false;
             }
             Event::Change(c) => {
@@ -468,7 +481,10 @@ impl<'t, T: Target> Applier<'t, T> {
                     }
                     return Ok(());
                 }
-                let items = std::mem::take(&mut self.txn);
+                let mut items = std::mem::take(&mut self.txn);
+                if self.txn_has_ddl {
+                    created_before_rows(&mut items);
+                }
                 self.group_rows += items.len();
                 self.add_to_batch(items).await?;
                 self.group_started.get_or_insert_with(Instant::now);
@@ -502,6 +518,14 @@ impl<'t, T: Target> Applier<'t, T> {
                     if self.batch.has_other_description(&c.rel) || self.batch.len() >= self.opts.batch_max_rows {
                         self.flush_batch().await?;
                     }
+                    if self.txn_streaming && self.new_in_txn.remove(&c.rel.oid) {
+                        // Rows of a table this transaction created without a DDL record yet
+                        // (CREATE TABLE AS writes them first), in a transaction too large to
+                        // hold until the record: give the target the table now, from its
+                        // relation record.
+                        self.flush_batch().await?;
+                        self.target.ensure_table(&c.rel, c.lsn).await?;
+                    }
                     self.batch.push(c);
                 }
                 TxnItem::Truncate { rels, restart_identity, lsn } => {
@@ -510,6 +534,9 @@ impl<'t, T: Target> Applier<'t, T> {
                 }
                 TxnItem::Ddl { ddl, lsn } => {
                     self.flush_batch().await?;
+                    if let pgdms_proto::DdlObject::Table { after: Some(a), .. } = &ddl.object {
+                        self.new_in_txn.remove(&a.oid);
+                    }
                     self.target.ddl(&ddl, lsn).await?;
                 }
             }
@@ -560,6 +587,33 @@ impl<'t, T: Target> Applier<'t, T> {
         self.skip_through = Some(end_lsn);
         self.publish(end_lsn);
         Ok(())
+    }
+}
+
+/// CREATE TABLE AS and SELECT INTO write their rows before the event trigger that reports
+/// the table runs: move a table's creation ahead of the transaction's first row of it.
+fn created_before_rows(items: &mut Vec<TxnItem>) {
+    let mut j = 0;
+    while j < items.len() {
+        let created = match &items[j] {
+            TxnItem::Ddl { ddl, .. } => match &ddl.object {
+                pgdms_proto::DdlObject::Table { before: None, after: Some(a) } => Some(a.oid),
+                _ => None,
+            },
+            _ => None,
+        };
+        let first_row = created.and_then(|oid| {
+            items[..j].iter().position(|item| match item {
+                TxnItem::Change(c) => c.rel.oid == oid,
+                TxnItem::Truncate { rels, .. } => rels.iter().any(|r| r.oid == oid),
+                TxnItem::Ddl { .. } => false,
+            })
+        });
+        if let Some(i) = first_row {
+            let ddl = items.remove(j);
+            items.insert(i, ddl);
+        }
+        j += 1;
     }
 }
 

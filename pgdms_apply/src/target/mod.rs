@@ -78,6 +78,10 @@ pub trait Target {
     /// before/after definitions.
     fn ddl(&mut self, ddl: &pgdms_proto::Ddl, lsn: Lsn) -> impl Future<Output = Result<(), TargetError>>;
 
+    /// Creates `rel`'s table from its relation record if the target lacks it (inside the
+    /// open group): for rows that come before their table's DDL record.
+    fn ensure_table(&mut self, rel: &RelInfo, lsn: Lsn) -> impl Future<Output = Result<(), TargetError>>;
+
     /// Commits the open group, recording `end_lsn` as applied (nothing to do without one).
     fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> impl Future<Output = Result<(), TargetError>>;
 

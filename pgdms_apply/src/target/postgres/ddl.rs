@@ -6,6 +6,7 @@
 //! parent; an object the initial schema copy already had) is not done twice. Columns are
 //! matched across renames by attnum, through `before`.
 
+use crate::apply::change::RelInfo;
 use crate::sql::{quote_ident, quote_literal};
 use pgdms_proto::ddl::{ColumnDef, DdlObject, SchemaDef, TableDef, TypeDef, TypeKind};
 use pgdms_proto::{Ddl, Identity};
@@ -41,6 +42,9 @@ struct TargetColumn {
     type_sql: String,
     not_null: bool,
     default: Option<String>,
+    identity: Identity,
+    /// Inherited from a parent (every column of a partition).
+    inherited: bool,
 }
 
 struct Replay<'c> {
@@ -72,7 +76,8 @@ impl Replay<'_> {
         let rows = self
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                        CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END \
+                        CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
+                        a.attidentity::text, a.attinhcount > 0 \
                    FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
                   WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 table,
@@ -80,7 +85,18 @@ impl Replay<'_> {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| TargetColumn { name: r.get(0), type_sql: r.get(1), not_null: r.get(2), default: r.get(3) })
+            .map(|r| TargetColumn {
+                name: r.get(0),
+                type_sql: r.get(1),
+                not_null: r.get(2),
+                default: r.get(3),
+                identity: match r.get::<_, String>(4).as_str() {
+                    "a" => Identity::Always,
+                    "d" => Identity::ByDefault,
+                    _ => Identity::None,
+                },
+                inherited: r.get(5),
+            })
             .collect())
     }
 
@@ -98,7 +114,8 @@ impl Replay<'_> {
         match (before, after) {
             (_, None) => {
                 if let Some(b) = before {
-                    self.run(format!("DROP TABLE IF EXISTS {}", qualified(&b.schema, &b.name))).await?;
+                    // CASCADE: what depended on it on the source went with it there.
+                    self.run(format!("DROP TABLE IF EXISTS {} CASCADE", qualified(&b.schema, &b.name))).await?;
                 }
                 Ok(())
             }
@@ -110,7 +127,9 @@ impl Replay<'_> {
     async fn create_table(&mut self, a: &TableDef) -> Result<(), DdlFailed> {
         let name = qualified(&a.schema, &a.name);
         if self.exists("to_regclass", &name).await? {
-            return Ok(());
+            // Already there (from the schema copy, or made from its relation record): bring
+            // it to the source's definition.
+            return Box::pin(self.alter_table(a, a)).await;
         }
         self.default_sequences(&a.columns.iter().collect::<Vec<_>>()).await?;
         let partition_by = a.partition_key.as_deref().map(|k| format!(" PARTITION BY {k}")).unwrap_or_default();
@@ -147,7 +166,7 @@ impl Replay<'_> {
                 self.run(format!("ALTER TABLE {name} SET SCHEMA {}", quote_ident(&a.schema))).await?;
             }
         }
-        name = qualified(&a.schema, &a.name);
+        let name = qualified(&a.schema, &a.name);
         if !self.exists("to_regclass", &name).await? {
             // The target never had it (created before the schema copy, or by hand): create
             // it as the source has it now.
@@ -155,17 +174,20 @@ impl Replay<'_> {
             return self.create_table(a).await;
         }
         let alter = |action: String| format!("ALTER TABLE {name} {action}");
+        // Columns a partition (or child) inherits change through its parent, whose record
+        // comes first; they cannot be dropped, renamed or retyped on their own.
         let mut target = self.columns(&name).await?;
+        let own = |target: &[TargetColumn], n: &str| target.iter().any(|c| c.name == n && !c.inherited);
         let has = |target: &[TargetColumn], n: &str| target.iter().any(|c| c.name == n);
 
         for gone in b.columns.iter().filter(|c| a.column(c.attnum).is_none()) {
-            if has(&target, &gone.name) {
+            if own(&target, &gone.name) {
                 self.run(alter(format!("DROP COLUMN {}", quote_ident(&gone.name)))).await?;
             }
         }
         for now in &a.columns {
             if let Some(was) = b.column(now.attnum) {
-                if was.name != now.name && has(&target, &was.name) && !has(&target, &now.name) {
+                if was.name != now.name && own(&target, &was.name) && !has(&target, &now.name) {
                     self.run(alter(format!("RENAME COLUMN {} TO {}", quote_ident(&was.name), quote_ident(&now.name))))
                         .await?;
                 }
@@ -177,31 +199,78 @@ impl Replay<'_> {
         for c in &added {
             self.run(alter(format!("ADD COLUMN IF NOT EXISTS {}", column_definition(c)))).await?;
         }
-        for now in a.columns.iter().filter(|c| c.generated.is_none()) {
-            let Some(t) = target.iter().find(|t| t.name == now.name) else { continue };
+
+        // What stands in the way goes first: a primary key that changes, defaults that
+        // change (an old default may not cast to a new type), NOT NULL that goes; then
+        // types; then the new defaults, identities, NOT NULL and primary key.
+        let pk_changes = self.primary_key_changes(&name, a).await?;
+        if let Some((Some(conname), _)) = &pk_changes {
+            self.run(alter(format!("DROP CONSTRAINT {}", quote_ident(conname)))).await?;
+        }
+        let columns: Vec<(&ColumnDef, &TargetColumn)> = a
+            .columns
+            .iter()
+            .filter(|c| c.generated.is_none() && !added.iter().any(|n| n.name == c.name))
+            .filter_map(|c| target.iter().find(|t| t.name == c.name).map(|t| (c, t)))
+            .collect();
+        for (now, t) in &columns {
             let col = quote_ident(&now.name);
-            if t.type_sql != now.type_sql {
-                self.run(alter(format!("ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}", ty = now.type_sql))).await?;
+            if t.default.is_some() && t.default != now.default {
+                self.run(alter(format!("ALTER COLUMN {col} DROP DEFAULT"))).await?;
             }
-            if t.default != now.default && now.identity == Identity::None {
-                match &now.default {
-                    Some(d) => {
-                        self.default_sequences(&[now]).await?;
-                        self.run(alter(format!("ALTER COLUMN {col} SET DEFAULT {d}"))).await?
-                    }
-                    None => self.run(alter(format!("ALTER COLUMN {col} DROP DEFAULT"))).await?,
-                }
+            if t.not_null && !now.not_null {
+                self.run(alter(format!("ALTER COLUMN {col} DROP NOT NULL"))).await?;
             }
-            if t.not_null != now.not_null {
-                let action = if now.not_null { "SET" } else { "DROP" };
-                self.run(alter(format!("ALTER COLUMN {col} {action} NOT NULL"))).await?;
+            if t.identity != Identity::None && now.identity == Identity::None {
+                self.run(alter(format!("ALTER COLUMN {col} DROP IDENTITY IF EXISTS"))).await?;
             }
         }
-        self.primary_key(&name, a).await?;
+        for (now, t) in &columns {
+            if t.type_sql != now.type_sql && !t.inherited {
+                let col = quote_ident(&now.name);
+                self.run(alter(format!("ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}", ty = now.type_sql))).await?;
+            }
+        }
+        for (now, t) in &columns {
+            let col = quote_ident(&now.name);
+            if let Some(d) = now.default.as_ref().filter(|d| t.default.as_ref() != Some(*d)) {
+                self.default_sequences(&[now]).await?;
+                self.run(alter(format!("ALTER COLUMN {col} SET DEFAULT {d}"))).await?;
+            }
+            match (t.identity, now.identity) {
+                (from, to) if from == to || to == Identity::None => {}
+                (Identity::None, to) => {
+                    if !now.not_null {
+                        self.run(alter(format!("ALTER COLUMN {col} SET NOT NULL"))).await?;
+                    }
+                    self.run(alter(format!("ALTER COLUMN {col} ADD GENERATED {} AS IDENTITY", generated(to)))).await?
+                }
+                (_, to) => self.run(alter(format!("ALTER COLUMN {col} SET GENERATED {}", generated(to)))).await?,
+            }
+            if now.not_null && !t.not_null {
+                self.run(alter(format!("ALTER COLUMN {col} SET NOT NULL"))).await?;
+            }
+        }
+        if let Some((_, true)) = pk_changes {
+            if let Some(pk) = &a.primary_key {
+                self.run(alter(format!(
+                    "ADD CONSTRAINT {} PRIMARY KEY ({})",
+                    quote_ident(&pk.name),
+                    key_names(a, &pk.columns).join(", ")
+                )))
+                .await?;
+            }
+        }
         self.partition_membership(&name, a).await
     }
 
-    async fn primary_key(&mut self, name: &str, a: &TableDef) -> Result<(), DdlFailed> {
+    /// Whether the target's primary key differs from the source's: the constraint to drop
+    /// (if the target has one) and whether to add the source's.
+    async fn primary_key_changes(
+        &mut self,
+        name: &str,
+        a: &TableDef,
+    ) -> Result<Option<(Option<String>, bool)>, DdlFailed> {
         let rows = self
             .query(
                 "SELECT c.conname::text, array(SELECT attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) \
@@ -216,20 +285,9 @@ impl Replay<'_> {
             .as_ref()
             .map(|pk| pk.columns.iter().filter_map(|n| a.column(*n)).map(|c| c.name.clone()).collect());
         if current.as_ref().map(|(_, cols)| cols) == wanted.as_ref() {
-            return Ok(());
+            return Ok(None);
         }
-        if let Some((conname, _)) = &current {
-            self.run(format!("ALTER TABLE {name} DROP CONSTRAINT {}", quote_ident(conname))).await?;
-        }
-        if let Some(pk) = &a.primary_key {
-            self.run(format!(
-                "ALTER TABLE {name} ADD CONSTRAINT {} PRIMARY KEY ({})",
-                quote_ident(&pk.name),
-                key_names(a, &pk.columns).join(", ")
-            ))
-            .await?;
-        }
-        Ok(())
+        Ok(Some((current.map(|(conname, _)| conname), wanted.is_some())))
     }
 
     async fn partition_membership(&mut self, name: &str, a: &TableDef) -> Result<(), DdlFailed> {
@@ -260,7 +318,7 @@ impl Replay<'_> {
         let Some(a) = after else {
             if let Some(b) = before {
                 let kind = if b.kind == TypeKind::Domain { "DOMAIN" } else { "TYPE" };
-                self.run(format!("DROP {kind} IF EXISTS {}", qualified(&b.schema, &b.name))).await?;
+                self.run(format!("DROP {kind} IF EXISTS {} CASCADE", qualified(&b.schema, &b.name))).await?;
             }
             return Ok(());
         };
@@ -308,7 +366,7 @@ impl Replay<'_> {
                         sql += " NOT NULL";
                     }
                     for check in &a.checks {
-                        sql += &format!(" {check}");
+                        sql += &format!(" CONSTRAINT {} {}", quote_ident(&check.name), check.definition);
                     }
                     sql
                 }
@@ -317,26 +375,7 @@ impl Replay<'_> {
         }
         match a.kind {
             TypeKind::Enum => self.enum_labels(&name, before, a).await,
-            TypeKind::Composite => {
-                let attrs: Vec<String> = self
-                    .query(
-                        "SELECT attname::text FROM pg_attribute WHERE attrelid = (SELECT typrelid FROM pg_type \
-                          WHERE oid = to_regtype($1)) AND attnum > 0 AND NOT attisdropped",
-                        &name,
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                for gone in attrs.iter().filter(|t| !a.attributes.iter().any(|at| &at.name == *t)) {
-                    self.run(format!("ALTER TYPE {name} DROP ATTRIBUTE IF EXISTS {}", quote_ident(gone))).await?;
-                }
-                for new in a.attributes.iter().filter(|at| !attrs.contains(&at.name)) {
-                    self.run(format!("ALTER TYPE {name} ADD ATTRIBUTE {} {}", quote_ident(&new.name), new.type_sql))
-                        .await?;
-                }
-                Ok(())
-            }
+            TypeKind::Composite => self.composite_attributes(&name, before, a).await,
             _ => {
                 if let Some(b) = before {
                     if b.default != a.default {
@@ -349,13 +388,78 @@ impl Replay<'_> {
                         let action = if a.not_null { "SET" } else { "DROP" };
                         self.run(format!("ALTER DOMAIN {name} {action} NOT NULL")).await?;
                     }
+                    for check in b.checks.iter().filter(|c| !a.checks.contains(c)) {
+                        self.run(format!("ALTER DOMAIN {name} DROP CONSTRAINT IF EXISTS {}", quote_ident(&check.name)))
+                            .await?;
+                    }
                     for check in a.checks.iter().filter(|c| !b.checks.contains(c)) {
-                        self.run(format!("ALTER DOMAIN {name} ADD {check}")).await?;
+                        self.run(format!(
+                            "ALTER DOMAIN {name} ADD CONSTRAINT {} {}",
+                            quote_ident(&check.name),
+                            check.definition
+                        ))
+                        .await?;
                     }
                 }
                 Ok(())
             }
         }
+    }
+
+    /// A composite type's attributes, matched across renames by attnum through `before`:
+    /// dropped, renamed, added, retyped, each only if the target still needs it.
+    async fn composite_attributes(
+        &mut self,
+        name: &str,
+        before: Option<&TypeDef>,
+        a: &TypeDef,
+    ) -> Result<(), DdlFailed> {
+        let attrs_sql = "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                          WHERE attrelid = (SELECT typrelid FROM pg_type WHERE oid = to_regtype($1)) \
+                            AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
+        let read = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String)> {
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        };
+        let mut have = read(self.query(attrs_sql, name).await?);
+        let has = |have: &[(String, String)], n: &str| have.iter().any(|(h, _)| h == n);
+        if let Some(b) = before {
+            for gone in b.attributes.iter().filter(|o| !a.attributes.iter().any(|n| n.attnum == o.attnum)) {
+                if has(&have, &gone.name) {
+                    self.run(format!("ALTER TYPE {name} DROP ATTRIBUTE {}", quote_ident(&gone.name))).await?;
+                }
+            }
+            for now in &a.attributes {
+                if let Some(was) = b.attributes.iter().find(|o| o.attnum == now.attnum && o.name != now.name) {
+                    if has(&have, &was.name) && !has(&have, &now.name) {
+                        self.run(format!(
+                            "ALTER TYPE {name} RENAME ATTRIBUTE {} TO {}",
+                            quote_ident(&was.name),
+                            quote_ident(&now.name)
+                        ))
+                        .await?;
+                    }
+                }
+            }
+            have = read(self.query(attrs_sql, name).await?);
+        }
+        for now in &a.attributes {
+            match have.iter().find(|(h, _)| *h == now.name) {
+                None => {
+                    self.run(format!("ALTER TYPE {name} ADD ATTRIBUTE {} {}", quote_ident(&now.name), now.type_sql))
+                        .await?
+                }
+                Some((_, ty)) if *ty != now.type_sql => {
+                    self.run(format!(
+                        "ALTER TYPE {name} ALTER ATTRIBUTE {} TYPE {} CASCADE",
+                        quote_ident(&now.name),
+                        now.type_sql
+                    ))
+                    .await?
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Renamed labels (same position, new text) and added ones, each added next to a label
@@ -393,7 +497,7 @@ impl Replay<'_> {
 
     async fn schema(&mut self, before: Option<&SchemaDef>, after: Option<&SchemaDef>) -> Result<(), DdlFailed> {
         match (before, after) {
-            (Some(b), None) => self.run(format!("DROP SCHEMA IF EXISTS {}", quote_ident(&b.name))).await,
+            (Some(b), None) => self.run(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&b.name))).await,
             (None, Some(a)) => self.run(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&a.name))).await,
             (Some(b), Some(a)) if b.name != a.name => {
                 let found = self.query("SELECT to_regnamespace($1) IS NOT NULL", &quote_ident(&b.name)).await?;
@@ -417,8 +521,9 @@ fn column_definition(c: &ColumnDef) -> String {
     }
     match (&c.generated, c.identity, &c.default) {
         (Some(expr), _, _) => sql += &format!(" GENERATED ALWAYS AS ({expr}) STORED"),
-        (None, Identity::Always, _) => sql += " GENERATED ALWAYS AS IDENTITY",
-        (None, Identity::ByDefault, _) => sql += " GENERATED BY DEFAULT AS IDENTITY",
+        (None, Identity::Always | Identity::ByDefault, _) => {
+            sql += &format!(" GENERATED {} AS IDENTITY", generated(c.identity))
+        }
         (None, Identity::None, Some(d)) => sql += &format!(" DEFAULT {d}"),
         (None, Identity::None, None) => {}
     }
@@ -426,6 +531,15 @@ fn column_definition(c: &ColumnDef) -> String {
         sql += " NOT NULL";
     }
     sql
+}
+
+/// The GENERATED clause of an identity column.
+fn generated(identity: Identity) -> &'static str {
+    if identity == Identity::Always {
+        "ALWAYS"
+    } else {
+        "BY DEFAULT"
+    }
 }
 
 fn key_names(t: &TableDef, attnums: &[i16]) -> Vec<String> {
@@ -436,6 +550,30 @@ fn key_names(t: &TableDef, attnums: &[i16]) -> Vec<String> {
 fn nextval_sequence(default: &str) -> Option<String> {
     let inner = default.strip_prefix("nextval('")?.strip_suffix("'::regclass)")?;
     Some(inner.replace("''", "'"))
+}
+
+/// Creates a table the target lacks from its relation record: for rows that arrive before
+/// their table's DDL record (CREATE TABLE AS, SELECT INTO, in a transaction too large to
+/// reorder). The DDL record that follows completes the definition. Returns whether it
+/// created the table.
+pub async fn ensure_table(client: &Client, rel: &RelInfo) -> Result<bool, DdlFailed> {
+    let r = Replay { client, done: Replayed::default() };
+    let name = qualified(&rel.schema, &rel.name);
+    if r.exists("to_regclass", &name).await? {
+        return Ok(false);
+    }
+    let mut parts: Vec<String> = rel
+        .columns
+        .iter()
+        .map(|c| format!("{} {}{}", quote_ident(&c.name), c.type_sql, if c.not_null { " NOT NULL" } else { "" }))
+        .collect();
+    let pk: Vec<String> = rel.columns.iter().filter(|c| c.primary_key).map(|c| quote_ident(&c.name)).collect();
+    if !pk.is_empty() {
+        parts.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+    }
+    let sql = format!("CREATE TABLE IF NOT EXISTS {name} ({})", parts.join(", "));
+    client.batch_execute(&sql).await.map_err(|error| DdlFailed { statement: sql, error })?;
+    Ok(true)
 }
 
 /// Replays one DDL record on the target, inside the open transaction.

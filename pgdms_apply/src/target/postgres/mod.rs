@@ -476,9 +476,6 @@ impl Target for PostgresTarget {
              SET bytea_output = hex;
              SET lc_monetary = 'C';
              SET synchronous_commit = {};
-             -- Every name pgdms writes is qualified; with only pg_catalog on the path, the
-             -- target's catalog describes types and defaults as the source's DDL records do.
-             SET search_path = pg_catalog, pg_temp;
              CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
              CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_reload_needed (
                  id bigserial PRIMARY KEY,
@@ -586,9 +583,19 @@ impl Target for PostgresTarget {
                  compare the definitions and fix the target by hand, then pass over it with --on-error=log"
             )),
             _ => {
+                // With only pg_catalog on the path, the target's catalog describes types and
+                // defaults as the source's DDL records do (qualified). Only for the replay:
+                // the set-wise statements need the operators of extension types (citext...)
+                // that the session's own path finds. Rolling back to the savepoint restores it.
                 self.run("SAVEPOINT pgdms_ddl").await?;
+                let previous = self.client.query_one("SELECT current_setting('search_path')", &[]).await;
+                let previous: String = previous.map_err(|e| TargetError::Connection(e.to_string()))?.get(0);
+                self.run("SELECT set_config('search_path', 'pg_catalog, pg_temp', false)").await?;
                 match ddl::replay(&self.client, record).await {
                     Ok(done) => {
+                        let restore =
+                            self.client.execute("SELECT set_config('search_path', $1, false)", &[&previous]).await;
+                        restore.map_err(|e| TargetError::Connection(e.to_string()))?;
                         self.run("RELEASE SAVEPOINT pgdms_ddl").await?;
                         for statement in &done.statements {
                             tracing::info!(%lsn, ddl = %what(), %statement, "DDL replayed");
@@ -637,6 +644,24 @@ impl Target for PostgresTarget {
             change,
         )
         .await
+    }
+
+    async fn ensure_table(&mut self, rel: &RelInfo, lsn: Lsn) -> Result<(), TargetError> {
+        self.open_group().await?;
+        match ddl::ensure_table(&self.client, rel).await {
+            Ok(true) => {
+                tracing::warn!(table = %rel.qualified(), %lsn, "created on the target from its relation record: its rows came before its DDL (CREATE TABLE AS in a large transaction)");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(failed) => Err(TargetError::Change {
+                table: rel.qualified(),
+                operation: "ddl",
+                lsn,
+                key: "CREATE TABLE".into(),
+                error: format!("{}; statement: {}", classify(failed.error)?, failed.statement),
+            }),
+        }
     }
 
     async fn truncate(&mut self, rels: &[Arc<RelInfo>], restart_identity: bool, lsn: Lsn) -> Result<(), TargetError> {

@@ -9,7 +9,7 @@ use crate::apply::batch::old_key;
 use crate::apply::batch::{key_columns, NetOp, NetTable, TableBatch};
 use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
 use crate::sql::quote_ident;
-use pgdms_proto::{dms::oids, Identity};
+use pgdms_proto::{dms::oids, DmsType, Identity};
 use std::collections::BTreeMap;
 
 /// One statement: its SQL, text parameters, and how many rows it must affect.
@@ -49,9 +49,14 @@ fn overriding(rel: &RelInfo) -> &'static str {
 
 /// Can the table's rows travel as arrays? Not when a column is itself an array (an array of
 /// arrays is a multi-dimensional array, and unnest would take it apart), nor a box (whose
-/// array elements are separated by ';', not ',').
+/// array elements are separated by ';', not ','), nor may be a composite (unnest in FROM
+/// expands a composite element into its fields): a non-built-in type (its name comes
+/// schema-qualified) that the DMS table maps to NCLOB.
 pub fn unnest_safe(rel: &RelInfo) -> bool {
-    rel.columns.iter().all(|c| !c.type_sql.ends_with(']') && c.type_oid != oids::BOX)
+    rel.columns.iter().all(|c| {
+        let maybe_composite = c.dms_type == DmsType::Nclob && c.type_sql.contains('.');
+        !c.type_sql.ends_with(']') && c.type_oid != oids::BOX && !maybe_composite
+    })
 }
 
 /// An array literal of `vals` (text elements, double-quoted and escaped; NULL bare).
