@@ -240,14 +240,26 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
        AND now.definition IS NOT NULL AND s.definition IS DISTINCT FROM now.definition
 $$;
 
--- Reports a failure to capture on the stream (the user's command still succeeds).
+-- Reports a failure to capture on the stream (the user's command still succeeds). Each
+-- step on its own: whatever made capture fail must not make the report fail too.
 CREATE FUNCTION pgdms.capture_failed(tag text, error text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE WARNING 'pgdms: could not capture % for replication: %', tag, error
-        USING HINT = 'The migration reading this database reports the failure; check pgdms.preflight() and the pgdms_ddl_audit table.';
-    PERFORM pgdms.record_ddl(tag, NULL, 'capture failure',
-        jsonb_build_object('CaptureFailed', jsonb_build_object('error', error)), NULL, NULL, NULL, NULL, NULL);
+        USING HINT = 'The migration reading this database stops on it; check pgdms.preflight() and the pgdms_ddl_audit table.';
+    -- Not in a block of its own: a message that is the first record of a subtransaction can
+    -- be decoded after row changes its transaction made later.
+    IF current_setting('wal_level') = 'logical' THEN
+        PERFORM pg_logical_emit_message(true, 'pgdms.ddl', jsonb_build_object(
+            'command_tag', tag, 'object_identity', '', 'query', coalesce(current_query(), ''),
+            'object', jsonb_build_object('CaptureFailed', jsonb_build_object('error', error)))::text);
+    END IF;
+    BEGIN
+        INSERT INTO @extschema@.pgdms_ddl_audit (c_tag, c_ddlqry, c_object_type, c_after)
+        VALUES (tag, current_query(), 'capture failure', jsonb_build_object('error', error));
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgdms: could not record the failure in the audit table either: %', SQLERRM;
+    END;
 END
 $$;
 

@@ -284,6 +284,26 @@ fn a_ddl_the_target_refuses_stops_the_apply_or_is_logged() {
 }
 
 #[test]
+fn a_failed_capture_lets_the_ddl_through_and_stops_the_apply() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    source.execute("create table t (id int primary key)");
+    source.copy_schema_to(&target);
+    source.execute("create extension pgdms");
+    source.create_slot("broken");
+    // Break the audit table: capture fails, and so does recording the failure there.
+    source.execute("alter table pgdms_ddl_audit add constraint broken check (c_key < 0) not valid");
+    source.execute("alter table t add column v text; insert into t values (1, 'kept')");
+    assert_eq!(source.value("select v from t"), "kept", "the user's DDL must go through");
+
+    let until = source.current_lsn();
+    let out = cdc(&source, &target, "broken", &["--until", &until]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the apply must not go on as if nothing happened");
+    assert!(stderr.contains("could not capture a DDL command") && stderr.contains("ALTER TABLE"), "{stderr}");
+    assert_eq!(target.value("select count(*) from t"), "0");
+}
+
+#[test]
 fn capture_can_be_turned_off_by_a_superuser_only() {
     let source = Cluster::start();
     source.execute("create extension pgdms; create role app login; grant create on schema public to app");
