@@ -10,6 +10,9 @@
 
 pub mod apply;
 pub mod dump;
+pub mod load;
+pub mod migrate;
 pub mod sql;
 pub mod stream;
 pub mod target;
+pub mod validate;

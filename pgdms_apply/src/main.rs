@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgdms_apply::apply::{self, ApplyOptions, Finished};
 use pgdms_apply::dump::{self, DumpOptions};
+use pgdms_apply::migrate::{self, MigrateOptions, Mode, Prep};
 use pgdms_apply::sql::quote_literal;
 use pgdms_apply::stream::{ConnInfo, Lsn, ReplicationConnection};
 use pgdms_apply::target::postgres::PostgresTarget;
@@ -35,6 +36,13 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Migrate: create the slot with a snapshot, copy schema and tables as of it, then
+    /// stream the changes (resumes where it stopped when run again).
+    Migrate(MigrateArgs),
+    /// End a migration: catch up with the source, set sequences, validate, drop the slot.
+    Cutover(CutoverArgs),
+    /// Compare every table of the source with the target's (rows and their contents).
+    Validate(ValidateArgs),
     /// Stream a slot's changes into a PostgreSQL target and keep it in step with the source.
     Cdc(CdcArgs),
     /// Print a slot's change records as JSON lines on stdout, acknowledging what was printed.
@@ -81,10 +89,9 @@ impl PluginArgs {
     }
 }
 
+/// How changes are applied to the target: shared by cdc, migrate and cutover.
 #[derive(Args)]
-struct CdcArgs {
-    #[command(flatten)]
-    source: SourceArgs,
+struct ApplyArgs {
     /// The target database (libpq connection string or URI). The role needs the right to set
     /// session_replication_role: a superuser, or on PostgreSQL 15+ one granted
     /// SET ON PARAMETER session_replication_role.
@@ -93,10 +100,6 @@ struct CdcArgs {
     /// The logical replication slot to stream from (plugin pgdms).
     #[arg(long)]
     slot: String,
-    /// Create the slot first if it does not exist. Its changes start now: the target must
-    /// already hold the data as of this moment.
-    #[arg(long)]
-    create_slot: bool,
     /// What to do with a change the target rejects: stop (naming table, LSN and key), or log
     /// it to pgdms.apply_exceptions on the target and go on.
     #[arg(long, value_enum, default_value_t = OnError::Stop)]
@@ -125,6 +128,112 @@ struct CdcArgs {
     drop_slot_on_finish: bool,
     #[command(flatten)]
     plugin: PluginArgs,
+}
+
+impl ApplyArgs {
+    fn options(&self) -> ApplyOptions {
+        ApplyOptions {
+            slot: self.slot.clone(),
+            group_max_rows: self.group_max_rows.max(1),
+            group_max_age: Duration::from_millis(self.group_max_ms),
+            batch_max_rows: self.batch_max_rows.max(1),
+            plugin_options: self.plugin.options(),
+            until: self.until,
+            loaded_at: Default::default(),
+            start_lsn: None,
+            start_time: None,
+        }
+    }
+
+    fn target(&self) -> anyhow::Result<ConnInfo> {
+        ConnInfo::parse(&self.target).context("invalid --target")
+    }
+}
+
+#[derive(Args)]
+struct CdcArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    apply: ApplyArgs,
+    /// Create the slot first if it does not exist. Its changes start now: the target must
+    /// already hold the data as of this moment.
+    #[arg(long)]
+    create_slot: bool,
+    /// Apply only transactions that commit at or after this LSN (X/Y). It must not be
+    /// before the slot's confirmed_flush_lsn: decoding cannot go back.
+    #[arg(long)]
+    start_lsn: Option<Lsn>,
+    /// Apply only transactions that commit at or after this time (RFC 3339,
+    /// "2026-11-24T10:00:00Z"); earlier ones are passed over.
+    #[arg(long)]
+    start_time: Option<String>,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    apply: ApplyArgs,
+    /// full-load: copy the tables only; full-load-and-cdc: then stream the changes.
+    #[arg(long, value_enum, default_value_t = Mode::FullLoadAndCdc)]
+    mode: Mode,
+    /// The target's tables: drop-and-create them from the source's schema (indexes and
+    /// constraints after the load), truncate them, or load into them as they are.
+    #[arg(long, value_enum, default_value_t = Prep::DropAndCreate)]
+    target_prep: Prep,
+    /// Parallel load sessions (each a source and a target connection), and index builds.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Tables larger than this are loaded in parallel block ranges of about this size
+    /// ("100MB"; 0 never splits).
+    #[arg(long, default_value = "100MB", value_parser = parse_size)]
+    split_tables_larger_than: u64,
+    /// Directory of PostgreSQL's client programs (pg_dump, pg_restore); default: those of
+    /// the source's major version.
+    #[arg(long, env = "PGDMS_PG_BIN")]
+    pg_bin: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct CutoverArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    apply: ApplyArgs,
+    /// Drop the slot once the target has caught up and validated.
+    #[arg(long)]
+    drop_slot: bool,
+    /// Do not compare the tables (validate) after catching up.
+    #[arg(long)]
+    skip_validate: bool,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The target database.
+    #[arg(long, env = "PGDMS_TARGET")]
+    target: String,
+}
+
+/// "100MB", "1GB", "512kB", "1048576".
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("\"{s}\" is not a size: write 100MB, 1GB, 512kB or bytes"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        other => return Err(format!("unknown size unit \"{other}\": use kB, MB, GB or TB")),
+    };
+    Ok(n * mult)
 }
 
 #[derive(Args)]
@@ -216,33 +325,55 @@ fn shutdown_watch() -> tokio::sync::watch::Receiver<bool> {
 
 async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
-    let target = ConnInfo::parse(&args.target).context("invalid --target")?;
-    if args.create_slot {
-        let mut conn = ReplicationConnection::connect(&source).await?;
-        let exists = conn
-            .command(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = {}", quote_literal(&args.slot)))
-            .await?;
-        if exists.is_empty() {
-            let slot = conn.create_slot(&args.slot, false, false).await?;
-            tracing::info!(slot = %slot.name, consistent_point = %slot.consistent_point, "created replication slot");
-        }
+    let target = args.apply.target()?;
+    let mut opts = args.apply.options();
+    let mut conn = ReplicationConnection::connect(&source).await?;
+    let slot_row = conn
+        .command(&format!(
+            "SELECT coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(&opts.slot)
+        ))
+        .await?;
+    if args.create_slot && slot_row.is_empty() {
+        let slot = conn.create_slot(&opts.slot, false, false).await?;
+        tracing::info!(slot = %slot.name, consistent_point = %slot.consistent_point, "created replication slot");
     }
-    let opts = ApplyOptions {
-        slot: args.slot,
-        group_max_rows: args.group_max_rows.max(1),
-        group_max_age: Duration::from_millis(args.group_max_ms),
-        batch_max_rows: args.batch_max_rows.max(1),
-        plugin_options: args.plugin.options(),
-        until: args.until,
-    };
-    let (on_error, sync) = (args.on_error, args.synchronous_commit);
+    if let Some(start) = args.start_lsn {
+        let confirmed: Lsn =
+            slot_row.first().and_then(|r| r[0].clone()).and_then(|l| l.parse().ok()).unwrap_or_default();
+        if start < confirmed {
+            anyhow::bail!(
+                "--start-lsn {start} is before the slot's confirmed_flush_lsn {confirmed}: decoding cannot go back \
+                 that far. Start at {confirmed} or later, or reload the target (pgdms-apply migrate)"
+            );
+        }
+        // Transactions committing before it are passed over like already applied ones.
+        opts.start_lsn = Some(start);
+    }
+    if let Some(t) = &args.start_time {
+        opts.start_time = Some(parse_time(t)?);
+    }
+    drop(conn);
+    let (on_error, sync) = (args.apply.on_error, args.apply.synchronous_commit.clone());
     let connect = || PostgresTarget::connect(&target, on_error, &sync);
-    match apply::run(&source, connect, &opts, shutdown_watch()).await? {
+    let finished = apply::run(&source, connect, &opts, shutdown_watch()).await?;
+    finish(&source, &opts, finished, args.apply.drop_slot_on_finish).await
+}
+
+/// "2026-11-24T10:00:00Z" (or with an offset) as microseconds since 2000-01-01 UTC.
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    pgdms_proto::pgtext::parse_rfc3339_micros(s).with_context(|| {
+        format!("--start-time \"{s}\" is not a time: write it as 2026-11-24T10:00:00Z or 2026-11-24T12:00:00+02:00")
+    })
+}
+
+async fn finish(source: &ConnInfo, opts: &ApplyOptions, finished: Finished, drop_slot: bool) -> anyhow::Result<()> {
+    match finished {
         Finished::Interrupted => tracing::info!("stopped"),
         Finished::Reached => {
             tracing::info!(until = %opts.until.unwrap_or_default(), "reached --until");
-            if args.drop_slot_on_finish {
-                let mut conn = ReplicationConnection::connect(&source).await?;
+            if drop_slot && opts.until.is_some() {
+                let mut conn = ReplicationConnection::connect(source).await?;
                 conn.drop_slot(&opts.slot, true)
                     .await
                     .with_context(|| format!("the migration finished, but dropping slot \"{}\" failed", opts.slot))?;
@@ -251,6 +382,68 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
+    let source = args.source.conninfo()?;
+    let target = args.apply.target()?;
+    let opts = MigrateOptions {
+        mode: args.mode,
+        prep: args.target_prep,
+        jobs: args.jobs.max(1),
+        split_bytes: args.split_tables_larger_than,
+        pg_bin: args.pg_bin,
+        apply: args.apply.options(),
+        on_error: args.apply.on_error,
+        synchronous_commit: args.apply.synchronous_commit.clone(),
+        drop_slot_on_finish: args.apply.drop_slot_on_finish,
+    };
+    match migrate::migrate(&source, &target, &opts, shutdown_watch()).await? {
+        Finished::Interrupted => tracing::info!("stopped; run the same command again to resume"),
+        Finished::Reached => tracing::info!("migration done"),
+    }
+    Ok(())
+}
+
+fn print_reports(reports: &[pgdms_apply::validate::TableReport]) -> anyhow::Result<()> {
+    let mut differ = 0;
+    for r in reports {
+        println!("{}", pgdms_apply::validate::describe(r));
+        differ += usize::from(!r.ok());
+    }
+    println!("{} tables compared, {} differ", reports.len(), differ);
+    if differ > 0 {
+        anyhow::bail!("{differ} of {} tables differ between source and target", reports.len());
+    }
+    Ok(())
+}
+
+async fn cutover_cmd(args: CutoverArgs) -> anyhow::Result<()> {
+    let source = args.source.conninfo()?;
+    let target = args.apply.target()?;
+    let reports = migrate::cutover(
+        &source,
+        &target,
+        &args.apply.options(),
+        args.apply.on_error,
+        args.drop_slot,
+        args.skip_validate,
+        shutdown_watch(),
+    )
+    .await?;
+    if args.skip_validate {
+        return Ok(());
+    }
+    print_reports(&reports)
+}
+
+async fn validate_cmd(args: ValidateArgs) -> anyhow::Result<()> {
+    let source = args.source.conninfo()?;
+    let target = ConnInfo::parse(&args.target).context("invalid --target")?;
+    let src = pgdms_apply::stream::client::connect(&source, "pgdms-apply validate").await?;
+    let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply validate").await?;
+    let reports = migrate::validate_all(&src.client, &tgt.client).await?;
+    print_reports(&reports)
 }
 
 async fn slot(cmd: SlotCommand) -> anyhow::Result<()> {
@@ -298,6 +491,9 @@ async fn slot(cmd: SlotCommand) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Migrate(args) => migrate_cmd(args).await,
+        Command::Cutover(args) => cutover_cmd(args).await,
+        Command::Validate(args) => validate_cmd(args).await,
         Command::Cdc(args) => cdc(args).await,
         Command::Slot(cmd) => slot(cmd).await,
         Command::Dump(args) => {

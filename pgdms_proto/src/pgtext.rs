@@ -97,6 +97,54 @@ const USECS_PER_DAY: i64 = 86_400_000_000;
 /// Days from 1970-01-01 to 2000-01-01.
 const UNIX_TO_PG_DAYS: i64 = 10_957;
 
+/// Days since 2000-01-01 of a proleptic Gregorian date (Howard Hinnant's days-from-civil).
+fn pg_days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468 - UNIX_TO_PG_DAYS
+}
+
+/// An RFC 3339 time ("2026-11-24T10:00:00Z", "2026-11-24 12:00:00.5+02:00") as
+/// microseconds since 2000-01-01 UTC (PostgreSQL's timestamp epoch); `None` if malformed.
+pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let num = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok()).flatten()
+    };
+    let (date, rest) = (s.get(..10)?, s.get(10..)?);
+    let sep = rest.chars().next()?;
+    if !(sep == 'T' || sep == 't' || sep == ' ') || date.as_bytes()[4] != b'-' || date.as_bytes()[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (num(&date[..4])?, num(&date[5..7])? as u32, num(&date[8..10])? as u32);
+    let rest = &rest[1..];
+    let zone_at = rest.find(['Z', 'z', '+', '-']).unwrap_or(rest.len());
+    let (time, zone) = rest.split_at(zone_at);
+    let mut parts = time.splitn(3, ':');
+    let (h, mi) = (num(parts.next()?)?, num(parts.next()?)?);
+    let sec = parts.next().unwrap_or("0");
+    let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+    let secs = num(whole)?;
+    let micros_frac = if frac.is_empty() { 0 } else { num(&format!("{:0<6}", &frac[..frac.len().min(6)]))? };
+    let offset = match zone {
+        "" | "Z" | "z" => 0,
+        z => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = z[1..].split_once(':').unwrap_or((&z[1..], "0"));
+            sign * (num(oh)? * 3600 + num(om)? * 60)
+        }
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || secs > 60 {
+        return None;
+    }
+    let days = pg_days_from_civil(y, m, d);
+    Some(((days * 86_400 + h * 3600 + mi * 60 + secs - offset) * 1_000_000) + micros_frac)
+}
+
 /// Proleptic Gregorian (year, month, day) of a day count from 2000-01-01; year 0 is 1 BC.
 fn civil_from_pg_days(days: i64) -> (i64, u32, u32) {
     // Howard Hinnant's days-to-civil algorithm, counted from 1970-01-01.
@@ -252,5 +300,23 @@ mod tests {
         );
         assert!(Value::Null.to_pg_text().is_none());
         assert!(Value::UnchangedToast.to_pg_text().is_none());
+    }
+}
+
+#[cfg(test)]
+mod time_parse_tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_become_postgres_microseconds() {
+        assert_eq!(parse_rfc3339_micros("2000-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_micros("2000-01-01T02:00:00+02:00"), Some(0));
+        assert_eq!(parse_rfc3339_micros("2000-01-02 00:00:00.5Z"), Some(86_400_000_000 + 500_000));
+        assert_eq!(parse_rfc3339_micros("1999-12-31T23:59:59Z"), Some(-1_000_000));
+        // Round trip through the text form.
+        let t = parse_rfc3339_micros("2026-11-24T10:11:12.345678Z").unwrap();
+        assert_eq!(timestamp_text(t, true), "2026-11-24 10:11:12.345678+00");
+        assert_eq!(parse_rfc3339_micros("yesterday"), None);
+        assert_eq!(parse_rfc3339_micros("2026-13-01T00:00:00Z"), None);
     }
 }

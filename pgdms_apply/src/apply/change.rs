@@ -178,6 +178,7 @@ pub enum Event {
     Begin {
         xid: u32,
         commit_lsn: Lsn,
+        commit_time: i64,
     },
     Change(Change),
     Truncate {
@@ -293,7 +294,7 @@ impl EventDecoder {
             Record::Begin(b) => {
                 self.xid = b.xid;
                 self.begin_lsn = b.begin_lsn;
-                Event::Begin { xid: b.xid, commit_lsn: Lsn(b.commit_lsn) }
+                Event::Begin { xid: b.xid, commit_lsn: Lsn(b.commit_lsn), commit_time: b.commit_time }
             }
             Record::Commit(c) => Event::Commit { end_lsn: Lsn(c.end_lsn), commit_time: c.commit_time },
             Record::Relation(r) => {

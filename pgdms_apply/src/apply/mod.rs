@@ -36,6 +36,22 @@ pub struct ApplyOptions {
     pub plugin_options: Options,
     /// Stop once everything up to this source LSN is applied.
     pub until: Option<Lsn>,
+    /// Tables loaded from a later snapshot than the slot's start (reloaded after a crash):
+    /// their changes in transactions that committed before that snapshot's LSN are in the
+    /// copy already, and are passed over, as PostgreSQL's table-sync workers do.
+    pub loaded_at: std::collections::HashMap<u32, Lsn>,
+    /// Pass over transactions that committed before this LSN...
+    pub start_lsn: Option<Lsn>,
+    /// ...or before this time (microseconds since 2000-01-01 UTC).
+    pub start_time: Option<i64>,
+}
+
+impl ApplyOptions {
+    /// Whether a change of table `oid` in a transaction committing at `commit_lsn` is in
+    /// that table's copy already.
+    fn in_copy(&self, oid: u32, commit_lsn: Lsn) -> bool {
+        self.loaded_at.get(&oid).is_some_and(|at| commit_lsn < *at)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +358,8 @@ struct Applier<'t, T: Target> {
     skipping_txn: bool,
     /// The transaction being received holds DDL.
     txn_has_ddl: bool,
+    /// Commit LSN of the transaction being received.
+    txn_commit_lsn: Lsn,
     /// Tables described in this session, and those first described in the current
     /// transaction (which may have created them).
     described: HashSet<u32>,
@@ -368,6 +386,7 @@ impl<'t, T: Target> Applier<'t, T> {
             txn: Vec::new(),
             skipping_txn: false,
             txn_has_ddl: false,
+            txn_commit_lsn: Lsn(0),
             described: HashSet::new(),
             new_in_txn: HashSet::new(),
             txn_streaming: false,
@@ -445,25 +464,30 @@ impl<'t, T: Target> Applier<'t, T> {
                     self.caught_up_to = self.caught_up_to.max(wal_end);
                 }
             }
-            Event::Begin { commit_lsn, .. } => {
+            Event::Begin { commit_lsn, commit_time, .. } => {
                 // Its end LSN is past commit_lsn, and every earlier transaction ended at or
                 // before it: skip exactly the transactions already applied.
-                self.skipping_txn = self.skip_through.is_some_and(|p| commit_lsn < p);
+                self.skipping_txn = self.skip_through.is_some_and(|p| commit_lsn < p)
+                    || self.opts.start_lsn.is_some_and(|s| commit_lsn < s)
+                    || self.opts.start_time.is_some_and(|t| commit_time < t);
+                self.txn_commit_lsn = commit_lsn;
                 self.txn.clear();
                 self.txn_has_ddl = false;
                 self.new_in_txn.clear();
                 self.txn_streaming = false;
             }
             Event::Change(c) => {
-                if !self.skipping_txn {
+                if !self.skipping_txn && !self.opts.in_copy(c.rel.oid, self.txn_commit_lsn) {
                     self.txn.push(TxnItem::Change(c));
                     if self.txn.len() >= self.opts.batch_max_rows {
                         self.stream_large_transaction().await?;
                     }
                 }
             }
-            Event::Truncate { rels, restart_identity, lsn } => {
-                if !self.skipping_txn {
+            Event::Truncate { mut rels, restart_identity, lsn } => {
+                let at = self.txn_commit_lsn;
+                rels.retain(|r| !self.opts.in_copy(r.oid, at));
+                if !self.skipping_txn && !rels.is_empty() {
                     self.txn.push(TxnItem::Truncate { rels, restart_identity, lsn });
                 }
             }

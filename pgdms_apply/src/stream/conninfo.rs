@@ -147,6 +147,47 @@ impl ConnInfo {
         })
     }
 
+    /// A libpq connection string for PostgreSQL's own tools (pg_dump, pg_restore), without
+    /// the password: pass that in their environment (see [`ConnInfo::tool_env`]).
+    pub fn to_libpq(&self) -> String {
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let host = match &self.host {
+            Host::Unix(dir) => dir.display().to_string(),
+            Host::Tcp(h) => h.clone(),
+        };
+        let sslmode = match self.sslmode {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        };
+        let mut s = format!(
+            "host={} port={} user={} dbname={} sslmode={sslmode}",
+            quote(&host),
+            self.port,
+            quote(&self.user),
+            quote(&self.dbname)
+        );
+        if let Some(root) = &self.sslrootcert {
+            s += &format!(" sslrootcert={}", quote(&root.display().to_string()));
+        }
+        if let Some(o) = &self.options {
+            s += &format!(" options={}", quote(o));
+        }
+        if let Some(t) = self.connect_timeout {
+            s += &format!(" connect_timeout={t}");
+        }
+        s
+    }
+
+    /// Environment for a PostgreSQL tool run with [`ConnInfo::to_libpq`]: the password, kept
+    /// off the command line.
+    pub fn tool_env(&self) -> Vec<(&'static str, String)> {
+        self.password.iter().map(|p| ("PGPASSWORD", p.clone())).collect()
+    }
+
     /// For messages: where this connects, without the password.
     pub fn describe(&self) -> String {
         match &self.host {

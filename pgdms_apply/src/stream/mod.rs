@@ -1,5 +1,6 @@
 //! The stream: connecting to the source over the replication protocol and reading a slot.
 
+pub mod client;
 pub mod conninfo;
 pub mod lsn;
 pub mod replication;

@@ -21,7 +21,8 @@ use super::{OnError, SourceSettings, Target, TargetError};
 use crate::apply::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
 use crate::apply::change::{Change, RelInfo, Val};
 use crate::sql::{quote_ident, quote_literal};
-use crate::stream::{conninfo::Host, ConnInfo, Lsn};
+use crate::stream::client::SqlConnection;
+use crate::stream::{ConnInfo, Lsn};
 use bytes::BytesMut;
 use futures_util::future::join_all;
 use futures_util::SinkExt;
@@ -35,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Statement;
 
 /// Prepared statements kept per connection at most.
 const MAX_STATEMENTS: usize = 2_000;
@@ -51,8 +52,7 @@ const UNNEST_MAX_ROWS: usize = 5_000;
 pub const CONTROL_SCHEMA: &str = "pgdms";
 
 pub struct PostgresTarget {
-    client: Client,
-    connection: tokio::task::JoinHandle<()>,
+    conn: SqlConnection,
     slot: String,
     on_error: OnError,
     synchronous_commit: String,
@@ -89,48 +89,12 @@ fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
 
 impl PostgresTarget {
     pub async fn connect(info: &ConnInfo, on_error: OnError, synchronous_commit: &str) -> Result<Self, TargetError> {
-        let mut config = tokio_postgres::Config::new();
-        match &info.host {
-            Host::Unix(dir) => config.host_path(dir),
-            Host::Tcp(h) => config.host(h),
-        };
-        config.port(info.port).user(&info.user).dbname(&info.dbname).application_name("pgdms-apply");
-        if let Some(p) = &info.password {
-            config.password(p);
-        }
-        if let Some(o) = &info.options {
-            config.options(o);
-        }
-        if let Some(t) = info.connect_timeout {
-            config.connect_timeout(std::time::Duration::from_secs(t));
-        }
-        let failed = |e: tokio_postgres::Error| {
-            TargetError::Connection(format!("could not connect to {}: {e}", info.describe()))
-        };
-        let tls = crate::stream::tls::client_config(info).map_err(|e| TargetError::Other(e.to_string()))?;
-        let (client, connection) = match tls {
-            Some(tls) => {
-                use crate::stream::conninfo::SslMode;
-                let mode = if info.sslmode >= SslMode::Require {
-                    tokio_postgres::config::SslMode::Require
-                } else {
-                    tokio_postgres::config::SslMode::Prefer
-                };
-                config.ssl_mode(mode);
-                let (client, connection) = config
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()))
-                    .await
-                    .map_err(failed)?;
-                (client, tokio::spawn(async move { drive(connection).await }))
-            }
-            None => {
-                let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(failed)?;
-                (client, tokio::spawn(async move { drive(connection).await }))
-            }
-        };
+        let conn = crate::stream::client::connect(info, "pgdms-apply").await.map_err(|e| match e {
+            crate::stream::client::ConnectError::Tls(t) => TargetError::Other(t),
+            other => TargetError::Connection(other.to_string()),
+        })?;
         Ok(PostgresTarget {
-            client,
-            connection,
+            conn,
             slot: String::new(),
             on_error,
             synchronous_commit: synchronous_commit.to_string(),
@@ -150,7 +114,7 @@ impl PostgresTarget {
     }
 
     async fn run(&self, sql: &str) -> Result<(), TargetError> {
-        match self.client.batch_execute(sql).await {
+        match self.conn.client.batch_execute(sql).await {
             Ok(()) => Ok(()),
             Err(e) => Err(TargetError::Other(format!("{}: {sql}", classify(e)?))),
         }
@@ -176,7 +140,7 @@ impl PostgresTarget {
             missing = uncached(&self.statements);
         }
         let prepared =
-            join_all(missing.iter().map(|(i, types)| self.client.prepare_typed(&steps[*i].sql, types))).await;
+            join_all(missing.iter().map(|(i, types)| self.conn.client.prepare_typed(&steps[*i].sql, types))).await;
         for ((i, _), p) in missing.iter().zip(prepared) {
             match p {
                 Ok(stmt) => {
@@ -188,7 +152,7 @@ impl PostgresTarget {
         let stmts: Vec<&Statement> = steps.iter().map(|s| &self.statements[&s.sql]).collect();
         let params: Vec<Vec<&(dyn ToSql + Sync)>> =
             steps.iter().map(|s| s.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()).collect();
-        let results = join_all(stmts.iter().zip(&params).map(|(st, p)| self.client.execute(*st, p))).await;
+        let results = join_all(stmts.iter().zip(&params).map(|(st, p)| self.conn.client.execute(*st, p))).await;
         for (i, (r, s)) in results.into_iter().zip(steps).enumerate() {
             match r {
                 Ok(n) if s.expect.is_none_or(|e| e == n) => {}
@@ -235,7 +199,7 @@ impl PostgresTarget {
         columns: &str,
         rows: impl Iterator<Item = Vec<&'r Val>>,
     ) -> Result<u64, tokio_postgres::Error> {
-        let sink = self.client.copy_in(&format!("COPY {table} ({columns}) FROM STDIN")).await?;
+        let sink = self.conn.client.copy_in(&format!("COPY {table} ({columns}) FROM STDIN")).await?;
         futures_util::pin_mut!(sink);
         let mut buf = BytesMut::with_capacity(256 * 1024);
         for row in rows {
@@ -266,13 +230,13 @@ impl PostgresTarget {
             let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
             let qstage = quote_ident(&stage);
             if !deletes.is_empty() {
-                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
+                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
                 let key_list = column_list(rel, &t.key_cols);
                 self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect()))
                     .await
                     .map_err(error_text)?;
                 let sql = format!("DELETE FROM ONLY {target} t USING {qstage} s WHERE {key_match}");
-                let n = self.client.execute(&sql, &[]).await.map_err(error_text)?;
+                let n = self.conn.client.execute(&sql, &[]).await.map_err(error_text)?;
                 if n != deletes.len() as u64 {
                     return Err(format!(
                         "{} of {} rows to delete were not found",
@@ -282,7 +246,7 @@ impl PostgresTarget {
                 }
             }
             for (set, rows) in &updates {
-                self.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
+                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
                 let list = column_list(rel, &written);
                 // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
                 // every column that kept its value, keys included, as unchanged.
@@ -297,7 +261,7 @@ impl PostgresTarget {
                     set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
                 let sql =
                     format!("UPDATE ONLY {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
-                let n = self.client.execute(&sql, &[]).await.map_err(error_text)?;
+                let n = self.conn.client.execute(&sql, &[]).await.map_err(error_text)?;
                 if n != rows.len() as u64 {
                     return Err(format!("{n} rows updated where {} were expected", rows.len()));
                 }
@@ -344,7 +308,7 @@ impl PostgresTarget {
                 }
             };
             if let Err(why) = outcome {
-                if self.client.is_closed() {
+                if self.conn.client.is_closed() {
                     return Err(TargetError::Connection(why));
                 }
                 if !log {
@@ -447,13 +411,6 @@ impl PostgresTarget {
     }
 }
 
-/// Runs a target connection until it closes.
-async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
-    if let Err(e) = connection.await {
-        tracing::debug!("target connection ended: {e}");
-    }
-}
-
 /// The text of a statement's error: message and detail.
 fn error_text(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -502,7 +459,7 @@ impl Target for PostgresTarget {
                  change jsonb);",
             quote_literal(&self.synchronous_commit)
         );
-        self.client.batch_execute(&setup).await.map_err(|e| match classify(e) {
+        self.conn.client.batch_execute(&setup).await.map_err(|e| match classify(e) {
             Ok(m) if m.contains("session_replication_role") => TargetError::Other(format!(
                 "{m}: pgdms-apply needs a target role that may set session_replication_role \
                  (a superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <role>)"
@@ -511,6 +468,7 @@ impl Target for PostgresTarget {
             Err(c) => c,
         })?;
         let rows = self
+            .conn
             .client
             .query(&format!("SELECT end_lsn::text FROM {CONTROL_SCHEMA}.apply_progress WHERE slot_name = $1"), &[&slot])
             .await
@@ -558,7 +516,7 @@ impl Target for PostgresTarget {
         self.in_group = true;
         self.batch_savepoint = true;
         if let Err(why) = self.apply_set_wise(batch).await {
-            if self.client.is_closed() {
+            if self.conn.client.is_closed() {
                 return Err(TargetError::Connection(why));
             }
             tracing::debug!(%why, changes = batch.len(), "set-wise apply failed; replaying the batch change by change");
@@ -588,13 +546,13 @@ impl Target for PostgresTarget {
                 // the set-wise statements need the operators of extension types (citext...)
                 // that the session's own path finds. Rolling back to the savepoint restores it.
                 self.run("SAVEPOINT pgdms_ddl").await?;
-                let previous = self.client.query_one("SELECT current_setting('search_path')", &[]).await;
+                let previous = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
                 let previous: String = previous.map_err(|e| TargetError::Connection(e.to_string()))?.get(0);
                 self.run("SELECT set_config('search_path', 'pg_catalog, pg_temp', false)").await?;
-                match ddl::replay(&self.client, record).await {
+                match ddl::replay(&self.conn.client, record).await {
                     Ok(done) => {
                         let restore =
-                            self.client.execute("SELECT set_config('search_path', $1, false)", &[&previous]).await;
+                            self.conn.client.execute("SELECT set_config('search_path', $1, false)", &[&previous]).await;
                         restore.map_err(|e| TargetError::Connection(e.to_string()))?;
                         self.run("RELEASE SAVEPOINT pgdms_ddl").await?;
                         for statement in &done.statements {
@@ -648,7 +606,7 @@ impl Target for PostgresTarget {
 
     async fn ensure_table(&mut self, rel: &RelInfo, lsn: Lsn) -> Result<(), TargetError> {
         self.open_group().await?;
-        match ddl::ensure_table(&self.client, rel).await {
+        match ddl::ensure_table(&self.conn.client, rel).await {
             Ok(true) => {
                 tracing::warn!(table = %rel.qualified(), %lsn, "created on the target from its relation record: its rows came before its DDL (CREATE TABLE AS in a large transaction)");
                 Ok(())
@@ -670,7 +628,7 @@ impl Target for PostgresTarget {
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
         let list: Vec<String> = list.iter().map(|t| format!("ONLY {t}")).collect();
         let sql = format!("TRUNCATE {}{restart}", list.join(", "));
-        match self.client.batch_execute(&sql).await {
+        match self.conn.client.batch_execute(&sql).await {
             Ok(()) => Ok(()),
             Err(e) => Err(TargetError::Change {
                 table: list.join(", "),
@@ -700,7 +658,7 @@ impl Target for PostgresTarget {
         self.in_group = false;
         self.batch_savepoint = false;
         result.map_err(|(_, why)| {
-            if self.client.is_closed() {
+            if self.conn.client.is_closed() {
                 TargetError::Connection(format!("commit failed: {why}"))
             } else {
                 TargetError::Other(format!("the target refused to commit at source LSN {end_lsn}: {why}"))
@@ -714,14 +672,8 @@ impl Target for PostgresTarget {
         if self.in_group {
             self.in_group = false;
             self.batch_savepoint = false;
-            self.client.batch_execute("ROLLBACK").await.map_err(connection_error)?;
+            self.conn.client.batch_execute("ROLLBACK").await.map_err(connection_error)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for PostgresTarget {
-    fn drop(&mut self) {
-        self.connection.abort();
     }
 }

@@ -1,0 +1,271 @@
+//! The full load: every table copied from one consistent snapshot of the source.
+//!
+//! `jobs` workers each open a source session that imports the snapshot (so all of them see
+//! the same database, the one the replication slot's changes start from) and a target
+//! session. They take units of work (tables, or block ranges of large tables) largest
+//! first, and stream each as `COPY (SELECT ...) TO STDOUT` from the source straight into
+//! `COPY ... FROM STDIN` on the target, binary when every column type has binary I/O,
+//! without staging anything. Each unit commits on its own; a table is recorded as loaded
+//! in `pgdms.load_progress` once its last unit committed, so a rerun after a crash knows
+//! which tables to load again.
+
+pub mod plan;
+pub mod progress;
+pub mod schema;
+pub mod sequences;
+
+use crate::sql::quote_literal;
+use crate::stream::client::{connect, ConnectError, SqlConnection};
+use crate::stream::{ConnInfo, Lsn};
+use futures_util::{SinkExt, StreamExt};
+use plan::{plan, unit_query, Plan, SourceTable, Unit};
+use progress::{Progress, Summary};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+pub const CONTROL_SCHEMA: &str = crate::target::postgres::CONTROL_SCHEMA;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{context}: {source}")]
+    Sql { context: String, source: tokio_postgres::Error },
+    #[error("could not load {table}: {error}")]
+    Table { table: String, error: String },
+}
+
+fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> LoadError {
+    let context = context.into();
+    move |source| LoadError::Sql { context, source }
+}
+
+/// The text of a server error (message and detail), or the client's.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub jobs: usize,
+    /// Tables larger than this are cut into block ranges loaded in parallel (0: never).
+    pub split_bytes: u64,
+    /// The slot whose migration this load belongs to (the key of `pgdms.load_progress`).
+    pub slot: String,
+    /// Recorded with each table: changes committed before this LSN are in the copy.
+    pub snapshot_lsn: Lsn,
+}
+
+/// A source session inside the exported snapshot.
+pub async fn snapshot_session(source: &ConnInfo, snapshot: &str) -> Result<SqlConnection, LoadError> {
+    let conn = connect(source, "pgdms-apply load").await?;
+    conn.client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};
+             SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0",
+            quote_literal(snapshot)
+        ))
+        .await
+        .map_err(sql_error(format!(
+            "could not import snapshot {snapshot} (it lives only while the connection that exported it is open)"
+        )))?;
+    Ok(conn)
+}
+
+/// The target's bookkeeping tables of a migration.
+pub async fn prepare_control_tables(target: &tokio_postgres::Client) -> Result<(), LoadError> {
+    target
+        .batch_execute(&format!(
+            "SET client_min_messages = warning;
+             CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
+             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migration (
+                 slot_name text PRIMARY KEY,
+                 phase text NOT NULL,
+                 consistent_point pg_lsn NOT NULL,
+                 started_at timestamptz NOT NULL DEFAULT now(),
+                 updated_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.load_progress (
+                 slot_name text NOT NULL,
+                 source_oid oid NOT NULL,
+                 table_name text NOT NULL,
+                 rows bigint NOT NULL,
+                 bytes bigint NOT NULL,
+                 snapshot_lsn pg_lsn NOT NULL,
+                 loaded_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (slot_name, source_oid));
+             RESET client_min_messages;"
+        ))
+        .await
+        .map_err(sql_error("could not create pgdms's tables on the target"))
+}
+
+/// Loads the tables `select` keeps, as of the snapshot `sources` imported (one session per
+/// job, already inside it). Tables are emptied on the target first when `truncate_first`.
+pub async fn load(
+    sources: Vec<SqlConnection>,
+    target: &ConnInfo,
+    opts: &LoadOptions,
+    select: impl Fn(&SourceTable) -> bool,
+    truncate_first: bool,
+) -> Result<Summary, LoadError> {
+    let version: i32 = sources[0]
+        .client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(sql_error("source"))?
+        .get(0);
+    let tables: Vec<SourceTable> = plan::source_tables(&sources[0].client)
+        .await
+        .map_err(sql_error("could not list the source's tables"))?
+        .into_iter()
+        .filter(|t| select(t))
+        .collect();
+    let plan = plan(tables, opts.split_bytes, version >= 140000);
+    let mut targets = Vec::with_capacity(sources.len());
+    for _ in 0..sources.len() {
+        let t = connect(target, "pgdms-apply load").await?;
+        t.client.batch_execute("SET synchronous_commit = off; SET session_replication_role = replica").await.map_err(
+            sql_error("could not prepare a target session (session_replication_role needs the privileges cdc needs)"),
+        )?;
+        targets.push(t);
+    }
+    if truncate_first && !plan.tables.is_empty() {
+        let list: Vec<String> = plan.tables.iter().map(|t| format!("ONLY {}", t.qualified())).collect();
+        targets[0]
+            .client
+            .batch_execute(&format!("TRUNCATE {}", list.join(", ")))
+            .await
+            .map_err(sql_error("could not empty the target's tables before loading them"))?;
+    }
+    let units_per_table = |i: usize| plan.units.iter().filter(|u| u.table == i).count();
+    let progress = Progress::new(
+        &plan.tables.iter().enumerate().map(|(i, t)| (t.qualified(), t.bytes, units_per_table(i))).collect::<Vec<_>>(),
+    );
+    let queue = Mutex::new(plan.units.iter().cloned().collect::<VecDeque<Unit>>());
+    let workers =
+        sources.iter().zip(&targets).map(|(s, t)| worker(&s.client, &t.client, &plan, &queue, &progress, opts));
+    futures_util::future::try_join_all(workers).await?;
+    for s in &sources {
+        let _ = s.client.batch_execute("COMMIT").await;
+    }
+    let summary = progress.finish();
+    tracing::info!(
+        tables = summary.tables,
+        rows = summary.rows,
+        bytes = %indicatif::HumanBytes(summary.bytes),
+        seconds = format!("{:.1}", summary.elapsed.as_secs_f64()),
+        "full load done"
+    );
+    Ok(summary)
+}
+
+async fn worker(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    plan: &Plan,
+    queue: &Mutex<VecDeque<Unit>>,
+    progress: &Progress,
+    opts: &LoadOptions,
+) -> Result<(), LoadError> {
+    loop {
+        let Some(unit) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { return Ok(()) };
+        let table = &plan.tables[unit.table];
+        let name = table.qualified();
+        progress.unit_started(&name, table.bytes);
+        let rows = copy_unit(source, target, table, unit.blocks, progress)
+            .await
+            .map_err(|error| LoadError::Table { table: name.clone(), error })?;
+        if let Some(table_rows) = progress.unit_finished(&name, rows) {
+            mark_loaded(target, opts, table, table_rows).await?;
+        }
+    }
+}
+
+/// Streams one unit from the source into the target, in a target transaction of its own.
+async fn copy_unit(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    table: &SourceTable,
+    blocks: Option<(u64, u64)>,
+    progress: &Progress,
+) -> Result<u64, String> {
+    let format = if table.binary { " (FORMAT binary)" } else { "" };
+    let name = table.qualified();
+    let out_sql = format!("COPY ({}) TO STDOUT{format}", unit_query(table, blocks));
+    let in_sql = format!("COPY {name} ({}) FROM STDIN{format}", table.column_list());
+    target.batch_execute("BEGIN").await.map_err(|e| error_text(&e))?;
+    let result = async {
+        let rows_out = source.copy_out(&out_sql).await.map_err(|e| format!("source: {}", error_text(&e)))?;
+        let sink = target.copy_in(&in_sql).await.map_err(|e| format!("target: {}", error_text(&e)))?;
+        futures_util::pin_mut!(rows_out);
+        futures_util::pin_mut!(sink);
+        while let Some(chunk) = rows_out.next().await {
+            let chunk = chunk.map_err(|e| format!("source: {}", error_text(&e)))?;
+            progress.advance(&name, chunk.len() as u64);
+            sink.feed(chunk).await.map_err(|e| format!("target: {}", error_text(&e)))?;
+        }
+        sink.as_mut().finish().await.map_err(|e| format!("target: {}", error_text(&e)))
+    }
+    .await;
+    match result {
+        Ok(rows) => {
+            target.batch_execute("COMMIT").await.map_err(|e| error_text(&e))?;
+            Ok(rows)
+        }
+        Err(e) => {
+            let _ = target.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn mark_loaded(
+    target: &tokio_postgres::Client,
+    opts: &LoadOptions,
+    table: &SourceTable,
+    rows: u64,
+) -> Result<(), LoadError> {
+    target
+        .execute(
+            &format!(
+                "INSERT INTO {CONTROL_SCHEMA}.load_progress (slot_name, source_oid, table_name, rows, bytes, snapshot_lsn)
+                 VALUES ($1, $2, $3, $4, $5, $6::text::pg_lsn)
+                 ON CONFLICT (slot_name, source_oid) DO UPDATE
+                    SET rows = excluded.rows, bytes = excluded.bytes, snapshot_lsn = excluded.snapshot_lsn, loaded_at = now()"
+            ),
+            &[
+                &opts.slot,
+                &table.oid,
+                &table.qualified(),
+                &(rows as i64),
+                &(table.bytes as i64),
+                &opts.snapshot_lsn.to_string(),
+            ],
+        )
+        .await
+        .map_err(sql_error(format!("could not record {} as loaded", table.qualified())))?;
+    Ok(())
+}
+
+/// The tables of `slot`'s migration already loaded, with the snapshot LSN of their copy.
+pub async fn loaded_tables(target: &tokio_postgres::Client, slot: &str) -> Result<Vec<(u32, Lsn)>, LoadError> {
+    let rows = target
+        .query(
+            &format!("SELECT source_oid, snapshot_lsn::text FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await
+        .map_err(sql_error("could not read pgdms.load_progress"))?;
+    Ok(rows.iter().map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1).parse().unwrap_or_default())).collect())
+}
+
+/// Oids of tables not loaded yet, of those `all` lists.
+pub fn unfinished(all: &[SourceTable], loaded: &[(u32, Lsn)]) -> HashSet<u32> {
+    all.iter().map(|t| t.oid).filter(|oid| !loaded.iter().any(|(l, _)| l == oid)).collect()
+}

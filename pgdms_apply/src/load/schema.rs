@@ -1,0 +1,194 @@
+//! The target's schema, from the source's own pg_dump, as of the load's snapshot.
+//!
+//! `pg_dump --schema-only --snapshot` writes everything the tables need in one archive;
+//! `pg_restore --section=pre-data` creates extensions, types, domains, collations,
+//! sequences, tables with their columns and defaults before the load, and
+//! `--section=post-data` builds indexes (primary keys included), unique, check and foreign
+//! key constraints, triggers and rules after it, with parallel jobs. The pgdms extension
+//! itself stays on the source. What the target refuses because a role it names does not
+//! exist (owners, grants) is reported as not migrated, not as a failure.
+
+use crate::stream::ConnInfo;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("could not run {tool}: {source}; pass --pg-bin DIR with PostgreSQL's client programs")]
+    Spawn { tool: PathBuf, source: std::io::Error },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed { tool: String, status: String, stderr: String },
+    #[error("the target refused parts of the schema:\n{0}")]
+    Refused(String),
+}
+
+/// PostgreSQL's client programs: `--pg-bin` if given, else those of the source's major
+/// version in Debian's layout, else the newest there, else the PATH.
+pub fn find_pg_bin(explicit: Option<&Path>, source_major: u32) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{source_major}/bin"));
+    if debian.join("pg_dump").exists() {
+        return debian;
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|v| *v >= source_major)
+        .max();
+    match newest {
+        Some(v) => PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")),
+        None => PathBuf::new(), // bare program names: the PATH
+    }
+}
+
+async fn run_tool(
+    bin: &Path,
+    tool: &str,
+    args: &[String],
+    env: &[(&'static str, String)],
+) -> Result<String, SchemaError> {
+    let path = bin.join(tool);
+    let out = Command::new(&path)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| SchemaError::Spawn { tool: path.clone(), source })?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(SchemaError::Failed { tool: tool.into(), status: out.status.to_string(), stderr });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The source's schema archive, as of `snapshot`, in `dir`.
+pub async fn dump(bin: &Path, source: &ConnInfo, snapshot: &str, dir: &Path) -> Result<PathBuf, SchemaError> {
+    let file = dir.join("schema.dump");
+    let args = vec![
+        "--format=custom".into(),
+        "--schema-only".into(),
+        format!("--snapshot={snapshot}"),
+        format!("--file={}", file.display()),
+        format!("--dbname={}", source.to_libpq()),
+    ];
+    run_tool(bin, "pg_dump", &args, &source.tool_env()).await?;
+    // The restore list without the pgdms extension (and its comment): it stays on the source.
+    let toc = run_tool(bin, "pg_restore", &["--list".into(), file.display().to_string()], &[]).await?;
+    let list: String = toc.lines().filter(|l| !is_pgdms_entry(l)).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("schema.list"), list)
+        .map_err(|source| SchemaError::Spawn { tool: dir.join("schema.list"), source })?;
+    Ok(file)
+}
+
+/// A `pg_restore --list` line of the pgdms extension or its comment:
+/// `2; 3079 16385 EXTENSION - pgdms` / `4021; 0 0 COMMENT - EXTENSION pgdms`.
+fn is_pgdms_entry(line: &str) -> bool {
+    let t: Vec<&str> = line.split_whitespace().collect();
+    matches!(t.as_slice(), [_, _, _, "EXTENSION", "-", "pgdms", ..])
+        || matches!(t.as_slice(), [_, _, _, "COMMENT", "-", "EXTENSION", "pgdms", ..])
+}
+
+/// Restores one section of the archive into the target. Returns what was not migrated
+/// (statements refused because a role does not exist).
+pub async fn restore(
+    bin: &Path,
+    target: &ConnInfo,
+    archive: &Path,
+    section: &str,
+    jobs: usize,
+    clean: bool,
+) -> Result<Vec<String>, SchemaError> {
+    let list = archive.with_file_name("schema.list");
+    let mut args = vec![
+        format!("--section={section}"),
+        format!("--use-list={}", list.display()),
+        format!("--dbname={}", target.to_libpq()),
+        format!("--jobs={}", jobs.max(1)),
+    ];
+    if clean {
+        args.push("--clean".into());
+        args.push("--if-exists".into());
+    }
+    args.push(archive.display().to_string());
+    let mut env = target.tool_env();
+    // Index builds: memory for sorting, and no waiting on WAL flushes.
+    env.push(("PGOPTIONS", "-c maintenance_work_mem=512MB -c synchronous_commit=off".into()));
+    match run_tool(bin, "pg_restore", &args, &env).await {
+        Ok(_) => Ok(Vec::new()),
+        Err(SchemaError::Failed { stderr, .. }) => {
+            let (not_migrated, refused) = classify_restore_errors(&stderr);
+            if refused.is_empty() {
+                Ok(not_migrated)
+            } else {
+                Err(SchemaError::Refused(refused.join("\n")))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Splits pg_restore's errors into those about missing roles (owners and grants that
+/// cannot be reproduced: reported as not migrated) and the rest.
+fn classify_restore_errors(stderr: &str) -> (Vec<String>, Vec<String>) {
+    let mut not_migrated = Vec::new();
+    let mut refused = Vec::new();
+    let mut current: Option<String> = None;
+    let flush = |current: &mut Option<String>, nm: &mut Vec<String>, rf: &mut Vec<String>| {
+        if let Some(e) = current.take() {
+            if e.contains("role \"") && e.contains("does not exist") {
+                nm.push(e);
+            } else {
+                rf.push(e);
+            }
+        }
+    };
+    for line in stderr.lines() {
+        if line.starts_with("pg_restore: error:") {
+            flush(&mut current, &mut not_migrated, &mut refused);
+            current = Some(line.trim_start_matches("pg_restore: error: ").to_string());
+        } else if line.starts_with("Command was:") || line.starts_with("LINE ") {
+            if let Some(c) = current.as_mut() {
+                c.push_str(" | ");
+                c.push_str(line.trim());
+            }
+        } else if line.starts_with("pg_restore: warning: errors ignored on restore") {
+            flush(&mut current, &mut not_migrated, &mut refused);
+        }
+    }
+    flush(&mut current, &mut not_migrated, &mut refused);
+    (not_migrated, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pgdms_extension_stays_on_the_source() {
+        assert!(is_pgdms_entry("2; 3079 16385 EXTENSION - pgdms "));
+        assert!(is_pgdms_entry("4021; 0 0 COMMENT - EXTENSION pgdms "));
+        assert!(!is_pgdms_entry("3; 3079 16390 EXTENSION - hstore "));
+        assert!(!is_pgdms_entry("215; 1259 16400 TABLE public pgdms postgres"));
+    }
+
+    #[test]
+    fn missing_roles_are_not_migrated_other_errors_are_refusals() {
+        let stderr = "pg_restore: error: could not execute query: ERROR:  role \"app\" does not exist\n\
+                      Command was: ALTER TABLE public.t OWNER TO app;\n\
+                      pg_restore: error: could not execute query: ERROR:  type \"x\" does not exist\n\
+                      Command was: CREATE TABLE public.u (a x);\n\
+                      pg_restore: warning: errors ignored on restore: 2\n";
+        let (nm, rf) = classify_restore_errors(stderr);
+        assert_eq!(nm.len(), 1);
+        assert!(nm[0].contains("OWNER TO app"));
+        assert_eq!(rf.len(), 1);
+        assert!(rf[0].contains("CREATE TABLE public.u"));
+    }
+}

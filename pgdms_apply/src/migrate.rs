@@ -1,0 +1,470 @@
+//! The whole migration in one command: slot and snapshot, schema, full load, CDC; and the
+//! cutover that ends it.
+//!
+//! 1. A replication slot is created with an exported snapshot: the slot's changes start
+//!    exactly where the snapshot ends, so the load plus the changes are the source's
+//!    history with no gap and no overlap.
+//! 2. While the connection that exported it stays idle, the load sessions (and pg_dump)
+//!    import the snapshot; then the schema's pre-data is restored, the tables are copied
+//!    (`crate::load`), the post-data (indexes, constraints) is built in parallel, and the
+//!    sequences are set.
+//! 3. CDC streams from the slot's consistent point (`crate::apply`).
+//!
+//! `pgdms.migration` on the target records the phase, so a rerun after a crash resumes: a
+//! crash during the load reloads only the tables not recorded as loaded, from a snapshot
+//! of a temporary slot of their own; CDC then passes over those tables' changes committed
+//! before that snapshot (they are in the copy).
+
+use crate::apply::{self, ApplyError, ApplyOptions, Finished};
+use crate::load::schema::{self, SchemaError};
+use crate::load::{self, plan::SourceTable, LoadError, LoadOptions, CONTROL_SCHEMA};
+use crate::stream::client::connect;
+use crate::stream::{ConnInfo, Lsn, ReplicationConnection, ReplicationError};
+use crate::target::postgres::PostgresTarget;
+use crate::target::OnError;
+use crate::validate;
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Copy the tables; no slot is kept.
+    FullLoad,
+    /// Copy the tables, then stream changes from the slot (the default).
+    FullLoadAndCdc,
+}
+
+/// What to do with the target's tables before the load (the reference's TargetTablePrepMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prep {
+    /// Create the schema from the source's (dropping objects of the same names first), and
+    /// indexes and constraints after the load.
+    DropAndCreate,
+    /// Keep the target's tables; empty them before loading.
+    Truncate,
+    /// Keep the target's tables as they are, and load into them.
+    DoNothing,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub mode: Mode,
+    pub prep: Prep,
+    pub jobs: usize,
+    pub split_bytes: u64,
+    pub pg_bin: Option<PathBuf>,
+    pub apply: ApplyOptions,
+    pub on_error: OnError,
+    pub synchronous_commit: String,
+    pub drop_slot_on_finish: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Source(#[from] ReplicationError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<crate::stream::client::ConnectError> for MigrateError {
+    fn from(e: crate::stream::client::ConnectError) -> Self {
+        MigrateError::Load(e.into())
+    }
+}
+
+fn sql(context: &str) -> impl FnOnce(tokio_postgres::Error) -> MigrateError + '_ {
+    move |source| MigrateError::Load(LoadError::Sql { context: context.to_string(), source })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Schema,
+    Load,
+    PostData,
+    Cdc,
+    Done,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Schema => "schema",
+            Phase::Load => "load",
+            Phase::PostData => "post-data",
+            Phase::Cdc => "cdc",
+            Phase::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Phase {
+        match s {
+            "schema" => Phase::Schema,
+            "load" => Phase::Load,
+            "post-data" => Phase::PostData,
+            "cdc" => Phase::Cdc,
+            _ => Phase::Done,
+        }
+    }
+}
+
+async fn set_phase(target: &tokio_postgres::Client, slot: &str, phase: Phase) -> Result<(), MigrateError> {
+    target
+        .execute(
+            &format!("UPDATE {CONTROL_SCHEMA}.migration SET phase = $2, updated_at = now() WHERE slot_name = $1"),
+            &[&slot, &phase.name()],
+        )
+        .await
+        .map_err(sql("could not record the migration's phase"))?;
+    tracing::info!(slot, phase = phase.name(), "migration phase");
+    Ok(())
+}
+
+async fn slot_exists(repl: &mut ReplicationConnection, slot: &str) -> Result<bool, MigrateError> {
+    let rows = repl
+        .command(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = {}", crate::sql::quote_literal(slot)))
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Runs (or resumes) the migration of `source` into `target`.
+pub async fn migrate(
+    source: &ConnInfo,
+    target: &ConnInfo,
+    opts: &MigrateOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Finished, MigrateError> {
+    let slot = opts.apply.slot.clone();
+    let tgt = connect(target, "pgdms-apply migrate").await?;
+    load::prepare_control_tables(&tgt.client).await?;
+    let recorded = tgt
+        .client
+        .query_opt(&format!("SELECT phase FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"), &[&slot])
+        .await
+        .map_err(sql("could not read pgdms.migration"))?
+        .map(|r| Phase::parse(r.get::<_, &str>(0)));
+    let mut repl = ReplicationConnection::connect(source).await?;
+    let source_major = repl.server_version_num() / 10000;
+    let pg_bin = schema::find_pg_bin(opts.pg_bin.as_deref(), source_major);
+    let cdc = opts.mode == Mode::FullLoadAndCdc;
+    // The schema archive of the load's snapshot: its post-data is built after the load.
+    let mut archive: Option<Archive> = None;
+
+    let phase = match recorded {
+        None => {
+            if slot_exists(&mut repl, &slot).await? {
+                return Err(MigrateError::Fatal(format!(
+                    "replication slot \"{slot}\" exists, but the target has no record of a migration from it: \
+                     to stream from it into a target that already holds the data, use `pgdms-apply cdc`; \
+                     to start a new migration, drop it first (pgdms-apply slot drop --slot {slot})"
+                )));
+            }
+            // Full load only: the slot is there for its snapshot alone, and goes with the connection.
+            let created = repl.create_slot(&slot, !cdc, true).await?;
+            let snapshot = created
+                .snapshot_name
+                .clone()
+                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the new slot".into()))?;
+            tracing::info!(%slot, consistent_point = %created.consistent_point, %snapshot, "slot created");
+            tgt.client
+                .execute(
+                    &format!(
+                        "INSERT INTO {CONTROL_SCHEMA}.migration (slot_name, phase, consistent_point) VALUES ($1, 'schema', $2::text::pg_lsn)"
+                    ),
+                    &[&slot, &created.consistent_point.to_string()],
+                )
+                .await
+                .map_err(sql("could not record the migration"))?;
+            archive = copy_phase(
+                source,
+                target,
+                &tgt.client,
+                opts,
+                &pg_bin,
+                repl,
+                &snapshot,
+                created.consistent_point,
+                true,
+                None,
+            )
+            .await?;
+            Phase::PostData
+        }
+        Some(phase @ (Phase::Schema | Phase::Load)) => {
+            if cdc && !slot_exists(&mut repl, &slot).await? {
+                return Err(MigrateError::Fatal(format!(
+                    "replication slot \"{slot}\" of this migration is gone: the changes since its start are lost. \
+                     Start over: DELETE FROM {CONTROL_SCHEMA}.migration WHERE slot_name = '{slot}' on the target, then rerun"
+                )));
+            }
+            // The first snapshot is gone with its connection: the tables not loaded yet are
+            // loaded from a temporary slot's snapshot, and CDC passes over their changes
+            // committed before it.
+            let mut reload = ReplicationConnection::connect(source).await?;
+            let temp = format!("pgdms_reload_{}", std::process::id());
+            let created = reload.create_slot(&temp, true, true).await?;
+            let snapshot = created
+                .snapshot_name
+                .clone()
+                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the temporary slot".into()))?;
+            drop(repl);
+            let redo_schema = phase == Phase::Schema;
+            if redo_schema {
+                tgt.client
+                    .execute(&format!("DELETE FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"), &[&slot])
+                    .await
+                    .map_err(sql("could not reset pgdms.load_progress"))?;
+            }
+            let loaded = load::loaded_tables(&tgt.client, &slot).await?;
+            tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %created.consistent_point, "resuming the full load");
+            archive = copy_phase(
+                source,
+                target,
+                &tgt.client,
+                opts,
+                &pg_bin,
+                reload,
+                &snapshot,
+                created.consistent_point,
+                redo_schema,
+                Some(&loaded),
+            )
+            .await?;
+            Phase::PostData
+        }
+        Some(other) => other,
+    };
+    if phase == Phase::PostData {
+        post_data(source, target, &tgt.client, opts, &pg_bin, archive.as_ref()).await?;
+        set_phase(&tgt.client, &slot, if cdc { Phase::Cdc } else { Phase::Done }).await?;
+    }
+    if !cdc || phase == Phase::Done {
+        return Ok(Finished::Reached);
+    }
+
+    // CDC from the slot's consistent point, passing over what reloaded tables already hold.
+    let migration_start: Lsn = tgt
+        .client
+        .query_one(
+            &format!("SELECT consistent_point::text FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await
+        .map_err(sql("could not read pgdms.migration"))?
+        .get::<_, String>(0)
+        .parse()
+        .unwrap_or_default();
+    let mut apply_opts = opts.apply.clone();
+    apply_opts.loaded_at =
+        load::loaded_tables(&tgt.client, &slot).await?.into_iter().filter(|(_, at)| *at > migration_start).collect();
+    drop(tgt);
+    let (on_error, sync) = (opts.on_error, opts.synchronous_commit.clone());
+    let connect_target = || PostgresTarget::connect(target, on_error, &sync);
+    let finished = apply::run(source, connect_target, &apply_opts, shutdown).await?;
+    if finished == Finished::Reached && opts.drop_slot_on_finish {
+        let mut repl = ReplicationConnection::connect(source).await?;
+        repl.drop_slot(&slot, true).await?;
+        tracing::info!(%slot, "migration finished: slot dropped");
+    }
+    Ok(finished)
+}
+
+/// A schema archive in a temporary directory (removed with it).
+struct Archive {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+/// Schema (optionally), then the tables, as of `snapshot`. `exporter` is the replication
+/// connection that exported it: it stays open until every session imported the snapshot.
+/// Returns the snapshot's schema archive (with drop-and-create), for the post-data.
+#[allow(clippy::too_many_arguments)]
+async fn copy_phase(
+    source: &ConnInfo,
+    target: &ConnInfo,
+    tgt: &tokio_postgres::Client,
+    opts: &MigrateOptions,
+    pg_bin: &std::path::Path,
+    exporter: ReplicationConnection,
+    snapshot: &str,
+    snapshot_lsn: Lsn,
+    with_schema: bool,
+    loaded: Option<&[(u32, Lsn)]>,
+) -> Result<Option<Archive>, MigrateError> {
+    let slot = &opts.apply.slot;
+    let jobs = opts.jobs.max(1);
+    let mut sessions = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        sessions.push(load::snapshot_session(source, snapshot).await?);
+    }
+    let workdir = tempfile::Builder::new()
+        .prefix("pgdms-schema-")
+        .tempdir()
+        .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory for the schema dump: {e}")))?;
+    let archive = if opts.prep == Prep::DropAndCreate {
+        let path = schema::dump(pg_bin, source, snapshot, workdir.path()).await?;
+        Some(Archive { _dir: workdir, path })
+    } else {
+        None
+    };
+    // Every session holds the snapshot now.
+    drop(exporter);
+    if let (true, Some(archive)) = (with_schema, &archive) {
+        let not_migrated = schema::restore(pg_bin, target, &archive.path, "pre-data", 1, true).await?;
+        report_not_migrated(&not_migrated);
+    }
+    set_phase(tgt, slot, Phase::Load).await?;
+    let load_opts = LoadOptions { jobs, split_bytes: opts.split_bytes, slot: slot.clone(), snapshot_lsn };
+    let keep = |t: &SourceTable| loaded.is_none_or(|l| !l.iter().any(|(oid, _)| *oid == t.oid));
+    // Resuming: a table not recorded as loaded may hold part of an interrupted copy.
+    let truncate_first = opts.prep == Prep::Truncate || loaded.is_some();
+    load::load(sessions, target, &load_opts, keep, truncate_first).await?;
+    set_phase(tgt, slot, Phase::PostData).await?;
+    Ok(archive)
+}
+
+fn report_not_migrated(lines: &[String]) {
+    for l in lines {
+        tracing::warn!(statement = %l, "not migrated (a role it names does not exist on the target)");
+    }
+}
+
+/// Indexes, constraints, triggers (after the load, in parallel), and the sequences.
+async fn post_data(
+    source: &ConnInfo,
+    target: &ConnInfo,
+    tgt: &tokio_postgres::Client,
+    opts: &MigrateOptions,
+    pg_bin: &std::path::Path,
+    archive: Option<&Archive>,
+) -> Result<(), MigrateError> {
+    if opts.prep == Prep::DropAndCreate {
+        // The snapshot's archive; when resuming after a crash in this phase it is gone, and
+        // the source's schema as it is now stands in (DDL since the snapshot is captured and
+        // replayed by CDC, which has not started yet).
+        let current;
+        let path = match archive {
+            Some(a) => &a.path,
+            None => {
+                current = dump_current(pg_bin, source).await?;
+                &current.path
+            }
+        };
+        tracing::info!(jobs = opts.jobs, "building indexes and constraints");
+        let not_migrated = schema::restore(pg_bin, target, path, "post-data", opts.jobs, true).await?;
+        report_not_migrated(&not_migrated);
+    }
+    let src = connect(source, "pgdms-apply migrate").await?;
+    let n = load::sequences::sync(&src.client, tgt).await?;
+    tracing::info!(sequences = n, "sequences set to the source's values");
+    Ok(())
+}
+
+/// A schema archive of the source as it is now.
+async fn dump_current(pg_bin: &std::path::Path, source: &ConnInfo) -> Result<Archive, MigrateError> {
+    let dir = tempfile::Builder::new()
+        .prefix("pgdms-schema-")
+        .tempdir()
+        .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory for the schema dump: {e}")))?;
+    let src = connect(source, "pgdms-apply migrate").await?;
+    src.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(sql("source"))?;
+    let snapshot: String = src
+        .client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(sql("could not export a snapshot of the source"))?
+        .get(0);
+    let path = schema::dump(pg_bin, source, &snapshot, dir.path()).await?;
+    drop(src);
+    Ok(Archive { _dir: dir, path })
+}
+
+/// The end of a migration: catch up, set sequences, validate, report, and drop the slot if
+/// asked. The source should be quiet (applications stopped or read-only).
+pub async fn cutover(
+    source: &ConnInfo,
+    target: &ConnInfo,
+    apply_opts: &ApplyOptions,
+    on_error: OnError,
+    drop_slot: bool,
+    skip_validate: bool,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<validate::TableReport>, MigrateError> {
+    let slot = apply_opts.slot.clone();
+    let src = connect(source, "pgdms-apply cutover").await?;
+    let until: Lsn = src
+        .client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(sql("source"))?
+        .get::<_, String>(0)
+        .parse()
+        .unwrap_or_default();
+    tracing::info!(%slot, %until, "catching up to the source's current position");
+    let mut opts = apply_opts.clone();
+    opts.until = Some(until);
+    {
+        let tgt = connect(target, "pgdms-apply cutover").await?;
+        load::prepare_control_tables(&tgt.client).await?;
+        opts.loaded_at = load::loaded_tables(&tgt.client, &slot).await?.into_iter().collect();
+        let start: Option<String> = tgt
+            .client
+            .query_opt(
+                &format!("SELECT consistent_point::text FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"),
+                &[&slot],
+            )
+            .await
+            .map_err(sql("could not read pgdms.migration"))?
+            .map(|r| r.get(0));
+        let start: Lsn = start.and_then(|s| s.parse().ok()).unwrap_or_default();
+        opts.loaded_at.retain(|_, at| *at > start);
+    }
+    let connect_target = || PostgresTarget::connect(target, on_error, "on");
+    match apply::run(source, connect_target, &opts, shutdown).await? {
+        Finished::Reached => {}
+        Finished::Interrupted => return Err(MigrateError::Fatal("cutover interrupted before catching up".into())),
+    }
+    let tgt = connect(target, "pgdms-apply cutover").await?;
+    let n = load::sequences::sync(&src.client, &tgt.client).await?;
+    tracing::info!(sequences = n, "sequences set to the source's values");
+    let reports = if skip_validate { Vec::new() } else { validate_all(&src.client, &tgt.client).await? };
+    if drop_slot {
+        let mut repl = ReplicationConnection::connect(source).await?;
+        repl.drop_slot(&slot, true).await?;
+        tracing::info!(%slot, "slot dropped");
+    }
+    let _ = tgt
+        .client
+        .execute(
+            &format!("UPDATE {CONTROL_SCHEMA}.migration SET phase = 'done', updated_at = now() WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await;
+    Ok(reports)
+}
+
+/// Compares every table of the source with the target's.
+pub async fn validate_all(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+) -> Result<Vec<validate::TableReport>, MigrateError> {
+    source.batch_execute(validate::SAME_TEXT).await.map_err(sql("source"))?;
+    target.batch_execute(validate::SAME_TEXT).await.map_err(sql("target"))?;
+    source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(sql("source"))?;
+    let tables = load::plan::source_tables(source).await.map_err(sql("could not list the source's tables"))?;
+    let mut reports = Vec::with_capacity(tables.len());
+    for t in &tables {
+        let r = validate::compare(source, target, t)
+            .await
+            .map_err(|e| MigrateError::Fatal(format!("could not validate {}: {e}", t.qualified())))?;
+        reports.push(r);
+    }
+    let _ = source.batch_execute("COMMIT").await;
+    Ok(reports)
+}

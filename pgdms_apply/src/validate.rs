@@ -1,0 +1,164 @@
+//! `validate`: source and target compared table by table, as the reference's data
+//! validation does.
+//!
+//! Both sides hash every row (its text form, under the same session settings) and sum the
+//! hashes per bucket of the key (64 buckets by the key's hash), with the row counts. Equal
+//! buckets are equal with overwhelming probability; for a bucket that differs, the keys of
+//! both sides are compared row by row, and the differing keys are reported (missing on the
+//! target, extra on the target, different). Meaningful when the source is quiet and the
+//! apply has caught up (as at cutover).
+
+use crate::load::error_text;
+use crate::load::plan::SourceTable;
+use crate::sql::quote_ident;
+use std::collections::BTreeMap;
+use tokio_postgres::Client;
+
+/// Session settings under which both sides write values as the same text.
+pub const SAME_TEXT: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';
+     SET extra_float_digits = 3; SET bytea_output = 'hex'; SET lc_monetary = 'C'";
+
+const BUCKETS: i64 = 64;
+/// Differing keys listed per table at most.
+const MAX_KEYS: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableReport {
+    pub table: String,
+    pub source_rows: i64,
+    pub target_rows: Option<i64>,
+    /// Keys only on the source, only on the target, and with different rows.
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub different: Vec<String>,
+    /// More differing keys than listed.
+    pub truncated: bool,
+}
+
+impl TableReport {
+    pub fn ok(&self) -> bool {
+        self.target_rows == Some(self.source_rows)
+            && self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.different.is_empty()
+    }
+}
+
+/// The key columns of a table (its primary key, else every column), from the source.
+async fn key_columns(source: &Client, t: &SourceTable) -> Result<Vec<String>, String> {
+    let rows = source
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+               JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+            &[&t.oid],
+        )
+        .await
+        .map_err(|e| error_text(&e))?;
+    let key: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(if key.is_empty() { t.columns.clone() } else { key })
+}
+
+fn row_expr(cols: &[String]) -> String {
+    format!("ROW({})::text", cols.iter().map(|c| format!("t.{}", quote_ident(c))).collect::<Vec<_>>().join(", "))
+}
+
+type Buckets = BTreeMap<i32, (i64, String)>;
+
+async fn buckets(client: &Client, table: &str, key: &str, row: &str) -> Result<Option<Buckets>, String> {
+    let exists: bool =
+        client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.map_err(|e| error_text(&e))?.get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT (hashtextextended({key}, 0) & {mask})::int, count(*), sum(hashtextextended({row}, 0)::numeric)::text
+           FROM ONLY {table} t GROUP BY 1",
+        mask = BUCKETS - 1
+    );
+    let rows = client.query(&sql, &[]).await.map_err(|e| error_text(&e))?;
+    Ok(Some(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect()))
+}
+
+async fn bucket_rows(
+    client: &Client,
+    table: &str,
+    key: &str,
+    row: &str,
+    bucket: i32,
+) -> Result<BTreeMap<String, String>, String> {
+    let sql = format!(
+        "SELECT {key}, md5({row}) FROM ONLY {table} t WHERE (hashtextextended({key}, 0) & {mask})::int = $1",
+        mask = BUCKETS - 1
+    );
+    let rows = client.query(&sql, &[&bucket]).await.map_err(|e| error_text(&e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Compares one table. Both clients must run under [`SAME_TEXT`].
+pub async fn compare(source: &Client, target: &Client, t: &SourceTable) -> Result<TableReport, String> {
+    let table = t.qualified();
+    let key = row_expr(&key_columns(source, t).await?);
+    let row = row_expr(&t.columns);
+    let s = buckets(source, &table, &key, &row).await?.unwrap_or_default();
+    let d = buckets(target, &table, &key, &row).await?;
+    let mut report = TableReport {
+        table: table.clone(),
+        source_rows: s.values().map(|(n, _)| n).sum(),
+        target_rows: d.as_ref().map(|d| d.values().map(|(n, _)| n).sum()),
+        missing: Vec::new(),
+        extra: Vec::new(),
+        different: Vec::new(),
+        truncated: false,
+    };
+    let Some(d) = d else { return Ok(report) };
+    let differing: Vec<i32> = (0..BUCKETS as i32).filter(|b| s.get(b) != d.get(b)).collect();
+    for b in differing {
+        let sr = bucket_rows(source, &table, &key, &row, b).await?;
+        let dr = bucket_rows(target, &table, &key, &row, b).await?;
+        for (k, h) in &sr {
+            match dr.get(k) {
+                None => report.missing.push(k.clone()),
+                Some(h2) if h2 != h => report.different.push(k.clone()),
+                Some(_) => {}
+            }
+        }
+        report.extra.extend(dr.keys().filter(|k| !sr.contains_key(*k)).cloned());
+        if report.missing.len() + report.extra.len() + report.different.len() > MAX_KEYS {
+            report.truncated = true;
+            break;
+        }
+    }
+    for list in [&mut report.missing, &mut report.extra, &mut report.different] {
+        if list.len() > MAX_KEYS {
+            list.truncate(MAX_KEYS);
+            report.truncated = true;
+        }
+    }
+    Ok(report)
+}
+
+/// One line of the report.
+pub fn describe(r: &TableReport) -> String {
+    if r.ok() {
+        return format!("ok       {} ({} rows)", r.table, r.source_rows);
+    }
+    let Some(target_rows) = r.target_rows else {
+        return format!("MISSING  {}: not on the target ({} rows on the source)", r.table, r.source_rows);
+    };
+    let mut parts = vec![format!("{} rows on the source, {} on the target", r.source_rows, target_rows)];
+    if !r.missing.is_empty() {
+        parts.push(format!("missing on the target: {}", r.missing.join(" ")));
+    }
+    if !r.extra.is_empty() {
+        parts.push(format!("only on the target: {}", r.extra.join(" ")));
+    }
+    if !r.different.is_empty() {
+        parts.push(format!("different: {}", r.different.join(" ")));
+    }
+    if r.truncated {
+        parts.push("(more differences not listed)".into());
+    }
+    format!("DIFFERS  {}: {}", r.table, parts.join("; "))
+}
