@@ -187,7 +187,9 @@ impl JsonRenderer {
                 // command_tag, object_identity, query, and the object's definitions.
                 let mut j = json!({"type": "ddl", "xid": self.xid});
                 if let Json::Object(fields) = serde_json::to_value(d)? {
-                    j.as_object_mut().map(|o| o.extend(fields));
+                    if let Some(o) = j.as_object_mut() {
+                        o.extend(fields);
+                    }
                 }
                 j
             }

@@ -58,6 +58,7 @@ pub type PgTimestamp = i64;
 /// The variant order is the wire format: new variants are only ever appended, and
 /// reserved ones keep their place even before the plugin emits them.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // records are decoded one at a time, never stored in bulk
 pub enum Record<'a> {
     #[serde(borrow)]
     Startup(Startup<'a>),

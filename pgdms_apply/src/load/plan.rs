@@ -114,7 +114,7 @@ pub fn plan(tables: Vec<SourceTable>, split_bytes: u64, can_split: bool) -> Plan
             units.push((t.bytes / parts, Unit { table: i, blocks: Some((from, to)) }));
         }
     }
-    units.sort_by(|a, b| b.0.cmp(&a.0));
+    units.sort_by_key(|u| std::cmp::Reverse(u.0));
     Plan { tables, units: units.into_iter().map(|(_, u)| u).collect() }
 }
 
