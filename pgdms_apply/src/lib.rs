@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod dump;
 pub mod load;
+pub mod mapping;
 pub mod migrate;
 pub mod sql;
 pub mod stream;

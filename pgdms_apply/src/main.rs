@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgdms_apply::apply::{self, ApplyOptions, Finished};
 use pgdms_apply::dump::{self, DumpOptions};
+use pgdms_apply::mapping::Mapping;
 use pgdms_apply::migrate::{self, MigrateOptions, Mode, Prep};
 use pgdms_apply::sql::quote_literal;
 use pgdms_apply::stream::{ConnInfo, Lsn, ReplicationConnection};
@@ -127,12 +128,37 @@ struct ApplyArgs {
     #[arg(long, requires = "until")]
     drop_slot_on_finish: bool,
     #[command(flatten)]
+    mappings: MappingArgs,
+    #[command(flatten)]
     plugin: PluginArgs,
 }
 
+#[derive(Args)]
+struct MappingArgs {
+    /// Table mappings, in the AWS DMS JSON table-mapping format: selection rules (include /
+    /// exclude, with % wildcards) and transformation rules (rename, add/remove prefix or
+    /// suffix, convert case, remove-column) for schemas, tables and columns.
+    #[arg(long, value_name = "FILE")]
+    table_mappings: Option<std::path::PathBuf>,
+}
+
+impl MappingArgs {
+    fn load(&self) -> anyhow::Result<Mapping> {
+        match &self.table_mappings {
+            None => Ok(Mapping::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("could not read --table-mappings {}", path.display()))?;
+                Mapping::parse(&text).with_context(|| format!("in {}", path.display()))
+            }
+        }
+    }
+}
+
 impl ApplyArgs {
-    fn options(&self) -> ApplyOptions {
-        ApplyOptions {
+    fn options(&self) -> anyhow::Result<ApplyOptions> {
+        let mapping = self.mappings.load()?;
+        Ok(ApplyOptions {
             slot: self.slot.clone(),
             group_max_rows: self.group_max_rows.max(1),
             group_max_age: Duration::from_millis(self.group_max_ms),
@@ -142,7 +168,8 @@ impl ApplyArgs {
             loaded_at: Default::default(),
             start_lsn: None,
             start_time: None,
-        }
+            mapping: (!mapping.is_identity()).then(|| std::sync::Arc::new(mapping)),
+        })
     }
 
     fn target(&self) -> anyhow::Result<ConnInfo> {
@@ -217,6 +244,8 @@ struct ValidateArgs {
     /// The target database.
     #[arg(long, env = "PGDMS_TARGET")]
     target: String,
+    #[command(flatten)]
+    mappings: MappingArgs,
 }
 
 /// "100MB", "1GB", "512kB", "1048576".
@@ -326,7 +355,7 @@ fn shutdown_watch() -> tokio::sync::watch::Receiver<bool> {
 async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
     let target = args.apply.target()?;
-    let mut opts = args.apply.options();
+    let mut opts = args.apply.options()?;
     let mut conn = ReplicationConnection::connect(&source).await?;
     let slot_row = conn
         .command(&format!(
@@ -393,10 +422,11 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
         jobs: args.jobs.max(1),
         split_bytes: args.split_tables_larger_than,
         pg_bin: args.pg_bin,
-        apply: args.apply.options(),
+        apply: args.apply.options()?,
         on_error: args.apply.on_error,
         synchronous_commit: args.apply.synchronous_commit.clone(),
         drop_slot_on_finish: args.apply.drop_slot_on_finish,
+        mapping: args.apply.mappings.load()?,
     };
     match migrate::migrate(&source, &target, &opts, shutdown_watch()).await? {
         Finished::Interrupted => tracing::info!("stopped; run the same command again to resume"),
@@ -424,7 +454,7 @@ async fn cutover_cmd(args: CutoverArgs) -> anyhow::Result<()> {
     let reports = migrate::cutover(
         &source,
         &target,
-        &args.apply.options(),
+        &args.apply.options()?,
         args.apply.on_error,
         args.drop_slot,
         args.skip_validate,
@@ -442,7 +472,7 @@ async fn validate_cmd(args: ValidateArgs) -> anyhow::Result<()> {
     let target = ConnInfo::parse(&args.target).context("invalid --target")?;
     let src = pgdms_apply::stream::client::connect(&source, "pgdms-apply validate").await?;
     let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply validate").await?;
-    let reports = migrate::validate_all(&src.client, &tgt.client).await?;
+    let reports = migrate::validate_all(&src.client, &tgt.client, &args.mappings.load()?).await?;
     print_reports(&reports)
 }
 

@@ -18,6 +18,8 @@
 use crate::apply::{self, ApplyError, ApplyOptions, Finished};
 use crate::load::schema::{self, SchemaError};
 use crate::load::{self, plan::SourceTable, LoadError, LoadOptions, CONTROL_SCHEMA};
+use crate::mapping::Mapping;
+use crate::sql::quote_ident;
 use crate::stream::client::connect;
 use crate::stream::{ConnInfo, Lsn, ReplicationConnection, ReplicationError};
 use crate::target::postgres::PostgresTarget;
@@ -57,6 +59,8 @@ pub struct MigrateOptions {
     pub on_error: OnError,
     pub synchronous_commit: String,
     pub drop_slot_on_finish: bool,
+    /// Table mappings (also in `apply.mapping`, for CDC).
+    pub mapping: Mapping,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +246,14 @@ pub async fn migrate(
     };
     if phase == Phase::PostData {
         post_data(source, target, &tgt.client, opts, &pg_bin, archive.as_ref()).await?;
+        // Table mappings, then the next phase, in one transaction: a crash leaves both or neither.
+        tgt.client.batch_execute("BEGIN").await.map_err(sql("target"))?;
+        if opts.prep == Prep::DropAndCreate && !opts.mapping.is_identity() {
+            let src = connect(source, "pgdms-apply migrate").await?;
+            map_schema(&src.client, &tgt.client, &opts.mapping).await?;
+        }
         set_phase(&tgt.client, &slot, if cdc { Phase::Cdc } else { Phase::Done }).await?;
+        tgt.client.batch_execute("COMMIT").await.map_err(sql("target"))?;
     }
     if !cdc || phase == Phase::Done {
         return Ok(Finished::Reached);
@@ -320,13 +331,104 @@ async fn copy_phase(
         report_not_migrated(&not_migrated);
     }
     set_phase(tgt, slot, Phase::Load).await?;
-    let load_opts = LoadOptions { jobs, split_bytes: opts.split_bytes, slot: slot.clone(), snapshot_lsn };
-    let keep = |t: &SourceTable| loaded.is_none_or(|l| !l.iter().any(|(oid, _)| *oid == t.oid));
+    let load_opts = LoadOptions {
+        jobs,
+        split_bytes: opts.split_bytes,
+        slot: slot.clone(),
+        snapshot_lsn,
+        freeze: opts.prep != Prep::DoNothing,
+    };
+    // With drop-and-create the tables are loaded under the source's names and renamed (and
+    // their removed columns dropped) once the post-data is built on them; otherwise the
+    // target already has the mapped tables.
+    let keep = |t: SourceTable| -> Option<SourceTable> {
+        if loaded.is_some_and(|l| l.iter().any(|(oid, _)| *oid == t.oid)) {
+            return None;
+        }
+        if opts.prep == Prep::DropAndCreate {
+            opts.mapping.includes(&t.schema, &t.name).then_some(t)
+        } else {
+            t.mapped(&opts.mapping)
+        }
+    };
     // Resuming: a table not recorded as loaded may hold part of an interrupted copy.
     let truncate_first = opts.prep == Prep::Truncate || loaded.is_some();
     load::load(sessions, target, &load_opts, keep, truncate_first).await?;
     set_phase(tgt, slot, Phase::PostData).await?;
     Ok(archive)
+}
+
+/// Renames the loaded tables, schemas and columns as the table mappings say, drops the
+/// columns they remove and the tables they leave out. Runs in the caller's transaction;
+/// tables already renamed are passed over.
+async fn map_schema(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    m: &Mapping,
+) -> Result<(), MigrateError> {
+    let tables = source
+        .query(
+            "SELECT n.nspname::text, c.relname::text,
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
+                    coalesce((SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a
+                                ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                               WHERE i.indrelid = c.oid AND i.indisprimary), '{}')
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+                AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                   AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
+              ORDER BY c.relkind = 'p' DESC, c.relispartition, 1, 2",
+            &[],
+        )
+        .await
+        .map_err(sql("could not list the source's tables"))?;
+    let run = |stmt: String| async move {
+        tracing::info!(statement = %stmt, "table mapping");
+        target.batch_execute(&stmt).await.map_err(|e| MigrateError::Fatal(format!("{stmt}: {}", load::error_text(&e))))
+    };
+    for r in tables {
+        let (schema, name, columns, key): (String, String, Vec<String>, Vec<String>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let q = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+        let exists: bool =
+            target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&q]).await.map_err(sql("target"))?.get(0);
+        if !exists {
+            continue;
+        }
+        if !m.includes(&schema, &name) {
+            run(format!("DROP TABLE IF EXISTS {q} CASCADE")).await?;
+            continue;
+        }
+        let inherited: Vec<String> = target
+            .query("SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attinhcount > 0", &[&q])
+            .await
+            .map_err(sql("target"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for c in columns.iter().filter(|c| !inherited.contains(c)) {
+            match m.column(&schema, &name, c) {
+                // Key columns stay: updates and deletes find their rows by them.
+                None if !key.contains(c) => run(format!("ALTER TABLE {q} DROP COLUMN {}", quote_ident(c))).await?,
+                Some(n) if n != *c => {
+                    run(format!("ALTER TABLE {q} RENAME COLUMN {} TO {}", quote_ident(c), quote_ident(&n))).await?
+                }
+                _ => {}
+            }
+        }
+        let (ts, tn) = m.table(&schema, &name);
+        if tn != name {
+            run(format!("ALTER TABLE {q} RENAME TO {}", quote_ident(&tn))).await?;
+        }
+        if ts != schema {
+            run(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&ts))).await?;
+            run(format!("ALTER TABLE {}.{} SET SCHEMA {}", quote_ident(&schema), quote_ident(&tn), quote_ident(&ts)))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn report_not_migrated(lines: &[String]) {
@@ -433,7 +535,8 @@ pub async fn cutover(
     let tgt = connect(target, "pgdms-apply cutover").await?;
     let n = load::sequences::sync(&src.client, &tgt.client).await?;
     tracing::info!(sequences = n, "sequences set to the source's values");
-    let reports = if skip_validate { Vec::new() } else { validate_all(&src.client, &tgt.client).await? };
+    let mapping = apply_opts.mapping.as_deref().cloned().unwrap_or_default();
+    let reports = if skip_validate { Vec::new() } else { validate_all(&src.client, &tgt.client, &mapping).await? };
     if drop_slot {
         let mut repl = ReplicationConnection::connect(source).await?;
         repl.drop_slot(&slot, true).await?;
@@ -453,11 +556,17 @@ pub async fn cutover(
 pub async fn validate_all(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
+    mapping: &Mapping,
 ) -> Result<Vec<validate::TableReport>, MigrateError> {
     source.batch_execute(validate::SAME_TEXT).await.map_err(sql("source"))?;
     target.batch_execute(validate::SAME_TEXT).await.map_err(sql("target"))?;
     source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(sql("source"))?;
-    let tables = load::plan::source_tables(source).await.map_err(sql("could not list the source's tables"))?;
+    let tables: Vec<SourceTable> = load::plan::source_tables(source)
+        .await
+        .map_err(sql("could not list the source's tables"))?
+        .into_iter()
+        .filter_map(|t| t.mapped(mapping))
+        .collect();
     let mut reports = Vec::with_capacity(tables.len());
     for t in &tables {
         let r = validate::compare(source, target, t)

@@ -97,14 +97,27 @@ async fn bucket_rows(
 }
 
 /// Compares one table. Both clients must run under [`SAME_TEXT`].
+/// Both sides' columns by name: the source's, and the target's (table mappings may rename
+/// or remove columns; `t.columns` and `t.target_columns` correspond).
 pub async fn compare(source: &Client, target: &Client, t: &SourceTable) -> Result<TableReport, String> {
-    let table = t.qualified();
-    let key = row_expr(&key_columns(source, t).await?);
-    let row = row_expr(&t.columns);
+    let (table, target_table) = (t.qualified(), t.target_qualified());
+    let on_target = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter_map(|n| t.columns.iter().position(|c| c == n).map(|i| t.target_columns[i].clone()))
+            .collect()
+    };
+    let mut key_s = key_columns(source, t).await?;
+    key_s.retain(|k| t.columns.contains(k));
+    if key_s.is_empty() {
+        key_s = t.columns.clone();
+    }
+    let (key, key_t) = (row_expr(&key_s), row_expr(&on_target(&key_s)));
+    let (row, row_t) = (row_expr(&t.columns), row_expr(&t.target_columns));
     let s = buckets(source, &table, &key, &row).await?.unwrap_or_default();
-    let d = buckets(target, &table, &key, &row).await?;
+    let d = buckets(target, &target_table, &key_t, &row_t).await?;
     let mut report = TableReport {
-        table: table.clone(),
+        table: if table == target_table { table.clone() } else { format!("{table} -> {target_table}") },
         source_rows: s.values().map(|(n, _)| n).sum(),
         target_rows: d.as_ref().map(|d| d.values().map(|(n, _)| n).sum()),
         missing: Vec::new(),
@@ -116,7 +129,7 @@ pub async fn compare(source: &Client, target: &Client, t: &SourceTable) -> Resul
     let differing: Vec<i32> = (0..BUCKETS as i32).filter(|b| s.get(b) != d.get(b)).collect();
     for b in differing {
         let sr = bucket_rows(source, &table, &key, &row, b).await?;
-        let dr = bucket_rows(target, &table, &key, &row, b).await?;
+        let dr = bucket_rows(target, &target_table, &key_t, &row_t, b).await?;
         for (k, h) in &sr {
             match dr.get(k) {
                 None => report.missing.push(k.clone()),

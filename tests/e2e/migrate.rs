@@ -179,7 +179,10 @@ fn a_live_database_migrates_with_no_gap_and_no_duplicate() {
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(report.contains("DIFFERS  \"public\".\"Mixed Case\"") && report.contains("different: (999999)"), "{report}");
+    assert!(
+        report.contains("DIFFERS  \"public\".\"Mixed Case\"") && report.contains("different: (999999)"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -246,4 +249,80 @@ fn cdc_starts_where_asked_and_refuses_what_decoding_cannot_give() {
     assert!(stderr.contains("before the slot's confirmed_flush_lsn"), "{stderr}");
     let out = pgdms_tests::cdc(&source, &target, "s", &["--start-time", "yesterday"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a time"));
+}
+
+#[test]
+fn table_mappings_select_rename_and_remove_in_full_load_and_cdc() {
+    let (source, target) = (Cluster::start(), Cluster::start());
+    source.execute(
+        "create extension pgdms;
+         create table \"Orders\" (id int primary key, qty int, ssn text, note text);
+         insert into \"Orders\" select i, i, 'secret' || i, 'n' from generate_series(1, 1000) i;
+         create table keep1 (id int primary key, v text); insert into keep1 values (1, 'a');
+         create table audit_log (id int primary key, what text); insert into audit_log values (1, 'x');",
+    );
+    let rules = r#"{"rules": [
+        {"rule-type": "selection", "rule-id": "1", "rule-name": "1", "rule-action": "include",
+         "object-locator": {"schema-name": "public", "table-name": "%"}},
+        {"rule-type": "selection", "rule-id": "2", "rule-name": "2", "rule-action": "exclude",
+         "object-locator": {"schema-name": "public", "table-name": "audit%"}},
+        {"rule-type": "transformation", "rule-id": "3", "rule-name": "3", "rule-target": "table",
+         "object-locator": {"schema-name": "public", "table-name": "Orders"}, "rule-action": "rename", "value": "Sales"},
+        {"rule-type": "transformation", "rule-id": "4", "rule-name": "4", "rule-target": "schema",
+         "object-locator": {"schema-name": "public"}, "rule-action": "rename", "value": "app"},
+        {"rule-type": "transformation", "rule-id": "5", "rule-name": "5", "rule-target": "column",
+         "object-locator": {"schema-name": "%", "table-name": "%", "column-name": "ssn"}, "rule-action": "remove-column"},
+        {"rule-type": "transformation", "rule-id": "6", "rule-name": "6", "rule-target": "column",
+         "object-locator": {"schema-name": "public", "table-name": "Orders", "column-name": "qty"},
+         "rule-action": "rename", "value": "quantity"}
+    ]}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mappings.json");
+    std::fs::write(&file, rules).unwrap();
+    let file = file.display().to_string();
+
+    let until = source.current_lsn();
+    let out = migrate(&source, &target, "mapped", &["--table-mappings", &file, "--until", &until]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Changes after the load: to a renamed table, a kept one, and an excluded one.
+    source.execute(
+        "update \"Orders\" set qty = qty * 10, ssn = 'changed' where id <= 5; delete from \"Orders\" where id = 6;
+         insert into \"Orders\" values (5000, 1, 'x', 'new'); insert into keep1 values (2, 'b');
+         insert into audit_log values (2, 'y'); alter table \"Orders\" add column extra int default 1",
+    );
+    let out = pgdms_apply()
+        .args([
+            "cutover",
+            "--source",
+            &source.conninfo("postgres"),
+            "--target",
+            &target.conninfo("postgres"),
+            "--slot",
+            "mapped",
+            "--drop-slot",
+            "--table-mappings",
+            &file,
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("\"public\".\"Orders\" -> \"app\".\"Sales\"") && report.contains("0 differ"), "{report}");
+
+    let columns = target.query(
+        "select table_schema || '.' || table_name || '.' || column_name from information_schema.columns
+          where table_schema in ('public', 'app') order by 1",
+    );
+    let columns: Vec<String> = columns.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(
+        columns,
+        ["app.Sales.extra", "app.Sales.id", "app.Sales.note", "app.Sales.quantity", "app.keep1.id", "app.keep1.v"],
+        "excluded table gone, ssn removed, qty renamed, tables in schema app"
+    );
+    assert_eq!(
+        target.rows("app.\"Sales\""),
+        source.rows("(select id, qty, note, extra from \"Orders\")"),
+        "rows of the renamed table, without the removed column"
+    );
+    assert_eq!(target.rows("app.keep1"), source.rows("keep1"));
 }

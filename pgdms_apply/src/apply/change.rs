@@ -4,11 +4,12 @@
 //! commits, so it converts them here. Text and bytea values stay slices of the received
 //! message (`Bytes` is reference-counted), so nothing is copied.
 
+use crate::mapping::Mapping;
 use crate::sql::quote_ident;
 use crate::stream::Lsn;
 use bytes::Bytes;
 use pgdms_proto::ddl::DdlObject;
-use pgdms_proto::{Ddl, DmsType, Identity, OldImage, Record, Records, ReplicaIdentity, Value};
+use pgdms_proto::{Ddl, Delete, DmsType, Identity, Insert, OldImage, Record, Records, ReplicaIdentity, Update, Value};
 use std::sync::Arc;
 
 /// One column value, owned.
@@ -235,6 +236,12 @@ pub struct EventDecoder {
     relations: std::collections::HashMap<u32, Arc<RelInfo>>,
     xid: u32,
     begin_lsn: u64,
+    /// Table mappings: which tables, under which names, with which columns.
+    mapping: Option<Arc<Mapping>>,
+    /// Tables the mappings leave out.
+    excluded: std::collections::HashSet<u32>,
+    /// Per table with columns the mappings remove: the indices of those kept.
+    kept: std::collections::HashMap<u32, Vec<usize>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +257,18 @@ pub enum EventError {
 }
 
 impl EventDecoder {
+    pub fn with_mapping(mapping: Option<Arc<Mapping>>) -> Self {
+        EventDecoder { mapping: mapping.filter(|m| !m.is_identity()), ..Default::default() }
+    }
+
+    /// A row of `oid` without the columns the mappings remove.
+    fn project(&self, oid: u32, row: Row) -> Row {
+        match self.kept.get(&oid) {
+            Some(kept) => kept.iter().map(|&i| row[i].clone()).collect(),
+            None => row,
+        }
+    }
+
     fn rel(&self, oid: u32, lsn: Lsn) -> Result<Arc<RelInfo>, EventError> {
         self.relations.get(&oid).cloned().ok_or(EventError::UnknownRelation { oid, lsn })
     }
@@ -266,6 +285,18 @@ impl EventDecoder {
     }
 
     fn event(&mut self, msg: &Bytes, record: Record<'_>) -> Result<Option<Event>, EventError> {
+        if self.mapping.is_some() {
+            match &record {
+                Record::Insert(Insert { relation, .. })
+                | Record::Update(Update { relation, .. })
+                | Record::Delete(Delete { relation, .. })
+                    if self.excluded.contains(relation) =>
+                {
+                    return Ok(None)
+                }
+                _ => {}
+            }
+        }
         let event = self.event_unchecked(msg, record)?;
         if let Some(Event::Change(c)) = &event {
             check_shape(c)?;
@@ -298,24 +329,58 @@ impl EventDecoder {
             }
             Record::Commit(c) => Event::Commit { end_lsn: Lsn(c.end_lsn), commit_time: c.commit_time },
             Record::Relation(r) => {
+                let (mut schema, mut name) = (r.schema.to_string(), r.name.to_string());
+                let mut kept: Vec<usize> = (0..r.columns.len()).collect();
+                let mut names: Vec<String> = r.columns.iter().map(|c| c.name.to_string()).collect();
+                if let Some(m) = &self.mapping {
+                    if !m.includes(r.schema, r.name) {
+                        self.excluded.insert(r.oid);
+                        self.relations.remove(&r.oid);
+                        return Ok(None);
+                    }
+                    self.excluded.remove(&r.oid);
+                    (schema, name) = m.table(r.schema, r.name);
+                    kept.clear();
+                    for (i, c) in r.columns.iter().enumerate() {
+                        match m.column(r.schema, r.name, c.name) {
+                            Some(n) => {
+                                names[i] = n;
+                                kept.push(i);
+                            }
+                            // A key column identifies rows on the target: it stays.
+                            None if c.key => {
+                                tracing::warn!(table = %r.name, column = %c.name, "a table mapping removes a key column: kept, updates and deletes need it");
+                                kept.push(i);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                if kept.len() < r.columns.len() {
+                    self.kept.insert(r.oid, kept.clone());
+                } else {
+                    self.kept.remove(&r.oid);
+                }
                 let info = Arc::new(RelInfo {
                     oid: r.oid,
-                    schema: r.schema.to_string(),
-                    name: r.name.to_string(),
+                    schema,
+                    name,
                     replica_identity: r.replica_identity,
-                    columns: r
-                        .columns
+                    columns: kept
                         .iter()
-                        .map(|c| ColumnInfo {
-                            name: c.name.to_string(),
-                            type_oid: c.type_oid,
-                            type_sql: c.type_sql.to_string(),
-                            key: c.key,
-                            primary_key: c.primary_key,
-                            generated: c.generated,
-                            identity: c.identity,
-                            not_null: c.not_null,
-                            dms_type: c.dms_type,
+                        .map(|&i| {
+                            let c = &r.columns[i];
+                            ColumnInfo {
+                                name: names[i].clone(),
+                                type_oid: c.type_oid,
+                                type_sql: c.type_sql.to_string(),
+                                key: c.key,
+                                primary_key: c.primary_key,
+                                generated: c.generated,
+                                identity: c.identity,
+                                not_null: c.not_null,
+                                dms_type: c.dms_type,
+                            }
                         })
                         .collect(),
                 });
@@ -324,23 +389,49 @@ impl EventDecoder {
             }
             Record::Insert(i) => change(
                 self.rel(i.relation, lsn(i.lsn_offset))?,
-                ChangeKind::Insert { new: row(&i.new, msg) },
+                ChangeKind::Insert { new: self.project(i.relation, row(&i.new, msg)) },
                 i.lsn_offset,
             ),
             Record::Update(u) => change(
                 self.rel(u.relation, lsn(u.lsn_offset))?,
-                ChangeKind::Update { old: old(&u.old), new: row(&u.new, msg) },
+                ChangeKind::Update {
+                    old: match old(&u.old) {
+                        Old::Full(r) => Old::Full(self.project(u.relation, r)),
+                        other => other,
+                    },
+                    new: self.project(u.relation, row(&u.new, msg)),
+                },
                 u.lsn_offset,
             ),
             Record::Delete(d) => {
-                change(self.rel(d.relation, lsn(d.lsn_offset))?, ChangeKind::Delete { old: old(&d.old) }, d.lsn_offset)
+                let old = match old(&d.old) {
+                    Old::Full(r) => Old::Full(self.project(d.relation, r)),
+                    other => other,
+                };
+                change(self.rel(d.relation, lsn(d.lsn_offset))?, ChangeKind::Delete { old }, d.lsn_offset)
             }
-            Record::Truncate(t) => Event::Truncate {
-                rels: t.relations.iter().map(|oid| self.rel(*oid, lsn(t.lsn_offset))).collect::<Result<_, _>>()?,
-                restart_identity: t.restart_identity,
-                lsn: lsn(t.lsn_offset),
-            },
-            Record::Ddl(d) => Event::Ddl { ddl: Arc::new(d.clone()), lsn: lsn(0) },
+            Record::Truncate(t) => {
+                let rels: Vec<Arc<RelInfo>> = t
+                    .relations
+                    .iter()
+                    .filter(|oid| !self.excluded.contains(oid))
+                    .map(|oid| self.rel(*oid, lsn(t.lsn_offset)))
+                    .collect::<Result<_, _>>()?;
+                if rels.is_empty() {
+                    return Ok(None);
+                }
+                Event::Truncate { rels, restart_identity: t.restart_identity, lsn: lsn(t.lsn_offset) }
+            }
+            Record::Ddl(d) => {
+                let mut ddl = d.clone();
+                if let (Some(m), DdlObject::Table { before, after }) = (&self.mapping, &mut ddl.object) {
+                    let kept = [before.as_mut(), after.as_mut()].into_iter().flatten().all(|def| m.map_table_def(def));
+                    if !kept {
+                        return Ok(None);
+                    }
+                }
+                Event::Ddl { ddl: Arc::new(ddl), lsn: lsn(0) }
+            }
             // A DDL message the plugin could not read: the apply must not pass over it.
             Record::Message(m) if m.transactional && m.prefix == pgdms_proto::DDL_MESSAGE_PREFIX => Event::Ddl {
                 ddl: Arc::new(Ddl {

@@ -44,6 +44,8 @@ pub struct ApplyOptions {
     pub start_lsn: Option<Lsn>,
     /// ...or before this time (microseconds since 2000-01-01 UTC).
     pub start_time: Option<i64>,
+    /// Table mappings (selection, names, removed columns).
+    pub mapping: Option<Arc<crate::mapping::Mapping>>,
 }
 
 impl ApplyOptions {
@@ -163,7 +165,8 @@ pub async fn run_session<T: Target>(
     // of CHUNK events in flight (memory stays bounded whatever the backlog).
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(32);
     let (applied_tx, applied_rx) = watch::channel(start);
-    let receiver = tokio::spawn(receive(stream, events_tx, applied_rx, start, opts.until.is_some()));
+    let decoder = EventDecoder::with_mapping(opts.mapping.clone());
+    let receiver = tokio::spawn(receive(stream, decoder, events_tx, applied_rx, start, opts.until.is_some()));
     let mut applier = Applier::new(target, opts, progress, applied_tx);
     let result = applier.run(events_rx, shutdown).await;
     let receiver_end = tokio::time::timeout(Duration::from_secs(4), receiver).await;
@@ -238,12 +241,12 @@ impl Reporter {
 /// The receiver task: stream → events, progress → source.
 async fn receive(
     mut stream: ReplicationStream,
+    mut decoder: EventDecoder,
     events: mpsc::Sender<Vec<Event>>,
     mut applied: watch::Receiver<Lsn>,
     start: Lsn,
     probe_when_idle: bool,
 ) -> ReceiverEnd {
-    let mut decoder = EventDecoder::default();
     let mut chunk: Vec<Event> = Vec::with_capacity(CHUNK);
     let mut rep = Reporter {
         in_txn: false,

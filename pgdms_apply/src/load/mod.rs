@@ -17,6 +17,7 @@ pub mod sequences;
 use crate::sql::quote_literal;
 use crate::stream::client::{connect, ConnectError, SqlConnection};
 use crate::stream::{ConnInfo, Lsn};
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use plan::{plan, unit_query, Plan, SourceTable, Unit};
 use progress::{Progress, Summary};
@@ -24,6 +25,9 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 pub const CONTROL_SCHEMA: &str = crate::target::postgres::CONTROL_SCHEMA;
+
+/// Bytes of rows sent to the target per COPY message.
+const COPY_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -60,6 +64,10 @@ pub struct LoadOptions {
     pub slot: String,
     /// Recorded with each table: changes committed before this LSN are in the copy.
     pub snapshot_lsn: Lsn,
+    /// The target's tables may be emptied: a table loaded in one unit is then truncated and
+    /// copied with FREEZE in one transaction (its rows need no hint-bit writes later, which
+    /// the index builds would otherwise do).
+    pub freeze: bool,
 }
 
 /// A source session inside the exported snapshot.
@@ -111,7 +119,7 @@ pub async fn load(
     sources: Vec<SqlConnection>,
     target: &ConnInfo,
     opts: &LoadOptions,
-    select: impl Fn(&SourceTable) -> bool,
+    select: impl Fn(SourceTable) -> Option<SourceTable>,
     truncate_first: bool,
 ) -> Result<Summary, LoadError> {
     let version: i32 = sources[0]
@@ -124,7 +132,7 @@ pub async fn load(
         .await
         .map_err(sql_error("could not list the source's tables"))?
         .into_iter()
-        .filter(|t| select(t))
+        .filter_map(select)
         .collect();
     let plan = plan(tables, opts.split_bytes, version >= 140000);
     let mut targets = Vec::with_capacity(sources.len());
@@ -136,7 +144,7 @@ pub async fn load(
         targets.push(t);
     }
     if truncate_first && !plan.tables.is_empty() {
-        let list: Vec<String> = plan.tables.iter().map(|t| format!("ONLY {}", t.qualified())).collect();
+        let list: Vec<String> = plan.tables.iter().map(|t| format!("ONLY {}", t.target_qualified())).collect();
         targets[0]
             .client
             .batch_execute(&format!("TRUNCATE {}", list.join(", ")))
@@ -178,7 +186,8 @@ async fn worker(
         let table = &plan.tables[unit.table];
         let name = table.qualified();
         progress.unit_started(&name, table.bytes);
-        let rows = copy_unit(source, target, table, unit.blocks, progress)
+        let freeze = opts.freeze && unit.blocks.is_none();
+        let rows = copy_unit(source, target, table, unit.blocks, freeze, progress)
             .await
             .map_err(|error| LoadError::Table { table: name.clone(), error })?;
         if let Some(table_rows) = progress.unit_finished(&name, rows) {
@@ -193,22 +202,41 @@ async fn copy_unit(
     target: &tokio_postgres::Client,
     table: &SourceTable,
     blocks: Option<(u64, u64)>,
+    freeze: bool,
     progress: &Progress,
 ) -> Result<u64, String> {
-    let format = if table.binary { " (FORMAT binary)" } else { "" };
     let name = table.qualified();
-    let out_sql = format!("COPY ({}) TO STDOUT{format}", unit_query(table, blocks));
-    let in_sql = format!("COPY {name} ({}) FROM STDIN{format}", table.column_list());
-    target.batch_execute("BEGIN").await.map_err(|e| error_text(&e))?;
+    let out_format = if table.binary { " (FORMAT binary)" } else { "" };
+    let in_format = match (table.binary, freeze) {
+        (true, true) => " (FORMAT binary, FREEZE)",
+        (true, false) => " (FORMAT binary)",
+        (false, true) => " (FREEZE)",
+        (false, false) => "",
+    };
+    let out_sql = format!("COPY ({}) TO STDOUT{out_format}", unit_query(table, blocks));
+    let target_name = table.target_qualified();
+    let in_sql = format!("COPY {target_name} ({}) FROM STDIN{in_format}", table.target_column_list());
+    let begin = if freeze { format!("BEGIN; TRUNCATE ONLY {target_name}") } else { "BEGIN".to_string() };
+    target.batch_execute(&begin).await.map_err(|e| error_text(&e))?;
     let result = async {
         let rows_out = source.copy_out(&out_sql).await.map_err(|e| format!("source: {}", error_text(&e)))?;
         let sink = target.copy_in(&in_sql).await.map_err(|e| format!("target: {}", error_text(&e)))?;
         futures_util::pin_mut!(rows_out);
         futures_util::pin_mut!(sink);
-        while let Some(chunk) = rows_out.next().await {
-            let chunk = chunk.map_err(|e| format!("source: {}", error_text(&e)))?;
-            progress.advance(&name, chunk.len() as u64);
-            sink.feed(chunk).await.map_err(|e| format!("target: {}", error_text(&e)))?;
+        // The source sends a message per row: gather rows into large messages for the
+        // target, whose COPY then reads a few hundred kilobytes at a time, not a row.
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK + 64 * 1024);
+        while let Some(row) = rows_out.next().await {
+            let row = row.map_err(|e| format!("source: {}", error_text(&e)))?;
+            buf.extend_from_slice(&row);
+            if buf.len() >= COPY_CHUNK {
+                progress.advance(&name, buf.len() as u64);
+                sink.feed(buf.split().freeze()).await.map_err(|e| format!("target: {}", error_text(&e)))?;
+            }
+        }
+        if !buf.is_empty() {
+            progress.advance(&name, buf.len() as u64);
+            sink.feed(buf.freeze()).await.map_err(|e| format!("target: {}", error_text(&e)))?;
         }
         sink.as_mut().finish().await.map_err(|e| format!("target: {}", error_text(&e)))
     }

@@ -24,6 +24,11 @@ pub struct SourceTable {
     pub pages: u64,
     /// Estimated rows (`reltuples`), for progress.
     pub estimated_rows: u64,
+    /// Where its rows go on the target: schema, table, and a name per column of `columns`
+    /// (the source's own names unless table mappings say otherwise).
+    pub target_schema: String,
+    pub target_name: String,
+    pub target_columns: Vec<String>,
 }
 
 impl SourceTable {
@@ -33,6 +38,32 @@ impl SourceTable {
 
     pub fn column_list(&self) -> String {
         self.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn target_qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.target_schema), quote_ident(&self.target_name))
+    }
+
+    pub fn target_column_list(&self) -> String {
+        self.target_columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Applies table mappings: target names, and removed columns left out. `None` when the
+    /// mappings do not select the table.
+    pub fn mapped(mut self, m: &crate::mapping::Mapping) -> Option<SourceTable> {
+        if !m.includes(&self.schema, &self.name) {
+            return None;
+        }
+        (self.target_schema, self.target_name) = m.table(&self.schema, &self.name);
+        let (mut columns, mut targets) = (Vec::new(), Vec::new());
+        for c in &self.columns {
+            if let Some(t) = m.column(&self.schema, &self.name, c) {
+                columns.push(c.clone());
+                targets.push(t);
+            }
+        }
+        (self.columns, self.target_columns) = (columns, targets);
+        Some(self)
     }
 }
 
@@ -78,15 +109,21 @@ pub async fn source_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_po
         .await?;
     Ok(rows
         .iter()
-        .map(|r| SourceTable {
-            oid: r.get::<_, u32>(0),
-            schema: r.get(1),
-            name: r.get(2),
-            columns: r.get(3),
-            binary: r.get(4),
-            bytes: r.get::<_, i64>(5).max(0) as u64,
-            pages: r.get::<_, i64>(6).max(0) as u64,
-            estimated_rows: r.get::<_, i64>(7).max(0) as u64,
+        .map(|r| {
+            let (schema, name, columns): (String, String, Vec<String>) = (r.get(1), r.get(2), r.get(3));
+            SourceTable {
+                oid: r.get::<_, u32>(0),
+                target_schema: schema.clone(),
+                target_name: name.clone(),
+                target_columns: columns.clone(),
+                schema,
+                name,
+                columns,
+                binary: r.get(4),
+                bytes: r.get::<_, i64>(5).max(0) as u64,
+                pages: r.get::<_, i64>(6).max(0) as u64,
+                estimated_rows: r.get::<_, i64>(7).max(0) as u64,
+            }
         })
         .collect())
 }
@@ -140,6 +177,9 @@ mod tests {
             schema: "s".into(),
             name: "T".into(),
             columns: vec!["a".into(), "B c".into()],
+            target_schema: "s".into(),
+            target_name: "T".into(),
+            target_columns: vec!["a".into(), "B c".into()],
             binary: true,
             bytes,
             pages: bytes / 8192,
