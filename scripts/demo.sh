@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The main job of pgdms, end to end on this machine.
 #
-# Today: installs what is missing, builds and installs the extension, starts a throwaway
-# cluster with a sample source database and an empty target database of the same schema,
-# runs pgdms.preflight(), creates pgdms slots, makes changes (DDL included) while the source
-# is live, prints the decoded records as JSON lines on stdout, then applies the same
-# changes to the target with `pgdms-apply cdc` and checks that the target equals the source.
+# Installs what is missing, builds and installs the extension, starts a throwaway cluster
+# with a sample source database (a thousand customers, partitioned orders) and an empty
+# target database, runs pgdms.preflight(), then migrates the live source with
+# `pgdms-apply migrate` (schema, full load, CDC) while changes (DDL included) keep coming,
+# prints the change records of a second slot as JSON lines on stdout (the DMS-typed
+# records), and ends with `pgdms-apply cutover`: catch up, sequences, validation, slot
+# dropped. Exits non-zero unless the target equals the source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -40,14 +42,21 @@ create table orders (
     note text
 );
 insert into "Customers" (name, email) values ('Ada', 'ada@example.org'), ('Grace', 'grace@example.org');
+insert into "Customers" (name, email) select 'customer ' || i, 'c' || i || '@example.org' from generate_series(3, 1000) i;
+create table events (id bigserial, at date not null, kind text, primary key (id, at)) partition by range (at);
+create table events_2025 partition of events for values from ('2025-01-01') to ('2026-01-01');
+create table events_2026 partition of events for values from ('2026-01-01') to ('2027-01-01');
+insert into events (at, kind) select date '2025-01-01' + i % 700, 'signup' from generate_series(1, 5000) i;
 SQL
 echo "demo: SELECT name, status, finding FROM pgdms.preflight()" >&2
 psql_ -c "select name, status, finding from pgdms.preflight()" >&2
 psql_ -q -c "create database demo_target"
-# The target starts as a copy of the source (the full-load command will do this itself).
-"$PG_BIN/pg_dump" -h "$DIR" -p "$PORT" -U postgres postgres | psql_ -d demo_target -o /dev/null
-psql_ -At -c "select 'demo: slots created at ' || lsn from pg_create_logical_replication_slot('pgdms_demo', 'pgdms')" >&2
-psql_ -At -o /dev/null -c "select pg_create_logical_replication_slot('pgdms_apply', 'pgdms')"
+TARGET="host=$DIR port=$PORT user=postgres dbname=demo_target"
+psql_ -At -c "select 'demo: a second slot, for printing the records, at ' || lsn from pg_create_logical_replication_slot('pgdms_demo', 'pgdms')" >&2
+
+echo "demo: pgdms-apply migrate: schema, full load, then CDC (running in the background)" >&2
+./target/release/pgdms-apply migrate --source "$SOURCE" --target "$TARGET" --slot pgdms_migration --jobs 2 &
+MIGRATE=$!
 
 echo "demo: making changes on the live source" >&2
 psql_ -o /dev/null <<'SQL'
@@ -59,16 +68,17 @@ insert into orders (customer_id, total, items, note)
 commit;
 update orders set status = 'paid' where id = 1;
 update orders set total = total + 1 where id = 2;          -- the TOASTed note is sent as unchanged
-update "Customers" set id = 10 where id = 2;                -- a primary-key update carries the old key
+update "Customers" set id = 100000 where id = 2;               -- a primary-key update carries the old key
 delete from orders where id = 1;
 select pg_logical_emit_message(true, 'pgdms-demo', 'checkpoint reached');
 truncate orders restart identity;
-insert into orders (customer_id, total, tags) values (10, 5.00, '{after,truncate}');
+insert into orders (customer_id, total, tags) values (100000, 5.00, '{after,truncate}');
+insert into events (at, kind) values ('2026-03-01', 'order');
 -- DDL is captured by the extension's event triggers and replayed from its definitions,
 -- in order with the data: a column added and filled in one transaction, a new table.
 begin;
 alter table orders add column coupon varchar(20) default 'none' not null;
-update orders set coupon = 'WELCOME' where customer_id = 10;
+update orders set coupon = 'WELCOME' where customer_id = 100000;
 commit;
 create table refunds (id int primary key, order_id int not null, amount numeric(12,2), at timestamptz default now());
 insert into refunds (id, order_id, amount) values (1, 1, 5.00);
@@ -78,10 +88,18 @@ END=$(psql_ -At -c "select pg_current_wal_insert_lsn()")
 echo "demo: decoding the slot up to $END with pgdms-apply dump" >&2
 ./target/release/pgdms-apply dump --source "$SOURCE" --slot pgdms_demo --endpos "$END"
 
-echo "demo: applying the same changes to database demo_target with pgdms-apply cdc" >&2
-PGDMS_LOG=warn ./target/release/pgdms-apply cdc --source "$SOURCE" \
-    --target "host=$DIR port=$PORT user=postgres dbname=demo_target" --slot pgdms_apply --until "$END"
-for t in '"Customers"' orders refunds; do
+psql_ -At -o /dev/null -c "select pg_drop_replication_slot('pgdms_demo')"
+
+until [ "$(psql_ -At -d demo_target -c "select phase from pgdms.migration" 2>/dev/null)" = cdc ]; do
+    kill -0 "$MIGRATE" 2>/dev/null || { echo "demo: pgdms-apply migrate failed" >&2; exit 1; }
+    sleep 0.2
+done
+sleep 1
+echo "demo: stopping migrate (SIGTERM: it commits what is complete), then pgdms-apply cutover" >&2
+kill -TERM "$MIGRATE"
+wait "$MIGRATE"
+./target/release/pgdms-apply cutover --source "$SOURCE" --target "$TARGET" --slot pgdms_migration --drop-slot >&2
+for t in '"Customers"' orders refunds events; do
     q="select count(*) || ' rows, md5 ' || md5(coalesce(string_agg(t::text, ',' order by t::text), '')) from $t t"
     src=$(psql_ -At -c "$q")
     tgt=$(psql_ -At -d demo_target -c "$q")
