@@ -260,20 +260,8 @@ pub async fn migrate(
     }
 
     // CDC from the slot's consistent point, passing over what reloaded tables already hold.
-    let migration_start: Lsn = tgt
-        .client
-        .query_one(
-            &format!("SELECT consistent_point::text FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"),
-            &[&slot],
-        )
-        .await
-        .map_err(sql("could not read pgdms.migration"))?
-        .get::<_, String>(0)
-        .parse()
-        .unwrap_or_default();
     let mut apply_opts = opts.apply.clone();
-    apply_opts.loaded_at =
-        load::loaded_tables(&tgt.client, &slot).await?.into_iter().filter(|(_, at)| *at > migration_start).collect();
+    apply_opts.loaded_at = reloaded_tables(&tgt.client, &slot).await?;
     drop(tgt);
     let (on_error, sync) = (opts.on_error, opts.synchronous_commit.clone());
     let connect_target = || PostgresTarget::connect(target, on_error, &sync);
@@ -431,6 +419,24 @@ async fn map_schema(
     Ok(())
 }
 
+/// Tables loaded from a later snapshot than the migration's slot (reloaded after a crash),
+/// with that snapshot's LSN: CDC passes over their changes committed before it.
+async fn reloaded_tables(
+    tgt: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<std::collections::HashMap<u32, Lsn>, MigrateError> {
+    let start: Option<String> = tgt
+        .query_opt(
+            &format!("SELECT consistent_point::text FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await
+        .map_err(sql("could not read pgdms.migration"))?
+        .map(|r| r.get(0));
+    let start: Lsn = start.and_then(|s| s.parse().ok()).unwrap_or_default();
+    Ok(load::loaded_tables(tgt, slot).await?.into_iter().filter(|(_, at)| *at > start).collect())
+}
+
 fn report_not_migrated(lines: &[String]) {
     for l in lines {
         tracing::warn!(statement = %l, "not migrated (a role it names does not exist on the target)");
@@ -514,18 +520,7 @@ pub async fn cutover(
     {
         let tgt = connect(target, "pgdms-apply cutover").await?;
         load::prepare_control_tables(&tgt.client).await?;
-        opts.loaded_at = load::loaded_tables(&tgt.client, &slot).await?.into_iter().collect();
-        let start: Option<String> = tgt
-            .client
-            .query_opt(
-                &format!("SELECT consistent_point::text FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"),
-                &[&slot],
-            )
-            .await
-            .map_err(sql("could not read pgdms.migration"))?
-            .map(|r| r.get(0));
-        let start: Lsn = start.and_then(|s| s.parse().ok()).unwrap_or_default();
-        opts.loaded_at.retain(|_, at| *at > start);
+        opts.loaded_at = reloaded_tables(&tgt.client, &slot).await?;
     }
     let connect_target = || PostgresTarget::connect(target, on_error, "on");
     match apply::run(source, connect_target, &opts, shutdown).await? {

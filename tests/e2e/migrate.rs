@@ -23,6 +23,15 @@ fn migrate(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Co
     c
 }
 
+fn cutover(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> std::process::Output {
+    pgdms_apply()
+        .args(["cutover", "--source", &source.conninfo("postgres"), "--target", &target.conninfo("postgres")])
+        .args(["--slot", slot, "--drop-slot"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn phase(target: &Cluster, slot: &str) -> Option<String> {
     if target.value("select to_regclass('pgdms.migration') is not null") != "t" {
         return None;
@@ -146,19 +155,7 @@ fn a_live_database_migrates_with_no_gap_and_no_duplicate() {
     terminate(&mut running);
 
     // Cutover: catch up, set sequences, validate (exit 0 only when every table matches).
-    let out = pgdms_apply()
-        .args([
-            "cutover",
-            "--source",
-            &source.conninfo("postgres"),
-            "--target",
-            &target.conninfo("postgres"),
-            "--slot",
-            "live",
-            "--drop-slot",
-        ])
-        .output()
-        .unwrap();
+    let out = cutover(&source, &target, "live", &[]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "cutover: {report}\n{}", String::from_utf8_lossy(&out.stderr));
     let tables = user_tables(&source);
@@ -290,21 +287,7 @@ fn table_mappings_select_rename_and_remove_in_full_load_and_cdc() {
          insert into \"Orders\" values (5000, 1, 'x', 'new'); insert into keep1 values (2, 'b');
          insert into audit_log values (2, 'y'); alter table \"Orders\" add column extra int default 1",
     );
-    let out = pgdms_apply()
-        .args([
-            "cutover",
-            "--source",
-            &source.conninfo("postgres"),
-            "--target",
-            &target.conninfo("postgres"),
-            "--slot",
-            "mapped",
-            "--drop-slot",
-            "--table-mappings",
-            &file,
-        ])
-        .output()
-        .unwrap();
+    let out = cutover(&source, &target, "mapped", &["--table-mappings", &file]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(report.contains("\"public\".\"Orders\" -> \"app\".\"Sales\"") && report.contains("0 differ"), "{report}");
