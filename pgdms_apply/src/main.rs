@@ -262,7 +262,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "tb" | "t" => 1 << 40,
         other => return Err(format!("unknown size unit \"{other}\": use kB, MB, GB or TB")),
     };
-    Ok(n * mult)
+    n.checked_mul(mult).ok_or_else(|| format!("\"{s}\" is too large"))
 }
 
 #[derive(Args)]
@@ -382,6 +382,11 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.start_time {
         opts.start_time = Some(parse_time(t)?);
     }
+    // The slot of a migration whose load reloaded tables: their changes already in the
+    // copy are passed over here too.
+    let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply cdc").await?;
+    opts.loaded_at = migrate::reloaded_tables(&tgt.client, &opts.slot).await?;
+    drop(tgt);
     drop(conn);
     let (on_error, sync) = (args.apply.on_error, args.apply.synchronous_commit.clone());
     let connect = || PostgresTarget::connect(&target, on_error, &sync);

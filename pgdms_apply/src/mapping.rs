@@ -139,9 +139,9 @@ impl Mapping {
             })
             .collect();
         // In rule-id order (numerically when the ids are numbers, as they usually are).
-        rules.sort_by(|(a, _), (b, _)| match (a.parse::<u64>(), b.parse::<u64>()) {
-            (Ok(x), Ok(y)) => x.cmp(&y),
-            _ => a.cmp(b),
+        rules.sort_by_key(|(id, _)| match id.parse::<u64>() {
+            Ok(n) => (0, n, String::new()),
+            Err(_) => (1, 0, id.clone()),
         });
         let mut m = Mapping::default();
         for (id, r) in rules {

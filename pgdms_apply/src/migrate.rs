@@ -154,6 +154,26 @@ pub async fn migrate(
         .map_err(sql("could not read pgdms.migration"))?
         .map(|r| Phase::parse(r.get::<_, &str>(0)));
     let mut repl = ReplicationConnection::connect(source).await?;
+    let recorded = if recorded == Some(Phase::Schema) {
+        // Nothing was loaded yet: start over, with a new slot and snapshot, so the schema,
+        // the load and the changes all start at one point.
+        tracing::info!(%slot, "the last run stopped while creating the schema: starting over");
+        if slot_exists(&mut repl, &slot).await? {
+            repl.drop_slot(&slot, true).await?;
+        }
+        tgt.client
+            .batch_execute(&format!(
+                "DELETE FROM {CONTROL_SCHEMA}.migration WHERE slot_name = {lit};
+                 DELETE FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = {lit};
+                 DELETE FROM {CONTROL_SCHEMA}.migration_schema WHERE slot_name = {lit};",
+                lit = crate::sql::quote_literal(&slot)
+            ))
+            .await
+            .map_err(sql("could not reset the migration's records"))?;
+        None
+    } else {
+        recorded
+    };
     let source_major = repl.server_version_num() / 10000;
     let pg_bin = schema::find_pg_bin(opts.pg_bin.as_deref(), source_major);
     let cdc = opts.mode == Mode::FullLoadAndCdc;
@@ -200,7 +220,15 @@ pub async fn migrate(
             .await?;
             Phase::PostData
         }
-        Some(phase @ (Phase::Schema | Phase::Load)) => {
+        Some(Phase::Schema | Phase::Load) => {
+            if opts.prep == Prep::DoNothing {
+                return Err(MigrateError::Fatal(format!(
+                    "the last run of this migration stopped during the load, and with --target-prep do-nothing \
+                     the unfinished tables may hold part of a copy next to rows of their own: empty them and \
+                     rerun with --target-prep truncate, or start over (DELETE FROM {CONTROL_SCHEMA}.migration \
+                     WHERE slot_name = '{slot}' on the target, and drop the slot)"
+                )));
+            }
             if cdc && !slot_exists(&mut repl, &slot).await? {
                 return Err(MigrateError::Fatal(format!(
                     "replication slot \"{slot}\" of this migration is gone: the changes since its start are lost. \
@@ -218,13 +246,6 @@ pub async fn migrate(
                 .clone()
                 .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the temporary slot".into()))?;
             drop(repl);
-            let redo_schema = phase == Phase::Schema;
-            if redo_schema {
-                tgt.client
-                    .execute(&format!("DELETE FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"), &[&slot])
-                    .await
-                    .map_err(sql("could not reset pgdms.load_progress"))?;
-            }
             let loaded = load::loaded_tables(&tgt.client, &slot).await?;
             tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %created.consistent_point, "resuming the full load");
             archive = copy_phase(
@@ -236,7 +257,7 @@ pub async fn migrate(
                 reload,
                 &snapshot,
                 created.consistent_point,
-                redo_schema,
+                false,
                 Some(&loaded),
             )
             .await?;
@@ -306,11 +327,16 @@ async fn copy_phase(
         .prefix("pgdms-schema-")
         .tempdir()
         .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory for the schema dump: {e}")))?;
-    let archive = if opts.prep == Prep::DropAndCreate {
-        let path = schema::dump(pg_bin, source, snapshot, workdir.path()).await?;
-        Some(Archive { _dir: workdir, path })
-    } else {
-        None
+    // The first snapshot's schema is dumped once and kept on the target: a resumed run
+    // builds the post-data of the schema its tables were created with.
+    let archive = match (opts.prep, with_schema) {
+        (Prep::DropAndCreate, true) => {
+            let path = schema::dump(pg_bin, source, snapshot, workdir.path()).await?;
+            let archive = Archive { _dir: workdir, path };
+            store_archive(tgt, slot, &archive).await?;
+            Some(archive)
+        }
+        _ => None,
     };
     // Every session holds the snapshot now.
     drop(exporter);
@@ -324,7 +350,9 @@ async fn copy_phase(
         split_bytes: opts.split_bytes,
         slot: slot.clone(),
         snapshot_lsn,
-        freeze: opts.prep != Prep::DoNothing,
+        // Only tables this migration created: TRUNCATE would fail on a table another one's
+        // foreign key references, and must never empty a table the user keeps.
+        freeze: opts.prep == Prep::DropAndCreate,
     };
     // With drop-and-create the tables are loaded under the source's names and renamed (and
     // their removed columns dropped) once the post-data is built on them; otherwise the
@@ -357,11 +385,12 @@ async fn map_schema(
     let tables = source
         .query(
             "SELECT n.nspname::text, c.relname::text,
-                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
-                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
+                    -- The replica identity's key, which changes carry whatever the mappings say.
                     coalesce((SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a
                                 ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                               WHERE i.indrelid = c.oid AND i.indisprimary), '{}')
+                               WHERE i.indrelid = c.oid
+                                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))),
+                             '{}')
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
@@ -377,8 +406,7 @@ async fn map_schema(
         target.batch_execute(&stmt).await.map_err(|e| MigrateError::Fatal(format!("{stmt}: {}", load::error_text(&e))))
     };
     for r in tables {
-        let (schema, name, columns, key): (String, String, Vec<String>, Vec<String>) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (schema, name, key): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
         let q = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
         let exists: bool =
             target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&q]).await.map_err(sql("target"))?.get(0);
@@ -389,17 +417,25 @@ async fn map_schema(
             run(format!("DROP TABLE IF EXISTS {q} CASCADE")).await?;
             continue;
         }
-        let inherited: Vec<String> = target
-            .query("SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attinhcount > 0", &[&q])
+        // The target's own columns (as loaded, under the source's names); inherited ones
+        // follow their parent's, mapped first.
+        let own: Vec<String> = target
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0
+                    AND NOT attisdropped AND attinhcount = 0 ORDER BY attnum",
+                &[&q],
+            )
             .await
             .map_err(sql("target"))?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        for c in columns.iter().filter(|c| !inherited.contains(c)) {
+        for c in &own {
             match m.column(&schema, &name, c) {
                 // Key columns stay: updates and deletes find their rows by them.
-                None if !key.contains(c) => run(format!("ALTER TABLE {q} DROP COLUMN {}", quote_ident(c))).await?,
+                None if !key.contains(c) => {
+                    run(format!("ALTER TABLE {q} DROP COLUMN IF EXISTS {}", quote_ident(c))).await?
+                }
                 Some(n) if n != *c => {
                     run(format!("ALTER TABLE {q} RENAME COLUMN {} TO {}", quote_ident(c), quote_ident(&n))).await?
                 }
@@ -421,10 +457,18 @@ async fn map_schema(
 
 /// Tables loaded from a later snapshot than the migration's slot (reloaded after a crash),
 /// with that snapshot's LSN: CDC passes over their changes committed before it.
-async fn reloaded_tables(
+pub async fn reloaded_tables(
     tgt: &tokio_postgres::Client,
     slot: &str,
 ) -> Result<std::collections::HashMap<u32, Lsn>, MigrateError> {
+    let has_tables: bool = tgt
+        .query_one(&format!("SELECT to_regclass('{CONTROL_SCHEMA}.load_progress') IS NOT NULL"), &[])
+        .await
+        .map_err(sql("target"))?
+        .get(0);
+    if !has_tables {
+        return Ok(Default::default());
+    }
     let start: Option<String> = tgt
         .query_opt(
             &format!("SELECT consistent_point::text FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"),
@@ -452,6 +496,11 @@ async fn post_data(
     pg_bin: &std::path::Path,
     archive: Option<&Archive>,
 ) -> Result<(), MigrateError> {
+    let stored = match archive {
+        Some(_) => None,
+        None => stored_archive(tgt, &opts.apply.slot).await?,
+    };
+    let archive = archive.or(stored.as_ref());
     if opts.prep == Prep::DropAndCreate {
         // The snapshot's archive; when resuming after a crash in this phase it is gone, and
         // the source's schema as it is now stands in (DDL since the snapshot is captured and
@@ -472,6 +521,50 @@ async fn post_data(
     let n = load::sequences::sync(&src.client, tgt).await?;
     tracing::info!(sequences = n, "sequences set to the source's values");
     Ok(())
+}
+
+/// Keeps the schema archive of a migration on the target.
+async fn store_archive(tgt: &tokio_postgres::Client, slot: &str, archive: &Archive) -> Result<(), MigrateError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| MigrateError::Fatal(format!("could not read {}: {e}", p.display())))
+    };
+    let dump = read(&archive.path)?;
+    let list = read(&archive.path.with_file_name("schema.list"))?;
+    tgt.execute(
+        &format!(
+            "INSERT INTO {CONTROL_SCHEMA}.migration_schema (slot_name, archive, list) VALUES ($1, $2, $3)
+             ON CONFLICT (slot_name) DO UPDATE SET archive = excluded.archive, list = excluded.list"
+        ),
+        &[&slot, &dump, &list],
+    )
+    .await
+    .map_err(sql("could not keep the schema archive on the target"))?;
+    Ok(())
+}
+
+/// The schema archive kept on the target, in a temporary directory.
+async fn stored_archive(tgt: &tokio_postgres::Client, slot: &str) -> Result<Option<Archive>, MigrateError> {
+    let Some(row) = tgt
+        .query_opt(
+            &format!("SELECT archive, list FROM {CONTROL_SCHEMA}.migration_schema WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await
+        .map_err(sql("could not read the kept schema archive"))?
+    else {
+        return Ok(None);
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("pgdms-schema-")
+        .tempdir()
+        .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory: {e}")))?;
+    let path = dir.path().join("schema.dump");
+    let write = |p: &std::path::Path, bytes: &[u8]| {
+        std::fs::write(p, bytes).map_err(|e| MigrateError::Fatal(format!("could not write {}: {e}", p.display())))
+    };
+    write(&path, row.get::<_, &[u8]>(0))?;
+    write(&dir.path().join("schema.list"), row.get::<_, &[u8]>(1))?;
+    Ok(Some(Archive { _dir: dir, path }))
 }
 
 /// A schema archive of the source as it is now.
@@ -532,18 +625,22 @@ pub async fn cutover(
     tracing::info!(sequences = n, "sequences set to the source's values");
     let mapping = apply_opts.mapping.as_deref().cloned().unwrap_or_default();
     let reports = if skip_validate { Vec::new() } else { validate_all(&src.client, &tgt.client, &mapping).await? };
+    if reports.iter().any(|r| !r.ok()) {
+        tracing::warn!(%slot, "tables differ: the slot is kept, to stream again after fixing the target");
+        return Ok(reports);
+    }
     if drop_slot {
         let mut repl = ReplicationConnection::connect(source).await?;
         repl.drop_slot(&slot, true).await?;
         tracing::info!(%slot, "slot dropped");
     }
-    let _ = tgt
-        .client
+    tgt.client
         .execute(
             &format!("UPDATE {CONTROL_SCHEMA}.migration SET phase = 'done', updated_at = now() WHERE slot_name = $1"),
             &[&slot],
         )
-        .await;
+        .await
+        .map_err(sql("could not record the migration as done"))?;
     Ok(reports)
 }
 

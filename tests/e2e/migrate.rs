@@ -114,7 +114,12 @@ fn a_live_database_migrates_with_no_gap_and_no_duplicate() {
            from generate_series(1, 20000) i;
          create index on measurements (device);
          create table keyless (a int, b text) ; alter table keyless replica identity full;
-         insert into keyless select i, 'k' from generate_series(1, 100) i;",
+         insert into keyless select i, 'k' from generate_series(1, 100) i;
+         -- Types whose binary form names other types' oids, which differ on the target.
+         create type feeling as enum ('sad', 'ok');
+         create type couple as (m feeling, n int);
+         create table oids_inside (id int primary key, moods feeling[], p couple, ps couple[], r regclass);
+         insert into oids_inside values (1, '{sad,ok}', row('ok', 1), array[row('sad', 2)::couple], 'keyless');",
     );
     let pgbench = |args: &[&str]| {
         let out = Command::new(pg_bindir().join("pgbench"))

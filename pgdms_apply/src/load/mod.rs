@@ -107,6 +107,10 @@ pub async fn prepare_control_tables(target: &tokio_postgres::Client) -> Result<(
                  snapshot_lsn pg_lsn NOT NULL,
                  loaded_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (slot_name, source_oid));
+             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migration_schema (
+                 slot_name text PRIMARY KEY,
+                 archive bytea NOT NULL,
+                 list bytea NOT NULL);
              RESET client_min_messages;"
         ))
         .await

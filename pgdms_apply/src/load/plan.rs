@@ -92,8 +92,12 @@ pub async fn source_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_po
                     coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
                              '{}'),
-                    coalesce((SELECT bool_and(coalesce(e.typsend, t.typsend) <> 0 AND coalesce(e.typreceive, t.typreceive) <> 0
-                                              AND t.typtype <> 'd' AND coalesce(e.typtype, 'b') <> 'd')
+                    -- Binary COPY only for built-in types: arrays and records carry their
+                    -- element types' oids, which differ on the target for user types, and
+                    -- reg* types travel as raw oids.
+                    coalesce((SELECT bool_and(t.oid < 16384 AND coalesce(e.oid, 0) < 16384
+                                              AND t.typtype = 'b' AND coalesce(e.typtype, 'b') = 'b'
+                                              AND t.typname !~ '^_?reg' AND t.oid NOT IN (2249, 2287))
                                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                                 LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), true),

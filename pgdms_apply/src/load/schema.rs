@@ -122,12 +122,15 @@ pub async fn restore(
     env.push(("PGOPTIONS", "-c maintenance_work_mem=512MB -c synchronous_commit=off".into()));
     match run_tool(bin, "pg_restore", &args, &env).await {
         Ok(_) => Ok(Vec::new()),
-        Err(SchemaError::Failed { stderr, .. }) => {
+        Err(SchemaError::Failed { tool, status, stderr }) => {
             let (not_migrated, refused) = classify_restore_errors(&stderr);
-            if refused.is_empty() {
-                Ok(not_migrated)
-            } else {
+            if !refused.is_empty() {
                 Err(SchemaError::Refused(refused.join("\n")))
+            } else if not_migrated.is_empty() {
+                // It failed without saying what it refused (killed, out of memory...).
+                Err(SchemaError::Failed { tool, status, stderr })
+            } else {
+                Ok(not_migrated)
             }
         }
         Err(e) => Err(e),

@@ -8,13 +8,24 @@ use tokio_postgres::Client;
 pub async fn sync(source: &Client, target: &Client) -> Result<usize, LoadError> {
     let rows = source
         .query(
-            "SELECT format('%I.%I', schemaname, sequencename), last_value, start_value
+            "SELECT format('%I.%I', schemaname, sequencename), last_value, start_value,
+                    has_sequence_privilege(format('%I.%I', schemaname, sequencename), 'SELECT')
                FROM pg_sequences
               WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
             &[],
         )
         .await
         .map_err(sql_error("could not read the source's sequences"))?;
+    // last_value reads NULL both for a sequence never used and one the role may not read.
+    let unreadable: Vec<String> = rows.iter().filter(|r| !r.get::<_, bool>(3)).map(|r| r.get(0)).collect();
+    if !unreadable.is_empty() {
+        return Err(LoadError::Table {
+            table: unreadable.join(", "),
+            error: "the source role may not read these sequences; GRANT SELECT on them (or run \
+                    SELECT pgdms.grant_migration_role('<role>') as a superuser)"
+                .into(),
+        });
+    }
     let mut set = 0;
     for r in rows {
         let name: String = r.get(0);
@@ -32,6 +43,9 @@ pub async fn sync(source: &Client, target: &Client) -> Result<usize, LoadError> 
             )
             .await
             .map_err(sql_error(format!("could not set sequence {name} on the target")))?;
+        if n == 0 {
+            tracing::warn!(sequence = %name, "not on the target (renamed, or left out by table mappings): not set");
+        }
         set += n as usize;
     }
     Ok(set)
