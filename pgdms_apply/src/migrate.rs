@@ -205,19 +205,8 @@ pub async fn migrate(
                 )
                 .await
                 .map_err(sql("could not record the migration"))?;
-            archive = copy_phase(
-                source,
-                target,
-                &tgt.client,
-                opts,
-                &pg_bin,
-                repl,
-                &snapshot,
-                created.consistent_point,
-                true,
-                None,
-            )
-            .await?;
+            let snapshot = Snapshot { exporter: repl, name: snapshot, lsn: created.consistent_point };
+            archive = copy_phase(source, target, &tgt.client, opts, &pg_bin, snapshot, None).await?;
             Phase::PostData
         }
         Some(Phase::Schema | Phase::Load) => {
@@ -248,19 +237,8 @@ pub async fn migrate(
             drop(repl);
             let loaded = load::loaded_tables(&tgt.client, &slot).await?;
             tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %created.consistent_point, "resuming the full load");
-            archive = copy_phase(
-                source,
-                target,
-                &tgt.client,
-                opts,
-                &pg_bin,
-                reload,
-                &snapshot,
-                created.consistent_point,
-                false,
-                Some(&loaded),
-            )
-            .await?;
+            let snapshot = Snapshot { exporter: reload, name: snapshot, lsn: created.consistent_point };
+            archive = copy_phase(source, target, &tgt.client, opts, &pg_bin, snapshot, Some(&loaded)).await?;
             Phase::PostData
         }
         Some(other) => other,
@@ -301,22 +279,30 @@ struct Archive {
     path: PathBuf,
 }
 
-/// Schema (optionally), then the tables, as of `snapshot`. `exporter` is the replication
-/// connection that exported it: it stays open until every session imported the snapshot.
-/// Returns the snapshot's schema archive (with drop-and-create), for the post-data.
-#[allow(clippy::too_many_arguments)]
+/// An exported snapshot, and the replication connection that exported it: it lives as long
+/// as that connection stays open and idle.
+struct Snapshot {
+    exporter: ReplicationConnection,
+    name: String,
+    /// The consistent point of the slot created with it.
+    lsn: Lsn,
+}
+
+/// The first run (`loaded` is None): schema, then every table, as of the slot's snapshot.
+/// A resumed run: the tables not in `loaded`, as of a temporary slot's snapshot. Returns the
+/// snapshot's schema archive (first run, drop-and-create), for the post-data.
 async fn copy_phase(
     source: &ConnInfo,
     target: &ConnInfo,
     tgt: &tokio_postgres::Client,
     opts: &MigrateOptions,
     pg_bin: &std::path::Path,
-    exporter: ReplicationConnection,
-    snapshot: &str,
-    snapshot_lsn: Lsn,
-    with_schema: bool,
+    snapshot: Snapshot,
     loaded: Option<&[(u32, Lsn)]>,
 ) -> Result<Option<Archive>, MigrateError> {
+    let Snapshot { exporter, name: snapshot, lsn: snapshot_lsn } = snapshot;
+    let snapshot = snapshot.as_str();
+    let with_schema = loaded.is_none();
     let slot = &opts.apply.slot;
     let jobs = opts.jobs.max(1);
     let mut sessions = Vec::with_capacity(jobs);

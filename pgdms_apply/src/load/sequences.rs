@@ -10,8 +10,13 @@ pub async fn sync(source: &Client, target: &Client) -> Result<usize, LoadError> 
         .query(
             "SELECT format('%I.%I', schemaname, sequencename), last_value, start_value,
                     has_sequence_privilege(format('%I.%I', schemaname, sequencename), 'SELECT')
-               FROM pg_sequences
-              WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+               FROM pg_sequences s
+              WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+                -- Extensions' own (pgdms's audit key among them) stay with their extension.
+                AND NOT EXISTS (SELECT FROM pg_depend d
+                                 WHERE d.classid = 'pg_class'::regclass
+                                   AND d.objid = format('%I.%I', s.schemaname, s.sequencename)::regclass
+                                   AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')",
             &[],
         )
         .await
