@@ -169,6 +169,7 @@ impl ApplyArgs {
             start_lsn: None,
             start_time: None,
             mapping: (!mapping.is_identity()).then(|| std::sync::Arc::new(mapping)),
+            reloaded_names: Default::default(),
         })
     }
 
@@ -385,7 +386,8 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     // The slot of a migration whose load reloaded tables: their changes already in the
     // copy are passed over here too.
     let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply cdc").await?;
-    opts.loaded_at = migrate::reloaded_tables(&tgt.client, &opts.slot).await?;
+    let slot = opts.slot.clone();
+    migrate::set_reloaded_tables(&tgt.client, &slot, &mut opts).await?;
     drop(tgt);
     drop(conn);
     let (on_error, sync) = (args.apply.on_error, args.apply.synchronous_commit.clone());

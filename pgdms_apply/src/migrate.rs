@@ -260,7 +260,7 @@ pub async fn migrate(
 
     // CDC from the slot's consistent point, passing over what reloaded tables already hold.
     let mut apply_opts = opts.apply.clone();
-    apply_opts.loaded_at = reloaded_tables(&tgt.client, &slot).await?;
+    set_reloaded_tables(&tgt.client, &slot, &mut apply_opts).await?;
     drop(tgt);
     let (on_error, sync) = (opts.on_error, opts.synchronous_commit.clone());
     let connect_target = || PostgresTarget::connect(target, on_error, &sync);
@@ -442,18 +442,20 @@ async fn map_schema(
 }
 
 /// Tables loaded from a later snapshot than the migration's slot (reloaded after a crash),
-/// with that snapshot's LSN: CDC passes over their changes committed before it.
-pub async fn reloaded_tables(
+/// with that snapshot's LSN: CDC passes over their changes (rows, by oid, and DDL, by name)
+/// committed before it. Sets `opts.loaded_at` and `opts.reloaded_names`.
+pub async fn set_reloaded_tables(
     tgt: &tokio_postgres::Client,
     slot: &str,
-) -> Result<std::collections::HashMap<u32, Lsn>, MigrateError> {
+    opts: &mut ApplyOptions,
+) -> Result<(), MigrateError> {
     let has_tables: bool = tgt
         .query_one(&format!("SELECT to_regclass('{CONTROL_SCHEMA}.load_progress') IS NOT NULL"), &[])
         .await
         .map_err(sql("target"))?
         .get(0);
     if !has_tables {
-        return Ok(Default::default());
+        return Ok(());
     }
     let start: Option<String> = tgt
         .query_opt(
@@ -464,7 +466,21 @@ pub async fn reloaded_tables(
         .map_err(sql("could not read pgdms.migration"))?
         .map(|r| r.get(0));
     let start: Lsn = start.and_then(|s| s.parse().ok()).unwrap_or_default();
-    Ok(load::loaded_tables(tgt, slot).await?.into_iter().filter(|(_, at)| *at > start).collect())
+    let rows = tgt
+        .query(
+            &format!("SELECT source_oid, table_name, snapshot_lsn::text FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await
+        .map_err(sql("could not read pgdms.load_progress"))?;
+    for r in rows {
+        let at: Lsn = r.get::<_, String>(2).parse().unwrap_or_default();
+        if at > start {
+            opts.loaded_at.insert(r.get(0), at);
+            opts.reloaded_names.insert(r.get(1), at);
+        }
+    }
+    Ok(())
 }
 
 fn report_not_migrated(lines: &[String]) {
@@ -599,7 +615,7 @@ pub async fn cutover(
     {
         let tgt = connect(target, "pgdms-apply cutover").await?;
         load::prepare_control_tables(&tgt.client).await?;
-        opts.loaded_at = reloaded_tables(&tgt.client, &slot).await?;
+        set_reloaded_tables(&tgt.client, &slot, &mut opts).await?;
     }
     let connect_target = || PostgresTarget::connect(target, on_error, "on");
     match apply::run(source, connect_target, &opts, shutdown).await? {

@@ -242,6 +242,14 @@ pub struct EventDecoder {
     excluded: std::collections::HashSet<u32>,
     /// Per table with columns the mappings remove: the indices of those kept.
     kept: std::collections::HashMap<u32, Vec<usize>>,
+    /// Tables (by source name) reloaded from a later snapshot: their DDL committed before
+    /// it is in the reloaded copy already (and replaying a DROP and CREATE of it would
+    /// empty the copy).
+    reloaded: std::collections::HashMap<String, Lsn>,
+    commit_lsn: Lsn,
+    /// Source names of the tables, by oid (a table dropped and created again under the same
+    /// name has a new oid).
+    source_names: std::collections::HashMap<u32, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +267,13 @@ pub enum EventError {
 impl EventDecoder {
     pub fn with_mapping(mapping: Option<Arc<Mapping>>) -> Self {
         EventDecoder { mapping: mapping.filter(|m| !m.is_identity()), ..Default::default() }
+    }
+
+    /// Tables reloaded from a later snapshot, by source name ("schema"."name"), with the LSN
+    /// of that snapshot.
+    pub fn with_reloaded(mut self, reloaded: std::collections::HashMap<String, Lsn>) -> Self {
+        self.reloaded = reloaded;
+        self
     }
 
     /// A row of `oid` without the columns the mappings remove.
@@ -284,7 +299,25 @@ impl EventDecoder {
         Ok(())
     }
 
+    /// A change of a table reloaded from a later snapshot, committed before it: in the copy.
+    fn in_reload(&self, oid: u32) -> bool {
+        !self.reloaded.is_empty()
+            && self
+                .source_names
+                .get(&oid)
+                .and_then(|name| self.reloaded.get(name))
+                .is_some_and(|at| self.commit_lsn < *at)
+    }
+
     fn event(&mut self, msg: &Bytes, record: Record<'_>) -> Result<Option<Event>, EventError> {
+        if let Record::Insert(Insert { relation, .. })
+        | Record::Update(Update { relation, .. })
+        | Record::Delete(Delete { relation, .. }) = &record
+        {
+            if self.in_reload(*relation) {
+                return Ok(None);
+            }
+        }
         if self.mapping.is_some() {
             match &record {
                 Record::Insert(Insert { relation, .. })
@@ -325,10 +358,14 @@ impl EventDecoder {
             Record::Begin(b) => {
                 self.xid = b.xid;
                 self.begin_lsn = b.begin_lsn;
+                self.commit_lsn = Lsn(b.commit_lsn);
                 Event::Begin { xid: b.xid, commit_lsn: Lsn(b.commit_lsn), commit_time: b.commit_time }
             }
             Record::Commit(c) => Event::Commit { end_lsn: Lsn(c.end_lsn), commit_time: c.commit_time },
             Record::Relation(r) => {
+                if !self.reloaded.is_empty() {
+                    self.source_names.insert(r.oid, format!("{}.{}", quote_ident(r.schema), quote_ident(r.name)));
+                }
                 let (mut schema, mut name) = (r.schema.to_string(), r.name.to_string());
                 let mut kept: Vec<usize> = (0..r.columns.len()).collect();
                 let mut names: Vec<String> = r.columns.iter().map(|c| c.name.to_string()).collect();
@@ -414,7 +451,7 @@ impl EventDecoder {
                 let rels: Vec<Arc<RelInfo>> = t
                     .relations
                     .iter()
-                    .filter(|oid| !self.excluded.contains(oid))
+                    .filter(|oid| !self.excluded.contains(oid) && !self.in_reload(**oid))
                     .map(|oid| self.rel(*oid, lsn(t.lsn_offset)))
                     .collect::<Result<_, _>>()?;
                 if rels.is_empty() {
@@ -423,6 +460,15 @@ impl EventDecoder {
                 Event::Truncate { rels, restart_identity: t.restart_identity, lsn: lsn(t.lsn_offset) }
             }
             Record::Ddl(d) => {
+                if let DdlObject::Table { before, after } = &d.object {
+                    let in_reload = [before.as_ref(), after.as_ref()].into_iter().flatten().any(|def| {
+                        let name = format!("{}.{}", quote_ident(&def.schema), quote_ident(&def.name));
+                        self.reloaded.get(&name).is_some_and(|at| self.commit_lsn < *at)
+                    });
+                    if in_reload {
+                        return Ok(None);
+                    }
+                }
                 let mut ddl = d.clone();
                 if let (Some(m), DdlObject::Table { before, after }) = (&self.mapping, &mut ddl.object) {
                     let kept = [before.as_mut(), after.as_mut()].into_iter().flatten().all(|def| m.map_table_def(def));

@@ -46,6 +46,9 @@ pub struct ApplyOptions {
     pub start_time: Option<i64>,
     /// Table mappings (selection, names, removed columns).
     pub mapping: Option<Arc<crate::mapping::Mapping>>,
+    /// The tables of `loaded_at` by source name: their DDL committed before their snapshot
+    /// is passed over too.
+    pub reloaded_names: std::collections::HashMap<String, Lsn>,
 }
 
 impl ApplyOptions {
@@ -165,7 +168,7 @@ pub async fn run_session<T: Target>(
     // of CHUNK events in flight (memory stays bounded whatever the backlog).
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(32);
     let (applied_tx, applied_rx) = watch::channel(start);
-    let decoder = EventDecoder::with_mapping(opts.mapping.clone());
+    let decoder = EventDecoder::with_mapping(opts.mapping.clone()).with_reloaded(opts.reloaded_names.clone());
     let receiver = tokio::spawn(receive(stream, decoder, events_tx, applied_rx, start, opts.until.is_some()));
     let mut applier = Applier::new(target, opts, progress, applied_tx);
     let result = applier.run(events_rx, shutdown).await;
