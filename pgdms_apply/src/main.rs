@@ -165,11 +165,10 @@ impl ApplyArgs {
             batch_max_rows: self.batch_max_rows.max(1),
             plugin_options: self.plugin.options(),
             until: self.until,
-            loaded_at: Default::default(),
             start_lsn: None,
             start_time: None,
             mapping: (!mapping.is_identity()).then(|| std::sync::Arc::new(mapping)),
-            reloaded_names: Default::default(),
+            reloaded: Default::default(),
         })
     }
 

@@ -83,10 +83,6 @@ impl From<crate::stream::client::ConnectError> for MigrateError {
     }
 }
 
-fn sql(context: &str) -> impl FnOnce(tokio_postgres::Error) -> MigrateError + '_ {
-    move |source| MigrateError::Load(LoadError::Sql { context: context.to_string(), source })
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     Schema,
@@ -125,7 +121,7 @@ async fn set_phase(target: &tokio_postgres::Client, slot: &str, phase: Phase) ->
             &[&slot, &phase.name()],
         )
         .await
-        .map_err(sql("could not record the migration's phase"))?;
+        .map_err(load::sql_error("could not record the migration's phase"))?;
     tracing::info!(slot, phase = phase.name(), "migration phase");
     Ok(())
 }
@@ -151,7 +147,7 @@ pub async fn migrate(
         .client
         .query_opt(&format!("SELECT phase FROM {CONTROL_SCHEMA}.migration WHERE slot_name = $1"), &[&slot])
         .await
-        .map_err(sql("could not read pgdms.migration"))?
+        .map_err(load::sql_error("could not read pgdms.migration"))?
         .map(|r| Phase::parse(r.get::<_, &str>(0)));
     let mut repl = ReplicationConnection::connect(source).await?;
     let recorded = if recorded == Some(Phase::Schema) {
@@ -169,7 +165,7 @@ pub async fn migrate(
                 lit = crate::sql::quote_literal(&slot)
             ))
             .await
-            .map_err(sql("could not reset the migration's records"))?;
+            .map_err(load::sql_error("could not reset the migration's records"))?;
         None
     } else {
         recorded
@@ -204,7 +200,7 @@ pub async fn migrate(
                     &[&slot, &created.consistent_point.to_string()],
                 )
                 .await
-                .map_err(sql("could not record the migration"))?;
+                .map_err(load::sql_error("could not record the migration"))?;
             let snapshot = Snapshot { exporter: repl, name: snapshot, lsn: created.consistent_point };
             archive = copy_phase(source, target, &tgt.client, opts, &pg_bin, snapshot, None).await?;
             Phase::PostData
@@ -246,13 +242,13 @@ pub async fn migrate(
     if phase == Phase::PostData {
         post_data(source, target, &tgt.client, opts, &pg_bin, archive.as_ref()).await?;
         // Table mappings, then the next phase, in one transaction: a crash leaves both or neither.
-        tgt.client.batch_execute("BEGIN").await.map_err(sql("target"))?;
+        tgt.client.batch_execute("BEGIN").await.map_err(load::sql_error("target"))?;
         if opts.prep == Prep::DropAndCreate && !opts.mapping.is_identity() {
             let src = connect(source, "pgdms-apply migrate").await?;
             map_schema(&src.client, &tgt.client, &opts.mapping).await?;
         }
         set_phase(&tgt.client, &slot, if cdc { Phase::Cdc } else { Phase::Done }).await?;
-        tgt.client.batch_execute("COMMIT").await.map_err(sql("target"))?;
+        tgt.client.batch_execute("COMMIT").await.map_err(load::sql_error("target"))?;
     }
     if !cdc || phase == Phase::Done {
         return Ok(Finished::Reached);
@@ -298,7 +294,7 @@ async fn copy_phase(
     opts: &MigrateOptions,
     pg_bin: &std::path::Path,
     snapshot: Snapshot,
-    loaded: Option<&[(u32, Lsn)]>,
+    loaded: Option<&[(u32, String, Lsn)]>,
 ) -> Result<Option<Archive>, MigrateError> {
     let Snapshot { exporter, name: snapshot, lsn: snapshot_lsn } = snapshot;
     let snapshot = snapshot.as_str();
@@ -309,10 +305,7 @@ async fn copy_phase(
     for _ in 0..jobs {
         sessions.push(load::snapshot_session(source, snapshot).await?);
     }
-    let workdir = tempfile::Builder::new()
-        .prefix("pgdms-schema-")
-        .tempdir()
-        .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory for the schema dump: {e}")))?;
+    let workdir = schema_workdir()?;
     // The first snapshot's schema is dumped once and kept on the target: a resumed run
     // builds the post-data of the schema its tables were created with.
     let archive = match (opts.prep, with_schema) {
@@ -344,7 +337,7 @@ async fn copy_phase(
     // their removed columns dropped) once the post-data is built on them; otherwise the
     // target already has the mapped tables.
     let keep = |t: SourceTable| -> Option<SourceTable> {
-        if loaded.is_some_and(|l| l.iter().any(|(oid, _)| *oid == t.oid)) {
+        if loaded.is_some_and(|l| l.iter().any(|(oid, _, _)| *oid == t.oid)) {
             return None;
         }
         if opts.prep == Prep::DropAndCreate {
@@ -386,16 +379,22 @@ async fn map_schema(
             &[],
         )
         .await
-        .map_err(sql("could not list the source's tables"))?;
+        .map_err(load::sql_error("could not list the source's tables"))?;
     let run = |stmt: String| async move {
         tracing::info!(statement = %stmt, "table mapping");
-        target.batch_execute(&stmt).await.map_err(|e| MigrateError::Fatal(format!("{stmt}: {}", load::error_text(&e))))
+        target
+            .batch_execute(&stmt)
+            .await
+            .map_err(|e| MigrateError::Fatal(format!("{stmt}: {}", crate::stream::client::error_text(&e))))
     };
     for r in tables {
         let (schema, name, key): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
         let q = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-        let exists: bool =
-            target.query_one("SELECT to_regclass($1) IS NOT NULL", &[&q]).await.map_err(sql("target"))?.get(0);
+        let exists: bool = target
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+            .await
+            .map_err(load::sql_error("target"))?
+            .get(0);
         if !exists {
             continue;
         }
@@ -412,7 +411,7 @@ async fn map_schema(
                 &[&q],
             )
             .await
-            .map_err(sql("target"))?
+            .map_err(load::sql_error("target"))?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -443,7 +442,7 @@ async fn map_schema(
 
 /// Tables loaded from a later snapshot than the migration's slot (reloaded after a crash),
 /// with that snapshot's LSN: CDC passes over their changes (rows, by oid, and DDL, by name)
-/// committed before it. Sets `opts.loaded_at` and `opts.reloaded_names`.
+/// committed before it. Sets `opts.reloaded`.
 pub async fn set_reloaded_tables(
     tgt: &tokio_postgres::Client,
     slot: &str,
@@ -452,7 +451,7 @@ pub async fn set_reloaded_tables(
     let has_tables: bool = tgt
         .query_one(&format!("SELECT to_regclass('{CONTROL_SCHEMA}.load_progress') IS NOT NULL"), &[])
         .await
-        .map_err(sql("target"))?
+        .map_err(load::sql_error("target"))?
         .get(0);
     if !has_tables {
         return Ok(());
@@ -463,21 +462,13 @@ pub async fn set_reloaded_tables(
             &[&slot],
         )
         .await
-        .map_err(sql("could not read pgdms.migration"))?
+        .map_err(load::sql_error("could not read pgdms.migration"))?
         .map(|r| r.get(0));
     let start: Lsn = start.and_then(|s| s.parse().ok()).unwrap_or_default();
-    let rows = tgt
-        .query(
-            &format!("SELECT source_oid, table_name, snapshot_lsn::text FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"),
-            &[&slot],
-        )
-        .await
-        .map_err(sql("could not read pgdms.load_progress"))?;
-    for r in rows {
-        let at: Lsn = r.get::<_, String>(2).parse().unwrap_or_default();
+    for (oid, name, at) in load::loaded_tables(tgt, slot).await? {
         if at > start {
-            opts.loaded_at.insert(r.get(0), at);
-            opts.reloaded_names.insert(r.get(1), at);
+            opts.reloaded.by_oid.insert(oid, at);
+            opts.reloaded.by_name.insert(name, at);
         }
     }
     Ok(())
@@ -525,6 +516,14 @@ async fn post_data(
     Ok(())
 }
 
+/// A temporary directory for a schema archive (removed when dropped).
+fn schema_workdir() -> Result<tempfile::TempDir, MigrateError> {
+    tempfile::Builder::new()
+        .prefix("pgdms-schema-")
+        .tempdir()
+        .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory for the schema dump: {e}")))
+}
+
 /// Keeps the schema archive of a migration on the target.
 async fn store_archive(tgt: &tokio_postgres::Client, slot: &str, archive: &Archive) -> Result<(), MigrateError> {
     let read = |p: &std::path::Path| {
@@ -540,7 +539,7 @@ async fn store_archive(tgt: &tokio_postgres::Client, slot: &str, archive: &Archi
         &[&slot, &dump, &list],
     )
     .await
-    .map_err(sql("could not keep the schema archive on the target"))?;
+    .map_err(load::sql_error("could not keep the schema archive on the target"))?;
     Ok(())
 }
 
@@ -552,14 +551,11 @@ async fn stored_archive(tgt: &tokio_postgres::Client, slot: &str) -> Result<Opti
             &[&slot],
         )
         .await
-        .map_err(sql("could not read the kept schema archive"))?
+        .map_err(load::sql_error("could not read the kept schema archive"))?
     else {
         return Ok(None);
     };
-    let dir = tempfile::Builder::new()
-        .prefix("pgdms-schema-")
-        .tempdir()
-        .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory: {e}")))?;
+    let dir = schema_workdir()?;
     let path = dir.path().join("schema.dump");
     let write = |p: &std::path::Path, bytes: &[u8]| {
         std::fs::write(p, bytes).map_err(|e| MigrateError::Fatal(format!("could not write {}: {e}", p.display())))
@@ -571,17 +567,17 @@ async fn stored_archive(tgt: &tokio_postgres::Client, slot: &str) -> Result<Opti
 
 /// A schema archive of the source as it is now.
 async fn dump_current(pg_bin: &std::path::Path, source: &ConnInfo) -> Result<Archive, MigrateError> {
-    let dir = tempfile::Builder::new()
-        .prefix("pgdms-schema-")
-        .tempdir()
-        .map_err(|e| MigrateError::Fatal(format!("could not create a temporary directory for the schema dump: {e}")))?;
+    let dir = schema_workdir()?;
     let src = connect(source, "pgdms-apply migrate").await?;
-    src.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(sql("source"))?;
+    src.client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(load::sql_error("source"))?;
     let snapshot: String = src
         .client
         .query_one("SELECT pg_export_snapshot()", &[])
         .await
-        .map_err(sql("could not export a snapshot of the source"))?
+        .map_err(load::sql_error("could not export a snapshot of the source"))?
         .get(0);
     let path = schema::dump(pg_bin, source, &snapshot, dir.path()).await?;
     drop(src);
@@ -605,7 +601,7 @@ pub async fn cutover(
         .client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
-        .map_err(sql("source"))?
+        .map_err(load::sql_error("source"))?
         .get::<_, String>(0)
         .parse()
         .unwrap_or_default();
@@ -642,7 +638,7 @@ pub async fn cutover(
             &[&slot],
         )
         .await
-        .map_err(sql("could not record the migration as done"))?;
+        .map_err(load::sql_error("could not record the migration as done"))?;
     Ok(reports)
 }
 
@@ -652,12 +648,12 @@ pub async fn validate_all(
     target: &tokio_postgres::Client,
     mapping: &Mapping,
 ) -> Result<Vec<validate::TableReport>, MigrateError> {
-    source.batch_execute(validate::SAME_TEXT).await.map_err(sql("source"))?;
-    target.batch_execute(validate::SAME_TEXT).await.map_err(sql("target"))?;
-    source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(sql("source"))?;
+    source.batch_execute(validate::SAME_TEXT).await.map_err(load::sql_error("source"))?;
+    target.batch_execute(validate::SAME_TEXT).await.map_err(load::sql_error("target"))?;
+    source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(load::sql_error("source"))?;
     let tables: Vec<SourceTable> = load::plan::source_tables(source)
         .await
-        .map_err(sql("could not list the source's tables"))?
+        .map_err(load::sql_error("could not list the source's tables"))?
         .into_iter()
         .filter_map(|t| t.mapped(mapping))
         .collect();

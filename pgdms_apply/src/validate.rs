@@ -8,9 +8,9 @@
 //! target, extra on the target, different). Meaningful when the source is quiet and the
 //! apply has caught up (as at cutover).
 
-use crate::load::error_text;
 use crate::load::plan::SourceTable;
 use crate::sql::quote_ident;
+use crate::stream::client::error_text;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 

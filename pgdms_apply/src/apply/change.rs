@@ -4,6 +4,7 @@
 //! commits, so it converts them here. Text and bytea values stay slices of the received
 //! message (`Bytes` is reference-counted), so nothing is copied.
 
+use super::Reloaded;
 use crate::mapping::Mapping;
 use crate::sql::quote_ident;
 use crate::stream::Lsn;
@@ -242,10 +243,9 @@ pub struct EventDecoder {
     excluded: std::collections::HashSet<u32>,
     /// Per table with columns the mappings remove: the indices of those kept.
     kept: std::collections::HashMap<u32, Vec<usize>>,
-    /// Tables (by source name) reloaded from a later snapshot: their DDL committed before
-    /// it is in the reloaded copy already (and replaying a DROP and CREATE of it would
-    /// empty the copy).
-    reloaded: std::collections::HashMap<String, Lsn>,
+    /// Tables reloaded from a later snapshot: their rows and DDL committed before it are in
+    /// the reloaded copy already (and replaying a DROP and CREATE of it would empty the copy).
+    reloaded: Reloaded,
     commit_lsn: Lsn,
     /// Source names of the tables, by oid (a table dropped and created again under the same
     /// name has a new oid).
@@ -269,9 +269,8 @@ impl EventDecoder {
         EventDecoder { mapping: mapping.filter(|m| !m.is_identity()), ..Default::default() }
     }
 
-    /// Tables reloaded from a later snapshot, by source name ("schema"."name"), with the LSN
-    /// of that snapshot.
-    pub fn with_reloaded(mut self, reloaded: std::collections::HashMap<String, Lsn>) -> Self {
+    /// Tables reloaded from a later snapshot, with the LSN of that snapshot.
+    pub fn with_reloaded(mut self, reloaded: Reloaded) -> Self {
         self.reloaded = reloaded;
         self
     }
@@ -301,12 +300,9 @@ impl EventDecoder {
 
     /// A change of a table reloaded from a later snapshot, committed before it: in the copy.
     fn in_reload(&self, oid: u32) -> bool {
-        !self.reloaded.is_empty()
-            && self
-                .source_names
-                .get(&oid)
-                .and_then(|name| self.reloaded.get(name))
-                .is_some_and(|at| self.commit_lsn < *at)
+        let by_oid = self.reloaded.by_oid.get(&oid);
+        let by_name = || self.source_names.get(&oid).and_then(|name| self.reloaded.by_name.get(name));
+        by_oid.or_else(by_name).is_some_and(|at| self.commit_lsn < *at)
     }
 
     fn event(&mut self, msg: &Bytes, record: Record<'_>) -> Result<Option<Event>, EventError> {
@@ -363,7 +359,7 @@ impl EventDecoder {
             }
             Record::Commit(c) => Event::Commit { end_lsn: Lsn(c.end_lsn), commit_time: c.commit_time },
             Record::Relation(r) => {
-                if !self.reloaded.is_empty() {
+                if !self.reloaded.by_name.is_empty() {
                     self.source_names.insert(r.oid, format!("{}.{}", quote_ident(r.schema), quote_ident(r.name)));
                 }
                 let (mut schema, mut name) = (r.schema.to_string(), r.name.to_string());
@@ -463,7 +459,11 @@ impl EventDecoder {
                 if let DdlObject::Table { before, after } = &d.object {
                     let in_reload = [before.as_ref(), after.as_ref()].into_iter().flatten().any(|def| {
                         let name = format!("{}.{}", quote_ident(&def.schema), quote_ident(&def.name));
-                        self.reloaded.get(&name).is_some_and(|at| self.commit_lsn < *at)
+                        self.reloaded
+                            .by_oid
+                            .get(&def.oid)
+                            .or(self.reloaded.by_name.get(&name))
+                            .is_some_and(|at| self.commit_lsn < *at)
                     });
                     if in_reload {
                         return Ok(None);

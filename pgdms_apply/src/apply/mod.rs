@@ -37,26 +37,24 @@ pub struct ApplyOptions {
     /// Stop once everything up to this source LSN is applied.
     pub until: Option<Lsn>,
     /// Tables loaded from a later snapshot than the slot's start (reloaded after a crash):
-    /// their changes in transactions that committed before that snapshot's LSN are in the
-    /// copy already, and are passed over, as PostgreSQL's table-sync workers do.
-    pub loaded_at: std::collections::HashMap<u32, Lsn>,
+    /// their changes committed before that snapshot are in the copy already and are passed
+    /// over, as PostgreSQL's table-sync workers do.
+    pub reloaded: Reloaded,
     /// Pass over transactions that committed before this LSN...
     pub start_lsn: Option<Lsn>,
     /// ...or before this time (microseconds since 2000-01-01 UTC).
     pub start_time: Option<i64>,
     /// Table mappings (selection, names, removed columns).
     pub mapping: Option<Arc<crate::mapping::Mapping>>,
-    /// The tables of `loaded_at` by source name: their DDL committed before their snapshot
-    /// is passed over too.
-    pub reloaded_names: std::collections::HashMap<String, Lsn>,
 }
 
-impl ApplyOptions {
-    /// Whether a change of table `oid` in a transaction committing at `commit_lsn` is in
-    /// that table's copy already.
-    fn in_copy(&self, oid: u32, commit_lsn: Lsn) -> bool {
-        self.loaded_at.get(&oid).is_some_and(|at| commit_lsn < *at)
-    }
+/// Reloaded tables and the LSN of the snapshot each was copied from, by source oid and by
+/// source name ("schema"."name"): a table renamed since keeps its oid, one dropped and
+/// created again keeps its name.
+#[derive(Debug, Clone, Default)]
+pub struct Reloaded {
+    pub by_oid: std::collections::HashMap<u32, Lsn>,
+    pub by_name: std::collections::HashMap<String, Lsn>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +166,7 @@ pub async fn run_session<T: Target>(
     // of CHUNK events in flight (memory stays bounded whatever the backlog).
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(32);
     let (applied_tx, applied_rx) = watch::channel(start);
-    let decoder = EventDecoder::with_mapping(opts.mapping.clone()).with_reloaded(opts.reloaded_names.clone());
+    let decoder = EventDecoder::with_mapping(opts.mapping.clone()).with_reloaded(opts.reloaded.clone());
     let receiver = tokio::spawn(receive(stream, decoder, events_tx, applied_rx, start, opts.until.is_some()));
     let mut applier = Applier::new(target, opts, progress, applied_tx);
     let result = applier.run(events_rx, shutdown).await;
@@ -364,8 +362,6 @@ struct Applier<'t, T: Target> {
     skipping_txn: bool,
     /// The transaction being received holds DDL.
     txn_has_ddl: bool,
-    /// Commit LSN of the transaction being received.
-    txn_commit_lsn: Lsn,
     /// Tables described in this session, and those first described in the current
     /// transaction (which may have created them).
     described: HashSet<u32>,
@@ -392,7 +388,6 @@ impl<'t, T: Target> Applier<'t, T> {
             txn: Vec::new(),
             skipping_txn: false,
             txn_has_ddl: false,
-            txn_commit_lsn: Lsn(0),
             described: HashSet::new(),
             new_in_txn: HashSet::new(),
             txn_streaming: false,
@@ -476,24 +471,21 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.skipping_txn = self.skip_through.is_some_and(|p| commit_lsn < p)
                     || self.opts.start_lsn.is_some_and(|s| commit_lsn < s)
                     || self.opts.start_time.is_some_and(|t| commit_time < t);
-                self.txn_commit_lsn = commit_lsn;
                 self.txn.clear();
                 self.txn_has_ddl = false;
                 self.new_in_txn.clear();
                 self.txn_streaming = false;
             }
             Event::Change(c) => {
-                if !self.skipping_txn && !self.opts.in_copy(c.rel.oid, self.txn_commit_lsn) {
+                if !self.skipping_txn {
                     self.txn.push(TxnItem::Change(c));
                     if self.txn.len() >= self.opts.batch_max_rows {
                         self.stream_large_transaction().await?;
                     }
                 }
             }
-            Event::Truncate { mut rels, restart_identity, lsn } => {
-                let at = self.txn_commit_lsn;
-                rels.retain(|r| !self.opts.in_copy(r.oid, at));
-                if !self.skipping_txn && !rels.is_empty() {
+            Event::Truncate { rels, restart_identity, lsn } => {
+                if !self.skipping_txn {
                     self.txn.push(TxnItem::Truncate { rels, restart_identity, lsn });
                 }
             }

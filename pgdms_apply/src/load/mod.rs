@@ -15,13 +15,13 @@ pub mod schema;
 pub mod sequences;
 
 use crate::sql::quote_literal;
-use crate::stream::client::{connect, ConnectError, SqlConnection};
+use crate::stream::client::{connect, error_text, ConnectError, SqlConnection};
 use crate::stream::{ConnInfo, Lsn};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use plan::{plan, unit_query, Plan, SourceTable, Unit};
 use progress::{Progress, Summary};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 pub const CONTROL_SCHEMA: &str = crate::target::postgres::CONTROL_SCHEMA;
@@ -39,20 +39,9 @@ pub enum LoadError {
     Table { table: String, error: String },
 }
 
-fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> LoadError {
+pub(crate) fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> LoadError {
     let context = context.into();
     move |source| LoadError::Sql { context, source }
-}
-
-/// The text of a server error (message and detail), or the client's.
-pub fn error_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(d) => format!("{} ({d})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => e.to_string(),
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -285,19 +274,17 @@ async fn mark_loaded(
     Ok(())
 }
 
-/// The tables of `slot`'s migration already loaded, with the snapshot LSN of their copy.
-pub async fn loaded_tables(target: &tokio_postgres::Client, slot: &str) -> Result<Vec<(u32, Lsn)>, LoadError> {
+/// The tables of `slot`'s migration already loaded: source oid, source name ("schema"."name")
+/// and the snapshot LSN of their copy.
+pub async fn loaded_tables(target: &tokio_postgres::Client, slot: &str) -> Result<Vec<(u32, String, Lsn)>, LoadError> {
     let rows = target
         .query(
-            &format!("SELECT source_oid, snapshot_lsn::text FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"),
+            &format!(
+                "SELECT source_oid, table_name, snapshot_lsn::text FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"
+            ),
             &[&slot],
         )
         .await
         .map_err(sql_error("could not read pgdms.load_progress"))?;
-    Ok(rows.iter().map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1).parse().unwrap_or_default())).collect())
-}
-
-/// Oids of tables not loaded yet, of those `all` lists.
-pub fn unfinished(all: &[SourceTable], loaded: &[(u32, Lsn)]) -> HashSet<u32> {
-    all.iter().map(|t| t.oid).filter(|oid| !loaded.iter().any(|(l, _)| l == oid)).collect()
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, String>(2).parse().unwrap_or_default())).collect())
 }

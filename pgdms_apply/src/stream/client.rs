@@ -27,6 +27,17 @@ pub enum ConnectError {
     Tls(String),
 }
 
+/// The text of an error: the server's message and detail, or the client's.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
 /// Opens a SQL session to the database `info` names.
 pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<SqlConnection, ConnectError> {
     let mut config = tokio_postgres::Config::new();

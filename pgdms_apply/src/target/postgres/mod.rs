@@ -21,7 +21,7 @@ use super::{OnError, SourceSettings, Target, TargetError};
 use crate::apply::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
 use crate::apply::change::{Change, RelInfo, Val};
 use crate::sql::{quote_ident, quote_literal};
-use crate::stream::client::SqlConnection;
+use crate::stream::client::{error_text, SqlConnection};
 use crate::stream::{ConnInfo, Lsn};
 use bytes::BytesMut;
 use futures_util::future::join_all;
@@ -81,7 +81,7 @@ fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
             if code.starts_with("57P") || code.starts_with("08") {
                 return Err(TargetError::Connection(db.to_string()));
             }
-            Ok(error_text(e))
+            Ok(error_text(&e))
         }
         None => Ok(e.to_string()),
     }
@@ -146,7 +146,7 @@ impl PostgresTarget {
                 Ok(stmt) => {
                     self.statements.insert(steps[*i].sql.clone(), stmt);
                 }
-                Err(e) => return Err((*i, error_text(e))),
+                Err(e) => return Err((*i, error_text(&e))),
             }
         }
         let stmts: Vec<&Statement> = steps.iter().map(|s| &self.statements[&s.sql]).collect();
@@ -158,7 +158,7 @@ impl PostgresTarget {
                 Ok(n) if s.expect.is_none_or(|e| e == n) => {}
                 Ok(0) if s.expect == Some(1) => return Err((i, "the row was not found on the target".into())),
                 Ok(n) => return Err((i, format!("{n} rows affected where {} were expected", s.expect.unwrap_or(0)))),
-                Err(e) => return Err((i, error_text(e))),
+                Err(e) => return Err((i, error_text(&e))),
             }
         }
         Ok(())
@@ -230,13 +230,13 @@ impl PostgresTarget {
             let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
             let qstage = quote_ident(&stage);
             if !deletes.is_empty() {
-                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
+                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
                 let key_list = column_list(rel, &t.key_cols);
                 self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect()))
                     .await
-                    .map_err(error_text)?;
+                    .map_err(|e| error_text(&e))?;
                 let sql = format!("DELETE FROM ONLY {target} t USING {qstage} s WHERE {key_match}");
-                let n = self.conn.client.execute(&sql, &[]).await.map_err(error_text)?;
+                let n = self.conn.client.execute(&sql, &[]).await.map_err(|e| error_text(&e))?;
                 if n != deletes.len() as u64 {
                     return Err(format!(
                         "{} of {} rows to delete were not found",
@@ -246,7 +246,7 @@ impl PostgresTarget {
                 }
             }
             for (set, rows) in &updates {
-                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(error_text)?;
+                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
                 let list = column_list(rel, &written);
                 // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
                 // every column that kept its value, keys included, as unchanged.
@@ -256,12 +256,12 @@ impl PostgresTarget {
                         .map(|&i| t.key_cols.iter().position(|&k| k == i).map_or(&r[i], |p| &key[p]))
                         .collect()
                 });
-                self.copy_rows(&qstage, &list, staged).await.map_err(error_text)?;
+                self.copy_rows(&qstage, &list, staged).await.map_err(|e| error_text(&e))?;
                 let assignments: Vec<String> =
                     set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
                 let sql =
                     format!("UPDATE ONLY {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
-                let n = self.conn.client.execute(&sql, &[]).await.map_err(error_text)?;
+                let n = self.conn.client.execute(&sql, &[]).await.map_err(|e| error_text(&e))?;
                 if n != rows.len() as u64 {
                     return Err(format!("{n} rows updated where {} were expected", rows.len()));
                 }
@@ -271,7 +271,7 @@ impl PostgresTarget {
             let list = column_list(rel, &written);
             self.copy_rows(&target, &list, inserts.iter().map(|r| written.iter().map(|&i| &r[i]).collect()))
                 .await
-                .map_err(error_text)?;
+                .map_err(|e| error_text(&e))?;
         }
         Ok(())
     }
@@ -408,17 +408,6 @@ impl PostgresTarget {
             self.apply_net_copy(t, net).await?;
         }
         self.pipeline(&steps).await.map_err(|(_, why)| why)
-    }
-}
-
-/// The text of a statement's error: message and detail.
-fn error_text(e: tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(d) => format!("{} ({d})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => e.to_string(),
     }
 }
 
