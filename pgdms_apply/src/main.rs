@@ -214,8 +214,11 @@ struct MigrateArgs {
     #[arg(long, default_value_t = 2)]
     jobs: usize,
     /// Tables larger than this are loaded in parallel block ranges of about this size
-    /// ("100MB"; 0 never splits).
-    #[arg(long, default_value = "100MB", value_parser = parse_size)]
+    /// ("100MB"; 0, the default, never splits). A table loaded whole by a migration that
+    /// created it is written frozen (COPY FREEZE): no hint-bit writes or anti-wraparound
+    /// vacuum of it later, and a cheaper index build. Ranges give that up for parallelism
+    /// within the table, which pays when the target has cores to spare.
+    #[arg(long, default_value = "0", value_parser = parse_size)]
     split_tables_larger_than: u64,
     /// Directory of PostgreSQL's client programs (pg_dump, pg_restore); default: those of
     /// the source's major version.
