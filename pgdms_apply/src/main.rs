@@ -9,6 +9,9 @@ use pgdms_apply::migrate::{self, MigrateOptions, Mode, Prep};
 use pgdms_apply::sql::quote_literal;
 use pgdms_apply::stream::{ConnInfo, Lsn, ReplicationConnection};
 use pgdms_apply::target::postgres::PostgresTarget;
+use pgdms_apply::target::jsonl::JsonlTarget;
+use pgdms_apply::target::sqlite::SqliteTarget;
+use pgdms_apply::target::typemap::{LongVarchar, MapOptions};
 use pgdms_apply::target::OnError;
 use pgdms_proto::{Options, OriginFilter};
 use std::process::ExitCode;
@@ -93,9 +96,11 @@ impl PluginArgs {
 /// How changes are applied to the target: shared by cdc, migrate and cutover.
 #[derive(Args)]
 struct ApplyArgs {
-    /// The target database (libpq connection string or URI). The role needs the right to set
-    /// session_replication_role: a superuser, or on PostgreSQL 15+ one granted
-    /// SET ON PARAMETER session_replication_role.
+    /// The target. A PostgreSQL database (libpq connection string or URI; the role needs the
+    /// right to set session_replication_role: a superuser, or on PostgreSQL 15+ one granted
+    /// SET ON PARAMETER session_replication_role); or, through the DMS type mapping,
+    /// `sqlite:PATH` (a SQLite database file) or `jsonl:PATH` / `jsonl:-` (a JSON-lines
+    /// stream to a file or stdout).
     #[arg(long, env = "PGDMS_TARGET")]
     target: String,
     /// The logical replication slot to stream from (plugin pgdms).
@@ -130,7 +135,42 @@ struct ApplyArgs {
     #[command(flatten)]
     mappings: MappingArgs,
     #[command(flatten)]
+    types: TypeMapArgs,
+    #[command(flatten)]
     plugin: PluginArgs,
+}
+
+/// The reference's data type mapping settings (heterogeneous targets).
+#[derive(Args)]
+struct TypeMapArgs {
+    /// Heterogeneous targets: booleans as the target's boolean (MySQL BOOLEAN, SQLite 0/1,
+    /// JSON true/false) rather than CHAR(5) 'true'/'false'.
+    #[arg(long)]
+    map_boolean_as_boolean: bool,
+    /// Heterogeneous targets: json, jsonb and hstore as CLOB rather than NCLOB.
+    #[arg(long)]
+    map_jsonb_as_clob: bool,
+    /// Heterogeneous targets: varchar without a length as WSTRING, CLOB or NCLOB.
+    #[arg(long, value_enum, default_value_t = LongVarchar::Nclob)]
+    map_long_varchar_as: LongVarchar,
+}
+
+impl TypeMapArgs {
+    fn options(&self) -> MapOptions {
+        MapOptions {
+            boolean_as_boolean: self.map_boolean_as_boolean,
+            jsonb_as_clob: self.map_jsonb_as_clob,
+            long_varchar_as: self.map_long_varchar_as,
+        }
+    }
+}
+
+/// Where changes land.
+enum TargetSpec {
+    Postgres(ConnInfo),
+    Sqlite(std::path::PathBuf),
+    /// A file, or None for stdout.
+    Jsonl(Option<std::path::PathBuf>),
 }
 
 #[derive(Args)]
@@ -173,7 +213,26 @@ impl ApplyArgs {
     }
 
     fn target(&self) -> anyhow::Result<ConnInfo> {
-        ConnInfo::parse(&self.target).context("invalid --target")
+        match self.target_spec()? {
+            TargetSpec::Postgres(c) => Ok(c),
+            _ => anyhow::bail!("this command works with a PostgreSQL --target only"),
+        }
+    }
+
+    fn target_spec(&self) -> anyhow::Result<TargetSpec> {
+        let t = self.target.trim();
+        if let Some(path) = t.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            anyhow::ensure!(!path.is_empty(), "--target sqlite:PATH needs the database file's path");
+            return Ok(TargetSpec::Sqlite(path.into()));
+        }
+        if let Some(path) = t.strip_prefix("jsonl:") {
+            return Ok(TargetSpec::Jsonl(match path {
+                "-" | "" => None,
+                p => Some(p.into()),
+            }));
+        }
+        Ok(TargetSpec::Postgres(ConnInfo::parse(t).context("invalid --target")?))
     }
 }
 
@@ -357,7 +416,7 @@ fn shutdown_watch() -> tokio::sync::watch::Receiver<bool> {
 
 async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
-    let target = args.apply.target()?;
+    let spec = args.apply.target_spec()?;
     let mut opts = args.apply.options()?;
     let mut conn = ReplicationConnection::connect(&source).await?;
     let slot_row = conn
@@ -385,16 +444,29 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.start_time {
         opts.start_time = Some(parse_time(t)?);
     }
-    // The slot of a migration whose load reloaded tables: their changes already in the
-    // copy are passed over here too.
-    let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply cdc").await?;
-    let slot = opts.slot.clone();
-    migrate::set_reloaded_tables(&tgt.client, &slot, &mut opts).await?;
-    drop(tgt);
     drop(conn);
-    let (on_error, sync) = (args.apply.on_error, args.apply.synchronous_commit.clone());
-    let connect = || PostgresTarget::connect(&target, on_error, &sync);
-    let finished = apply::run(&source, connect, &opts, shutdown_watch()).await?;
+    let (on_error, map) = (args.apply.on_error, args.apply.types.options());
+    let finished = match spec {
+        TargetSpec::Postgres(target) => {
+            // The slot of a migration whose load reloaded tables: their changes already in
+            // the copy are passed over here too.
+            let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply cdc").await?;
+            let slot = opts.slot.clone();
+            migrate::set_reloaded_tables(&tgt.client, &slot, &mut opts).await?;
+            drop(tgt);
+            let sync = args.apply.synchronous_commit.clone();
+            let connect = || PostgresTarget::connect(&target, on_error, &sync);
+            apply::run(&source, connect, &opts, shutdown_watch()).await?
+        }
+        TargetSpec::Sqlite(path) => {
+            let connect = || std::future::ready(SqliteTarget::open(&path, map, on_error));
+            apply::run(&source, connect, &opts, shutdown_watch()).await?
+        }
+        TargetSpec::Jsonl(path) => {
+            let connect = || std::future::ready(JsonlTarget::open(path.as_deref(), map));
+            apply::run(&source, connect, &opts, shutdown_watch()).await?
+        }
+    };
     finish(&source, &opts, finished, args.apply.drop_slot_on_finish).await
 }
 
@@ -424,7 +496,7 @@ async fn finish(source: &ConnInfo, opts: &ApplyOptions, finished: Finished, drop
 
 async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
-    let target = args.apply.target()?;
+    let spec = args.apply.target_spec()?;
     let opts = MigrateOptions {
         mode: args.mode,
         prep: args.target_prep,
@@ -437,7 +509,19 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
         drop_slot_on_finish: args.apply.drop_slot_on_finish,
         mapping: args.apply.mappings.load()?,
     };
-    match migrate::migrate(&source, &target, &opts, shutdown_watch()).await? {
+    let (on_error, map) = (args.apply.on_error, args.apply.types.options());
+    let finished = match spec {
+        TargetSpec::Postgres(target) => migrate::migrate(&source, &target, &opts, shutdown_watch()).await?,
+        TargetSpec::Sqlite(path) => {
+            let connect = || std::future::ready(SqliteTarget::open(&path, map, on_error));
+            migrate::migrate_rows(&source, connect, &opts, shutdown_watch()).await?
+        }
+        TargetSpec::Jsonl(path) => {
+            let connect = || std::future::ready(JsonlTarget::open(path.as_deref(), map));
+            migrate::migrate_rows(&source, connect, &opts, shutdown_watch()).await?
+        }
+    };
+    match finished {
         Finished::Interrupted => tracing::info!("stopped; run the same command again to resume"),
         Finished::Reached => tracing::info!("migration done"),
     }

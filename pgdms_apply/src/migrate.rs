@@ -667,3 +667,152 @@ pub async fn validate_all(
     let _ = source.batch_execute("COMMIT").await;
     Ok(reports)
 }
+
+impl From<crate::target::TargetError> for MigrateError {
+    fn from(e: crate::target::TargetError) -> Self {
+        MigrateError::Apply(ApplyError::Target(e))
+    }
+}
+
+/// The migration into a heterogeneous target: slot and snapshot, every table read row by
+/// row in the snapshot and written through the DMS mapping, then CDC. Restartable like the
+/// PostgreSQL path: the target records the phase and the tables loaded, a rerun reloads the
+/// others from a temporary slot's snapshot, and CDC passes over their earlier changes.
+pub async fn migrate_rows<T, F, Fut>(
+    source: &ConnInfo,
+    connect_target: F,
+    opts: &MigrateOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Finished, MigrateError>
+where
+    T: crate::target::LoadTarget,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::target::TargetError>>,
+{
+    let slot = opts.apply.slot.clone();
+    let cdc = opts.mode == Mode::FullLoadAndCdc;
+    let mut target = connect_target().await?;
+    target.start(&slot).await?;
+    let recorded = target.migration(&slot).await?;
+    let mut repl = ReplicationConnection::connect(source).await?;
+    match recorded.as_ref().map(|(phase, _)| phase.as_str()) {
+        None => {
+            if slot_exists(&mut repl, &slot).await? {
+                return Err(MigrateError::Fatal(format!(
+                    "replication slot \"{slot}\" exists, but the target has no record of a migration from it: \
+                     to stream from it into a target that already holds the data, use `pgdms-apply cdc`; \
+                     to start a new migration, drop it first (pgdms-apply slot drop --slot {slot})"
+                )));
+            }
+            let created = repl.create_slot(&slot, !cdc, true).await?;
+            let snapshot = created
+                .snapshot_name
+                .clone()
+                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the new slot".into()))?;
+            tracing::info!(%slot, consistent_point = %created.consistent_point, %snapshot, "slot created");
+            target.set_migration(&slot, "load", created.consistent_point).await?;
+            let session = load::snapshot_session(source, &snapshot).await?;
+            // `repl` exported the snapshot and must stay open until the session imported it;
+            // a full-load-only slot is temporary and goes once the load is done.
+            load_rows_phase(&session.client, &mut target, opts, created.consistent_point, &[]).await?;
+            drop(repl);
+        }
+        Some("load") => {
+            if cdc && !slot_exists(&mut repl, &slot).await? {
+                return Err(MigrateError::Fatal(format!(
+                    "replication slot \"{slot}\" of this migration is gone: the changes since its start are lost; \
+                     start over with a new target (or remove its pgdms_* records) and a new slot"
+                )));
+            }
+            let mut reload = ReplicationConnection::connect(source).await?;
+            let temp = format!("pgdms_reload_{}", std::process::id());
+            let created = reload.create_slot(&temp, true, true).await?;
+            let snapshot = created
+                .snapshot_name
+                .clone()
+                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the temporary slot".into()))?;
+            let loaded = target.loaded_tables(&slot).await?;
+            tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %created.consistent_point, "resuming the full load");
+            let session = load::snapshot_session(source, &snapshot).await?;
+            load_rows_phase(&session.client, &mut target, opts, created.consistent_point, &loaded).await?;
+            drop(reload);
+        }
+        Some(_) => {}
+    }
+    let start = match target.migration(&slot).await? {
+        Some((phase, start)) => {
+            if phase == "load" {
+                target.set_migration(&slot, if cdc { "cdc" } else { "done" }, start).await?;
+            }
+            start
+        }
+        None => Lsn(0),
+    };
+    if !cdc {
+        return Ok(Finished::Reached);
+    }
+    let mut apply_opts = opts.apply.clone();
+    for (oid, name, at) in target.loaded_tables(&slot).await? {
+        if at > start {
+            apply_opts.reloaded.by_oid.insert(oid, at);
+            apply_opts.reloaded.by_name.insert(name, at);
+        }
+    }
+    drop(target);
+    let finished = apply::run(source, connect_target, &apply_opts, shutdown).await?;
+    if finished == Finished::Reached && opts.drop_slot_on_finish {
+        let mut repl = ReplicationConnection::connect(source).await?;
+        repl.drop_slot(&slot, true).await?;
+        tracing::info!(%slot, "migration finished: slot dropped");
+    }
+    Ok(finished)
+}
+
+/// Loads every selected table not in `loaded`, one after the other, each in a target
+/// transaction of its own (where the target has transactions).
+async fn load_rows_phase<T: crate::target::LoadTarget>(
+    src: &tokio_postgres::Client,
+    target: &mut T,
+    opts: &MigrateOptions,
+    snapshot_lsn: Lsn,
+    loaded: &[(u32, String, Lsn)],
+) -> Result<(), MigrateError> {
+    use crate::load::rows::{mapped, source_relations, TableReader};
+    let rels = source_relations(src).await.map_err(load::sql_error("could not list the source's tables"))?;
+    let started = std::time::Instant::now();
+    let (mut tables, mut total) = (0usize, 0u64);
+    for rel in rels {
+        if loaded.iter().any(|(oid, _, _)| *oid == rel.oid) {
+            continue;
+        }
+        let Some((target_rel, kept)) = mapped(&rel, &opts.mapping) else { continue };
+        let source_name = rel.qualified();
+        target.load_begin(&target_rel, snapshot_lsn).await?;
+        let mut reader = TableReader::open(src, &rel, 1000)
+            .await
+            .map_err(|error| LoadError::Table { table: source_name.clone(), error })?;
+        let mut rows = 0u64;
+        loop {
+            let chunk = reader
+                .next_chunk()
+                .await
+                .map_err(|error| LoadError::Table { table: source_name.clone(), error })?;
+            if chunk.is_empty() {
+                break;
+            }
+            rows += chunk.len() as u64;
+            let chunk: Vec<crate::apply::change::Row> = if kept.len() == rel.columns.len() {
+                chunk
+            } else {
+                chunk.into_iter().map(|r| kept.iter().map(|&i| r[i].clone()).collect()).collect()
+            };
+            target.load_rows(&target_rel, &chunk).await?;
+        }
+        target.load_end(&target_rel, &source_name, &opts.apply.slot, snapshot_lsn).await?;
+        tracing::info!(table = %source_name, rows, "table loaded");
+        tables += 1;
+        total += rows;
+    }
+    tracing::info!(tables, rows = total, seconds = format!("{:.1}", started.elapsed().as_secs_f64()), "full load done");
+    Ok(())
+}

@@ -448,3 +448,12 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
 pub fn of_type<'a>(records: &'a [Json], kind: &str) -> Vec<&'a Json> {
     records.iter().filter(|r| r["type"] == kind).collect()
 }
+
+/// Is LSN `a` ("X/Y") at or past `b`?
+pub fn lsn_ge(a: &str, b: &str) -> bool {
+    let parse = |s: &str| {
+        let (hi, lo) = s.trim().split_once('/').unwrap_or(("0", "0"));
+        (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
+    };
+    parse(a) >= parse(b)
+}

@@ -511,7 +511,7 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.add_to_batch(items).await?;
                 self.group_started.get_or_insert_with(Instant::now);
                 self.group_end = Some((end_lsn, commit_time));
-                if self.txn_streaming || std::mem::take(&mut self.txn_has_ddl) {
+                if self.txn_streaming || std::mem::take(&mut self.txn_has_ddl) || self.target.group_per_transaction() {
                     // A large transaction is its own group: commit it now. So is one with
                     // DDL: an enum label it added can only be used once committed.
                     self.txn_streaming = false;

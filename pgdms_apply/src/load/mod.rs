@@ -11,6 +11,7 @@
 
 pub mod plan;
 pub mod progress;
+pub mod rows;
 pub mod schema;
 pub mod sequences;
 

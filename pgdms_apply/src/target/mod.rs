@@ -5,10 +5,14 @@
 //! transactions), and stores the end LSN of the group's last source transaction in the same
 //! transaction, so that after any crash it can say exactly where to resume.
 
+pub mod jsonl;
 pub mod postgres;
+pub mod rowsql;
+pub mod sqlite;
+pub mod typemap;
 
 use crate::apply::batch::Batch;
-use crate::apply::change::RelInfo;
+use crate::apply::change::{RelInfo, Row};
 use crate::stream::Lsn;
 use std::future::Future;
 use std::sync::Arc;
@@ -87,4 +91,43 @@ pub trait Target {
 
     /// Abandons the open group.
     fn rollback(&mut self) -> impl Future<Output = Result<(), TargetError>>;
+
+    /// Commit every source transaction as its own group (a stream target numbers the
+    /// changes of each transaction by its end LSN).
+    fn group_per_transaction(&self) -> bool {
+        false
+    }
+}
+
+/// A target the full load writes row by row, through the DMS mapping (the heterogeneous
+/// targets; a PostgreSQL target loads with COPY, see `crate::load`). It keeps the
+/// migration's records itself, as the PostgreSQL target keeps them in `pgdms.migration`.
+pub trait LoadTarget: Target {
+    /// The migration from `slot` this target holds: its phase and consistent point.
+    fn migration(&mut self, slot: &str) -> impl Future<Output = Result<Option<(String, Lsn)>, TargetError>>;
+
+    fn set_migration(
+        &mut self,
+        slot: &str,
+        phase: &str,
+        consistent_point: Lsn,
+    ) -> impl Future<Output = Result<(), TargetError>>;
+
+    /// The tables loaded so far: source oid, source name and snapshot LSN.
+    fn loaded_tables(&mut self, slot: &str) -> impl Future<Output = Result<Vec<(u32, String, Lsn)>, TargetError>>;
+
+    /// Starts loading `rel`: its table dropped and created from the mapping (json, jsonb and
+    /// hstore columns nullable until `load_end`), in a transaction where the target has them.
+    fn load_begin(&mut self, rel: &RelInfo, snapshot_lsn: Lsn) -> impl Future<Output = Result<(), TargetError>>;
+
+    fn load_rows(&mut self, rel: &RelInfo, rows: &[Row]) -> impl Future<Output = Result<(), TargetError>>;
+
+    /// Ends loading `rel`: NOT NULL restored, the table recorded as loaded, committed.
+    fn load_end(
+        &mut self,
+        rel: &RelInfo,
+        source_name: &str,
+        slot: &str,
+        snapshot_lsn: Lsn,
+    ) -> impl Future<Output = Result<(), TargetError>>;
 }

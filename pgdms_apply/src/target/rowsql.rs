@@ -1,0 +1,211 @@
+//! Row-at-a-time SQL for the heterogeneous SQL targets (MySQL/MariaDB, SQLite): statement
+//! texts with `?` placeholders, and the cells of a change, through the DMS mapping.
+//!
+//! These targets apply a batch's changes one by one in source order (the batch's raw
+//! changes): exact for key updates and keyless tables alike, and simple to make safe to
+//! repeat. Inserts are upserts, and updates and deletes do not insist on finding their row,
+//! so a source transaction replayed after a crash (MySQL commits DDL implicitly, so a
+//! transaction with DDL is applied in pieces there) lands the same.
+
+use super::typemap::{cell, Cell, Flavor, MapOptions, Unrepresentable};
+use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
+
+/// How a target spells SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    pub fn quote(self, ident: &str) -> String {
+        match self {
+            Dialect::MySql => format!("`{}`", ident.replace('`', "``")),
+            Dialect::Sqlite => format!("\"{}\"", ident.replace('"', "\"\"")),
+        }
+    }
+
+    pub fn flavor(self) -> Flavor {
+        match self {
+            Dialect::MySql => Flavor::MySql,
+            Dialect::Sqlite => Flavor::Sqlite,
+        }
+    }
+}
+
+/// A value the target could not hold, to report.
+#[derive(Debug, Clone)]
+pub struct ValueException {
+    pub table: String,
+    pub column: String,
+    pub key: String,
+    pub source_text: String,
+}
+
+/// A statement and its parameters.
+#[derive(Debug)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Cell>,
+}
+
+/// Columns a change writes (generated columns are computed by the target, or not at all).
+fn written(rel: &RelInfo) -> Vec<usize> {
+    rel.columns.iter().enumerate().filter(|(_, c)| !c.generated).map(|(i, _)| i).collect()
+}
+
+/// The columns that find a row: the replica identity's key, or under FULL the primary key
+/// or, without one, every column.
+fn key_of(rel: &RelInfo) -> Vec<usize> {
+    let k = crate::apply::batch::key_columns(rel);
+    if k.is_empty() {
+        written(rel)
+    } else {
+        k
+    }
+}
+
+pub struct Converter<'a> {
+    pub dialect: Dialect,
+    pub opts: &'a MapOptions,
+    /// Quoted name of the target table.
+    pub table: String,
+    pub exceptions: Vec<ValueException>,
+}
+
+impl Converter<'_> {
+    fn cell(&mut self, rel: &RelInfo, i: usize, v: &Val, key: &dyn Fn() -> String) -> Cell {
+        match cell(v, &rel.columns[i], self.opts, self.dialect.flavor()) {
+            Ok(c) => c,
+            Err(Unrepresentable { source_text }) => {
+                self.exceptions.push(ValueException {
+                    table: rel.qualified(),
+                    column: rel.columns[i].name.clone(),
+                    key: key(),
+                    source_text,
+                });
+                Cell::Null
+            }
+        }
+    }
+
+    /// INSERT (an upsert where the table has a key) of a full row.
+    pub fn insert(&mut self, rel: &RelInfo, new: &Row) -> Statement {
+        let cols = written(rel);
+        let keys = crate::apply::batch::key_columns(rel);
+        let names: Vec<String> = cols.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
+        let marks = vec!["?"; cols.len()].join(", ");
+        let key_text = || describe(rel, &keys, new, true);
+        let params = cols.iter().map(|&i| self.cell(rel, i, &new[i], &key_text)).collect();
+        let mut sql = format!("INSERT INTO {} ({}) VALUES ({marks})", self.table, names.join(", "));
+        let non_key: Vec<&String> =
+            cols.iter().zip(&names).filter(|(i, _)| !keys.contains(i)).map(|(_, n)| n).collect();
+        if !keys.is_empty() {
+            match self.dialect {
+                Dialect::MySql => {
+                    // Every column, so that a row with only key columns is an upsert too.
+                    let set: Vec<String> = names.iter().map(|n| format!("{n} = VALUES({n})")).collect();
+                    sql += &format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "));
+                }
+                Dialect::Sqlite => {
+                    let conflict: Vec<String> = keys.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
+                    if non_key.is_empty() {
+                        sql += &format!(" ON CONFLICT ({}) DO NOTHING", conflict.join(", "));
+                    } else {
+                        let set: Vec<String> = non_key.iter().map(|n| format!("{n} = excluded.{n}")).collect();
+                        sql += &format!(" ON CONFLICT ({}) DO UPDATE SET {}", conflict.join(", "), set.join(", "));
+                    }
+                }
+            }
+        }
+        Statement { sql, params }
+    }
+
+    /// The WHERE clause and parameters finding a change's old row; None without a key.
+    fn locate(&mut self, rel: &RelInfo, old: &Old, new: Option<&Row>) -> Option<(String, Vec<Cell>)> {
+        if crate::apply::batch::key_columns(rel).is_empty() && !matches!(old, Old::Full(_)) {
+            return None;
+        }
+        let key_cols = key_of(rel);
+        let values: Row = match old {
+            Old::Full(row) => key_cols.iter().map(|&i| row[i].clone()).collect(),
+            _ => crate::apply::batch::old_key(old, new, &key_cols)?,
+        };
+        let mut conds = Vec::with_capacity(key_cols.len());
+        let mut params = Vec::with_capacity(key_cols.len());
+        let key_text = || describe_values(rel, &key_cols, &values);
+        for (&i, v) in key_cols.iter().zip(&values) {
+            let name = self.dialect.quote(&rel.columns[i].name);
+            let c = self.cell(rel, i, v, &key_text);
+            if c == Cell::Null {
+                conds.push(format!("{name} IS NULL"));
+            } else {
+                conds.push(match self.dialect {
+                    // MySQL compares CHAR(5)/VARCHAR ignoring trailing spaces and case
+                    // under its default collations; BINARY makes the match exact.
+                    Dialect::MySql if matches!(c, Cell::Text(_)) => format!("{name} = BINARY ?"),
+                    _ => format!("{name} = ?"),
+                });
+                params.push(c);
+            }
+        }
+        Some((conds.join(" AND "), params))
+    }
+
+    /// The statement of one change; None when the change cannot find its row (no key logged).
+    pub fn change(&mut self, c: &Change) -> Option<Statement> {
+        let rel = &c.rel;
+        match &c.kind {
+            ChangeKind::Insert { new } => Some(self.insert(rel, new)),
+            ChangeKind::Update { old, new } => {
+                let (cond, key_params) = self.locate(rel, old, Some(new))?;
+                let keys = key_of(rel);
+                let key_text = || describe(rel, &keys, new, true);
+                let mut sets = Vec::new();
+                let mut params = Vec::new();
+                for i in written(rel) {
+                    if new[i] == Val::Unchanged {
+                        continue;
+                    }
+                    sets.push(format!("{} = ?", self.dialect.quote(&rel.columns[i].name)));
+                    params.push(self.cell(rel, i, &new[i], &key_text));
+                }
+                if sets.is_empty() {
+                    return Some(Statement { sql: String::new(), params: vec![] });
+                }
+                params.extend(key_params);
+                let cond = self.one_row(&cond);
+                Some(Statement { sql: format!("UPDATE {} SET {} WHERE {cond}", self.table, sets.join(", ")), params })
+            }
+            ChangeKind::Delete { old } => {
+                let (cond, params) = self.locate(rel, old, None)?;
+                let cond = self.one_row(&cond);
+                Some(Statement { sql: format!("DELETE FROM {} WHERE {cond}", self.table), params })
+            }
+        }
+    }
+}
+
+impl Converter<'_> {
+    /// A condition matching at most one row: a keyless table (REPLICA IDENTITY FULL) may
+    /// hold duplicates, of which a change touches one.
+    fn one_row(&self, cond: &str) -> String {
+        match self.dialect {
+            Dialect::MySql => format!("{cond} LIMIT 1"),
+            Dialect::Sqlite => format!("rowid IN (SELECT rowid FROM {} WHERE {cond} LIMIT 1)", self.table),
+        }
+    }
+}
+
+fn describe(rel: &RelInfo, cols: &[usize], row: &Row, _full: bool) -> String {
+    let values: Row = cols.iter().map(|&i| row.get(i).cloned().unwrap_or(Val::Null)).collect();
+    describe_values(rel, cols, &values)
+}
+
+fn describe_values(rel: &RelInfo, cols: &[usize], values: &[Val]) -> String {
+    cols.iter()
+        .zip(values)
+        .map(|(&i, v)| format!("{}={}", rel.columns[i].name, v.to_pg_text().unwrap_or_else(|| "NULL".into())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
