@@ -20,10 +20,10 @@
 //! `--map-long-varchar-as wstring|clob|nclob` (varchar without a length; default nclob).
 //!
 //! Values MySQL cannot hold -- dates and timestamps BC, past year 9999 or +-infinity, NaN
-//! and +-Infinity in DECIMAL, FLOAT and DOUBLE -- follow one rule: the column gets NULL, and
-//! each occurrence is recorded (table, column, key, the source's text, LSN) in the target's
-//! `pgdms_value_exceptions` table and logged as a warning. SQLite and the JSON stream hold
-//! every value.
+//! and +-Infinity in DECIMAL, FLOAT and DOUBLE -- follow one rule: `cell` refuses them
+//! (`Unrepresentable`), the column gets NULL and the occurrence is reported (`rowsql`
+//! collects them; the MySQL target, still to be written, records them). SQLite and the JSON
+//! stream hold every value.
 
 use crate::apply::change::{ColumnInfo, Val};
 use base64::Engine as _;
