@@ -178,30 +178,16 @@ pub async fn migrate(
 
     let phase = match recorded {
         None => {
-            if slot_exists(&mut repl, &slot).await? {
-                return Err(MigrateError::Fatal(format!(
-                    "replication slot \"{slot}\" exists, but the target has no record of a migration from it: \
-                     to stream from it into a target that already holds the data, use `pgdms-apply cdc`; \
-                     to start a new migration, drop it first (pgdms-apply slot drop --slot {slot})"
-                )));
-            }
-            // Full load only: the slot is there for its snapshot alone, and goes with the connection.
-            let created = repl.create_slot(&slot, !cdc, true).await?;
-            let snapshot = created
-                .snapshot_name
-                .clone()
-                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the new slot".into()))?;
-            tracing::info!(%slot, consistent_point = %created.consistent_point, %snapshot, "slot created");
+            let snapshot = new_migration_slot(repl, &slot, cdc).await?;
             tgt.client
                 .execute(
                     &format!(
                         "INSERT INTO {CONTROL_SCHEMA}.migration (slot_name, phase, consistent_point) VALUES ($1, 'schema', $2::text::pg_lsn)"
                     ),
-                    &[&slot, &created.consistent_point.to_string()],
+                    &[&slot, &snapshot.lsn.to_string()],
                 )
                 .await
                 .map_err(load::sql_error("could not record the migration"))?;
-            let snapshot = Snapshot { exporter: repl, name: snapshot, lsn: created.consistent_point };
             archive = copy_phase(source, target, &tgt.client, opts, &pg_bin, snapshot, None).await?;
             Phase::PostData
         }
@@ -220,20 +206,10 @@ pub async fn migrate(
                      Start over: DELETE FROM {CONTROL_SCHEMA}.migration WHERE slot_name = '{slot}' on the target, then rerun"
                 )));
             }
-            // The first snapshot is gone with its connection: the tables not loaded yet are
-            // loaded from a temporary slot's snapshot, and CDC passes over their changes
-            // committed before it.
-            let mut reload = ReplicationConnection::connect(source).await?;
-            let temp = format!("pgdms_reload_{}", std::process::id());
-            let created = reload.create_slot(&temp, true, true).await?;
-            let snapshot = created
-                .snapshot_name
-                .clone()
-                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the temporary slot".into()))?;
             drop(repl);
+            let snapshot = reload_snapshot(source).await?;
             let loaded = load::loaded_tables(&tgt.client, &slot).await?;
-            tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %created.consistent_point, "resuming the full load");
-            let snapshot = Snapshot { exporter: reload, name: snapshot, lsn: created.consistent_point };
+            tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %snapshot.lsn, "resuming the full load");
             archive = copy_phase(source, target, &tgt.client, opts, &pg_bin, snapshot, Some(&loaded)).await?;
             Phase::PostData
         }
@@ -260,11 +236,73 @@ pub async fn migrate(
     drop(tgt);
     let (on_error, sync) = (opts.on_error, opts.synchronous_commit.clone());
     let connect_target = || PostgresTarget::connect(target, on_error, &sync);
-    let finished = apply::run(source, connect_target, &apply_opts, shutdown).await?;
+    stream_changes(source, connect_target, opts, &apply_opts, shutdown).await
+}
+
+/// Creates the migration's slot with an exported snapshot (refusing a slot that exists
+/// already: its changes may not match the target). Full load only: the slot is there for
+/// its snapshot alone, temporary, and goes with the connection.
+async fn new_migration_slot(mut repl: ReplicationConnection, slot: &str, cdc: bool) -> Result<Snapshot, MigrateError> {
+    if slot_exists(&mut repl, slot).await? {
+        return Err(MigrateError::Fatal(format!(
+            "replication slot \"{slot}\" exists, but the target has no record of a migration from it: \
+             to stream from it into a target that already holds the data, use `pgdms-apply cdc`; \
+             to start a new migration, drop it first (pgdms-apply slot drop --slot {slot})"
+        )));
+    }
+    let created = repl.create_slot(slot, !cdc, true).await?;
+    let name = created
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the new slot".into()))?;
+    tracing::info!(%slot, consistent_point = %created.consistent_point, snapshot = %name, "slot created");
+    Ok(Snapshot { exporter: repl, name, lsn: created.consistent_point })
+}
+
+/// A resumed load: the first snapshot is gone with its connection, so the tables not loaded
+/// yet are loaded from a temporary slot's snapshot, and CDC passes over their changes
+/// committed before it.
+async fn reload_snapshot(source: &ConnInfo) -> Result<Snapshot, MigrateError> {
+    let mut reload = ReplicationConnection::connect(source).await?;
+    let temp = format!("pgdms_reload_{}", std::process::id());
+    let created = reload.create_slot(&temp, true, true).await?;
+    let name = created
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the temporary slot".into()))?;
+    Ok(Snapshot { exporter: reload, name, lsn: created.consistent_point })
+}
+
+/// Tables loaded from a later snapshot than the migration's start (`start`): CDC passes over
+/// their changes (rows, by oid, and DDL, by name) committed before their snapshot.
+fn mark_reloaded(opts: &mut ApplyOptions, start: Lsn, loaded: Vec<(u32, String, Lsn)>) {
+    for (oid, name, at) in loaded {
+        if at > start {
+            opts.reloaded.by_oid.insert(oid, at);
+            opts.reloaded.by_name.insert(name, at);
+        }
+    }
+}
+
+/// CDC from the slot's consistent point into the target `connect_target` opens; drops the
+/// slot once `--until` is reached if asked.
+async fn stream_changes<T, F, Fut>(
+    source: &ConnInfo,
+    connect_target: F,
+    opts: &MigrateOptions,
+    apply_opts: &ApplyOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Finished, MigrateError>
+where
+    T: crate::target::Target,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::target::TargetError>>,
+{
+    let finished = apply::run(source, connect_target, apply_opts, shutdown).await?;
     if finished == Finished::Reached && opts.drop_slot_on_finish {
         let mut repl = ReplicationConnection::connect(source).await?;
-        repl.drop_slot(&slot, true).await?;
-        tracing::info!(%slot, "migration finished: slot dropped");
+        repl.drop_slot(&apply_opts.slot, true).await?;
+        tracing::info!(slot = %apply_opts.slot, "migration finished: slot dropped");
     }
     Ok(finished)
 }
@@ -465,12 +503,7 @@ pub async fn set_reloaded_tables(
         .map_err(load::sql_error("could not read pgdms.migration"))?
         .map(|r| r.get(0));
     let start: Lsn = start.and_then(|s| s.parse().ok()).unwrap_or_default();
-    for (oid, name, at) in load::loaded_tables(tgt, slot).await? {
-        if at > start {
-            opts.reloaded.by_oid.insert(oid, at);
-            opts.reloaded.by_name.insert(name, at);
-        }
-    }
+    mark_reloaded(opts, start, load::loaded_tables(tgt, slot).await?);
     Ok(())
 }
 
@@ -697,25 +730,13 @@ where
     let mut repl = ReplicationConnection::connect(source).await?;
     match recorded.as_ref().map(|(phase, _)| phase.as_str()) {
         None => {
-            if slot_exists(&mut repl, &slot).await? {
-                return Err(MigrateError::Fatal(format!(
-                    "replication slot \"{slot}\" exists, but the target has no record of a migration from it: \
-                     to stream from it into a target that already holds the data, use `pgdms-apply cdc`; \
-                     to start a new migration, drop it first (pgdms-apply slot drop --slot {slot})"
-                )));
-            }
-            let created = repl.create_slot(&slot, !cdc, true).await?;
-            let snapshot = created
-                .snapshot_name
-                .clone()
-                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the new slot".into()))?;
-            tracing::info!(%slot, consistent_point = %created.consistent_point, %snapshot, "slot created");
-            target.set_migration(&slot, "load", created.consistent_point).await?;
-            let session = load::snapshot_session(source, &snapshot).await?;
-            // `repl` exported the snapshot and must stay open until the session imported it;
-            // a full-load-only slot is temporary and goes once the load is done.
-            load_rows_phase(&session.client, &mut target, opts, created.consistent_point, &[]).await?;
-            drop(repl);
+            let snapshot = new_migration_slot(repl, &slot, cdc).await?;
+            target.set_migration(&slot, "load", snapshot.lsn).await?;
+            // The exporter stays open until the session imported the snapshot; a
+            // full-load-only slot is temporary and goes once the load is done.
+            let session = load::snapshot_session(source, &snapshot.name).await?;
+            load_rows_phase(&session.client, &mut target, opts, snapshot.lsn, &[]).await?;
+            drop(snapshot);
         }
         Some("load") => {
             if cdc && !slot_exists(&mut repl, &slot).await? {
@@ -724,18 +745,13 @@ where
                      start over with a new target (or remove its pgdms_* records) and a new slot"
                 )));
             }
-            let mut reload = ReplicationConnection::connect(source).await?;
-            let temp = format!("pgdms_reload_{}", std::process::id());
-            let created = reload.create_slot(&temp, true, true).await?;
-            let snapshot = created
-                .snapshot_name
-                .clone()
-                .ok_or_else(|| MigrateError::Fatal("the source exported no snapshot with the temporary slot".into()))?;
+            drop(repl);
+            let snapshot = reload_snapshot(source).await?;
             let loaded = target.loaded_tables(&slot).await?;
-            tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %created.consistent_point, "resuming the full load");
-            let session = load::snapshot_session(source, &snapshot).await?;
-            load_rows_phase(&session.client, &mut target, opts, created.consistent_point, &loaded).await?;
-            drop(reload);
+            tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %snapshot.lsn, "resuming the full load");
+            let session = load::snapshot_session(source, &snapshot.name).await?;
+            load_rows_phase(&session.client, &mut target, opts, snapshot.lsn, &loaded).await?;
+            drop(snapshot);
         }
         Some(_) => {}
     }
@@ -752,20 +768,9 @@ where
         return Ok(Finished::Reached);
     }
     let mut apply_opts = opts.apply.clone();
-    for (oid, name, at) in target.loaded_tables(&slot).await? {
-        if at > start {
-            apply_opts.reloaded.by_oid.insert(oid, at);
-            apply_opts.reloaded.by_name.insert(name, at);
-        }
-    }
+    mark_reloaded(&mut apply_opts, start, target.loaded_tables(&slot).await?);
     drop(target);
-    let finished = apply::run(source, connect_target, &apply_opts, shutdown).await?;
-    if finished == Finished::Reached && opts.drop_slot_on_finish {
-        let mut repl = ReplicationConnection::connect(source).await?;
-        repl.drop_slot(&slot, true).await?;
-        tracing::info!(%slot, "migration finished: slot dropped");
-    }
-    Ok(finished)
+    stream_changes(source, connect_target, opts, &apply_opts, shutdown).await
 }
 
 /// Loads every selected table not in `loaded`, one after the other, each in a target
@@ -793,10 +798,8 @@ async fn load_rows_phase<T: crate::target::LoadTarget>(
             .map_err(|error| LoadError::Table { table: source_name.clone(), error })?;
         let mut rows = 0u64;
         loop {
-            let chunk = reader
-                .next_chunk()
-                .await
-                .map_err(|error| LoadError::Table { table: source_name.clone(), error })?;
+            let chunk =
+                reader.next_chunk().await.map_err(|error| LoadError::Table { table: source_name.clone(), error })?;
             if chunk.is_empty() {
                 break;
             }

@@ -48,7 +48,8 @@ fn expected_sqlite(source: &Cluster, table: &str, id: i32) -> Vec<Value> {
     }
     let mut client = source.connect("postgres");
     client.batch_execute("set timezone = 'UTC'").unwrap();
-    let rows = pgdms_tests::query_text(&mut client, &format!("select {} from {table} where id = {id}", exprs.join(", ")));
+    let rows =
+        pgdms_tests::query_text(&mut client, &format!("select {} from {table} where id = {id}", exprs.join(", ")));
     rows[0]
         .iter()
         .zip(kinds)
@@ -59,7 +60,9 @@ fn expected_sqlite(source: &Cluster, table: &str, id: i32) -> Vec<Value> {
                 Ok(f) if f.is_finite() => Value::Real(f),
                 _ => Value::Text(s.clone()),
             },
-            (Some(s), "blob") => Value::Blob((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()),
+            (Some(s), "blob") => {
+                Value::Blob((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect())
+            }
             (Some(s), _) => Value::Text(s.clone()),
         })
         .collect()
@@ -99,7 +102,8 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
     let mut run = migrate(&source, &target, "to_sqlite", &[]).spawn().unwrap();
     let db = rusqlite::Connection::open(&path).unwrap();
     let loaded = |db: &rusqlite::Connection| {
-        db.query_row("select count(*) from pgdms_migration where phase = 'cdc'", [], |r| r.get::<_, i64>(0)).unwrap_or(0)
+        db.query_row("select count(*) from pgdms_migration where phase = 'cdc'", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
             == 1
     };
     wait_until(Duration::from_secs(60), "the full load", || loaded(&db));
@@ -113,8 +117,9 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
         }
     }
     // JSONB NOT NULL is restored after the load.
-    let doc_not_null: i64 =
-        db.query_row("select \"notnull\" from pragma_table_info('Orders') where name = 'doc'", [], |r| r.get(0)).unwrap();
+    let doc_not_null: i64 = db
+        .query_row("select \"notnull\" from pragma_table_info('Orders') where name = 'doc'", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(doc_not_null, 1);
 
     // CDC: inserts, updates (a TOASTed value untouched), key updates, deletes, truncate, DDL.
@@ -167,15 +172,7 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
     );
     let mut stmt = db.prepare("select id, remark, doc, flag, extra from \"Orders\" order by id").unwrap();
     let target_orders: Vec<Vec<Option<String>>> = stmt
-        .query_map([], |r| {
-            Ok(vec![
-                Some(r.get::<_, i64>(0)?.to_string()),
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-            ])
-        })
+        .query_map([], |r| Ok(vec![Some(r.get::<_, i64>(0)?.to_string()), r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]))
         .unwrap()
         .map(|r| r.unwrap())
         .collect();
@@ -183,8 +180,13 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
     for (t, s) in target_orders.iter().zip(&source_orders) {
         assert_eq!(t, s, "Orders differ between source and SQLite");
     }
-    let plain: Vec<String> =
-        db.prepare("select k from plain order by k").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    let plain: Vec<String> = db
+        .prepare("select k from plain order by k")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(plain, ["c", "d"]);
     let plain_cols: i64 = db.query_row("select count(*) from pragma_table_info('plain')", [], |r| r.get(0)).unwrap();
     assert_eq!(plain_cols, 1, "the dropped column is gone");
@@ -223,9 +225,7 @@ fn jsonl_stream_carries_every_change_once_per_key_across_a_restart() {
          alter table t add column extra int;
          insert into t (id, v, extra) values (201, 'new', 7);",
     );
-    wait_until(Duration::from_secs(60), "the changes", || {
-        messages(&path).iter().any(|m| m["data"]["id"] == 201)
-    });
+    wait_until(Duration::from_secs(60), "the changes", || messages(&path).iter().any(|m| m["data"]["id"] == 201));
     kill(&mut run, "-KILL");
     source.execute("insert into t (id, v) select g, 'late' from generate_series(300, 349) g; update t set v = 'last' where id = 4;");
     let mut run = migrate(&source, &target, "to_stream", &[]).spawn().unwrap();
@@ -238,7 +238,9 @@ fn jsonl_stream_carries_every_change_once_per_key_across_a_restart() {
     // Every message has the reference's shape.
     for m in &all {
         let md = &m["metadata"];
-        for field in ["timestamp", "record-type", "operation", "partition-key-type", "schema-name", "table-name", "commit-lsn"] {
+        for field in
+            ["timestamp", "record-type", "operation", "partition-key-type", "schema-name", "table-name", "commit-lsn"]
+        {
             assert!(md[field].is_string(), "{field} missing in {m}");
         }
         assert!(md["change-index"].is_u64());
@@ -247,7 +249,10 @@ fn jsonl_stream_carries_every_change_once_per_key_across_a_restart() {
     let mut seen: BTreeMap<(String, u64), &Json> = BTreeMap::new();
     let mut unique = Vec::new();
     for m in &all {
-        let key = (m["metadata"]["commit-lsn"].as_str().unwrap().to_string(), m["metadata"]["change-index"].as_u64().unwrap());
+        let key = (
+            m["metadata"]["commit-lsn"].as_str().unwrap().to_string(),
+            m["metadata"]["change-index"].as_u64().unwrap(),
+        );
         match seen.get(&key) {
             Some(prev) => assert_eq!(prev["data"], m["data"], "a repeated key must repeat its message"),
             None => {

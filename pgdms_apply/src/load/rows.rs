@@ -79,8 +79,8 @@ pub async fn source_relations(client: &Client) -> Result<Vec<RelInfo>, tokio_pos
 }
 
 /// How a column is read: its binary form, or its text output (as the plugin does).
-fn select_expr(c: &ColumnInfo, dialect_quote: impl Fn(&str) -> String) -> String {
-    let col = dialect_quote(&c.name);
+fn select_expr(c: &ColumnInfo) -> String {
+    let col = crate::sql::quote_ident(&c.name);
     match c.type_oid {
         oids::BOOL
         | oids::INT2
@@ -159,7 +159,7 @@ pub struct TableReader<'c> {
 
 impl<'c> TableReader<'c> {
     pub async fn open(client: &'c Client, rel: &RelInfo, chunk: usize) -> Result<TableReader<'c>, String> {
-        let exprs: Vec<String> = rel.columns.iter().map(|c| select_expr(c, crate::sql::quote_ident)).collect();
+        let exprs: Vec<String> = rel.columns.iter().map(select_expr).collect();
         let text = |e: tokio_postgres::Error| crate::stream::client::error_text(&e);
         client
             .batch_execute(&format!(

@@ -94,7 +94,10 @@ impl JsonlTarget {
                     .map_err(|e| TargetError::Other(format!("could not open {}: {e}", p.display())))?;
                 let progress = match std::fs::read(Self::progress_path(p)) {
                     Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                        TargetError::Other(format!("{} is damaged ({e}): remove it to start over", Self::progress_path(p).display()))
+                        TargetError::Other(format!(
+                            "{} is damaged ({e}): remove it to start over",
+                            Self::progress_path(p).display()
+                        ))
                     })?,
                     Err(_) => BTreeMap::new(),
                 };
@@ -142,7 +145,14 @@ impl JsonlTarget {
         Value::Object(m)
     }
 
-    fn metadata(&self, record_type: &str, operation: &str, schema: &str, table: &str, xid: Option<u32>) -> Map<String, Value> {
+    fn metadata(
+        &self,
+        record_type: &str,
+        operation: &str,
+        schema: &str,
+        table: &str,
+        xid: Option<u32>,
+    ) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("record-type".into(), json!(record_type));
         m.insert("operation".into(), json!(operation));
@@ -159,7 +169,14 @@ impl JsonlTarget {
         self.pending.push((body, metadata));
     }
 
-    fn write(&mut self, mut body: Map<String, Value>, mut metadata: Map<String, Value>, lsn: Lsn, index: u64, time: i64) -> Result<(), TargetError> {
+    fn write(
+        &mut self,
+        mut body: Map<String, Value>,
+        mut metadata: Map<String, Value>,
+        lsn: Lsn,
+        index: u64,
+        time: i64,
+    ) -> Result<(), TargetError> {
         let mut ordered = Map::new();
         ordered.insert("timestamp".into(), json!(iso(time)));
         ordered.append(&mut metadata);
@@ -366,7 +383,13 @@ impl LoadTarget for JsonlTarget {
         self.write_load(lsn)
     }
 
-    async fn load_end(&mut self, rel: &RelInfo, source_name: &str, slot: &str, snapshot_lsn: Lsn) -> Result<(), TargetError> {
+    async fn load_end(
+        &mut self,
+        rel: &RelInfo,
+        source_name: &str,
+        slot: &str,
+        snapshot_lsn: Lsn,
+    ) -> Result<(), TargetError> {
         self.write_load(snapshot_lsn)?;
         let load_index = self.load_index;
         let p = self.progress.entry(slot.to_string()).or_default();

@@ -95,7 +95,7 @@ impl Converter<'_> {
         let keys = crate::apply::batch::key_columns(rel);
         let names: Vec<String> = cols.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
         let marks = vec!["?"; cols.len()].join(", ");
-        let key_text = || describe(rel, &keys, new, true);
+        let key_text = || describe(rel, &keys, new);
         let params = cols.iter().map(|&i| self.cell(rel, i, &new[i], &key_text)).collect();
         let mut sql = format!("INSERT INTO {} ({}) VALUES ({marks})", self.table, names.join(", "));
         let non_key: Vec<&String> =
@@ -108,7 +108,8 @@ impl Converter<'_> {
                     sql += &format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "));
                 }
                 Dialect::Sqlite => {
-                    let conflict: Vec<String> = keys.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
+                    let conflict: Vec<String> =
+                        keys.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
                     if non_key.is_empty() {
                         sql += &format!(" ON CONFLICT ({}) DO NOTHING", conflict.join(", "));
                     } else {
@@ -160,7 +161,7 @@ impl Converter<'_> {
             ChangeKind::Update { old, new } => {
                 let (cond, key_params) = self.locate(rel, old, Some(new))?;
                 let keys = key_of(rel);
-                let key_text = || describe(rel, &keys, new, true);
+                let key_text = || describe(rel, &keys, new);
                 let mut sets = Vec::new();
                 let mut params = Vec::new();
                 for i in written(rel) {
@@ -197,7 +198,7 @@ impl Converter<'_> {
     }
 }
 
-fn describe(rel: &RelInfo, cols: &[usize], row: &Row, _full: bool) -> String {
+fn describe(rel: &RelInfo, cols: &[usize], row: &Row) -> String {
     let values: Row = cols.iter().map(|&i| row.get(i).cloned().unwrap_or(Val::Null)).collect();
     describe_values(rel, cols, &values)
 }

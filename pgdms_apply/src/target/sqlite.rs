@@ -336,14 +336,25 @@ impl LoadTarget for SqliteTarget {
         Ok(())
     }
 
-    async fn load_end(&mut self, rel: &RelInfo, source_name: &str, slot: &str, snapshot_lsn: Lsn) -> Result<(), TargetError> {
+    async fn load_end(
+        &mut self,
+        rel: &RelInfo,
+        source_name: &str,
+        slot: &str,
+        snapshot_lsn: Lsn,
+    ) -> Result<(), TargetError> {
         let table = table_name(&rel.schema, &rel.name);
         if rel.columns.iter().any(|c| c.not_null && typemap::is_json_like(c)) {
             // SQLite cannot add NOT NULL to a column: the table is rebuilt with it.
             let tmp = format!("{table}__pgdms_load");
             self.run(&format!("ALTER TABLE {} RENAME TO {}", D.quote(&table), D.quote(&tmp)))?;
             self.run(&self.create_sql(rel, &table, false))?;
-            self.run(&format!("INSERT INTO {} SELECT * FROM {}; DROP TABLE {}", D.quote(&table), D.quote(&tmp), D.quote(&tmp)))?;
+            self.run(&format!(
+                "INSERT INTO {} SELECT * FROM {}; DROP TABLE {}",
+                D.quote(&table),
+                D.quote(&tmp),
+                D.quote(&tmp)
+            ))?;
         }
         self.conn
             .execute(

@@ -84,7 +84,8 @@ pub fn mysql_types(cols: &[&ColumnInfo], opts: &MapOptions) -> Vec<String> {
             _ => None,
         })
         .collect();
-    let fixed: u64 = dms.iter().map(|d| if matches!(d, DmsType::Blob | DmsType::Nclob | DmsType::Clob) { 12 } else { 16 }).sum();
+    let fixed: u64 =
+        dms.iter().map(|d| if matches!(d, DmsType::Blob | DmsType::Nclob | DmsType::Clob) { 12 } else { 16 }).sum();
     loop {
         let inline: u64 = varchar.iter().flatten().map(|&n| u64::from(n) * 4 + 2).sum::<u64>() + fixed;
         if inline <= MYSQL_ROW_BYTES {
@@ -111,9 +112,7 @@ pub fn mysql_types(cols: &[&ColumnInfo], opts: &MapOptions) -> Vec<String> {
             (DmsType::Real4, _) => "FLOAT".into(),
             (DmsType::Real8, _) => "DOUBLE".into(),
             (DmsType::String { .. } | DmsType::WString { .. }, Some(n)) => format!("VARCHAR({n})"),
-            (DmsType::String { .. } | DmsType::WString { .. } | DmsType::Nclob | DmsType::Clob, _) => {
-                "LONGTEXT".into()
-            }
+            (DmsType::String { .. } | DmsType::WString { .. } | DmsType::Nclob | DmsType::Clob, _) => "LONGTEXT".into(),
             (DmsType::Blob, _) => "LONGBLOB".into(),
             (DmsType::Date, _) => "DATE".into(),
             (DmsType::Time { .. }, _) => "TIME(6)".into(),
@@ -180,9 +179,7 @@ pub fn cell(val: &Val, col: &ColumnInfo, opts: &MapOptions, flavor: Flavor) -> R
             if f.is_finite() {
                 // The float4's own shortest text, so 0.1::real stays 0.1, not 0.10000000149.
                 match (val, flavor) {
-                    (Val::Float4(_), Flavor::Json | Flavor::MySql) => {
-                        Cell::Real(text().parse::<f64>().unwrap_or(f))
-                    }
+                    (Val::Float4(_), Flavor::Json | Flavor::MySql) => Cell::Real(text().parse::<f64>().unwrap_or(f)),
                     _ => Cell::Real(f),
                 }
             } else if flavor == Flavor::MySql {
@@ -194,7 +191,9 @@ pub fn cell(val: &Val, col: &ColumnInfo, opts: &MapOptions, flavor: Flavor) -> R
         }
         Val::Text(b) => {
             let s = String::from_utf8_lossy(b).into_owned();
-            if flavor == Flavor::MySql && col.dms_type_is_numeric() && matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity")
+            if flavor == Flavor::MySql
+                && col.dms_type_is_numeric()
+                && matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity")
             {
                 return out_of_range(s);
             }
