@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# mariadb-server-core and mariadb-client-core: the MariaDB server binaries the MySQL
+# target's tests start throwaway servers from (no system service is installed or started).
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib postgresql-15-wal2json
+              mariadb-server-core mariadb-client-core
               libclang-dev clang pkg-config sudo build-essential bc ca-certificates curl)
 PGRX_VERSION=0.18.1
 

@@ -9,6 +9,7 @@ use pgdms_apply::migrate::{self, MigrateOptions, Mode, Prep};
 use pgdms_apply::sql::quote_literal;
 use pgdms_apply::stream::{ConnInfo, Lsn, ReplicationConnection};
 use pgdms_apply::target::jsonl::JsonlTarget;
+use pgdms_apply::target::mysql::MySqlTarget;
 use pgdms_apply::target::postgres::PostgresTarget;
 use pgdms_apply::target::sqlite::SqliteTarget;
 use pgdms_apply::target::typemap::{LongVarchar, MapOptions};
@@ -99,8 +100,9 @@ struct ApplyArgs {
     /// The target. A PostgreSQL database (libpq connection string or URI; the role needs the
     /// right to set session_replication_role: a superuser, or on PostgreSQL 15+ one granted
     /// SET ON PARAMETER session_replication_role); or, through the DMS type mapping,
-    /// `sqlite:PATH` (a SQLite database file) or `jsonl:PATH` / `jsonl:-` (a JSON-lines
-    /// stream to a file or stdout).
+    /// `mysql://USER:PASSWORD@HOST:PORT[/DATABASE]` (MySQL or MariaDB; without a database
+    /// each source schema goes to the database of its name), `sqlite:PATH` (a SQLite
+    /// database file) or `jsonl:PATH` / `jsonl:-` (a JSON-lines stream to a file or stdout).
     #[arg(long, env = "PGDMS_TARGET")]
     target: String,
     /// The logical replication slot to stream from (plugin pgdms).
@@ -169,6 +171,8 @@ impl TypeMapArgs {
 enum TargetSpec {
     Postgres(ConnInfo),
     Sqlite(std::path::PathBuf),
+    /// mysql://user:password@host:port[/database] (mariadb:// too).
+    MySql(String),
     /// A file, or None for stdout.
     Jsonl(Option<std::path::PathBuf>),
 }
@@ -225,6 +229,9 @@ impl ApplyArgs {
             let path = path.strip_prefix("//").unwrap_or(path);
             anyhow::ensure!(!path.is_empty(), "--target sqlite:PATH needs the database file's path");
             return Ok(TargetSpec::Sqlite(path.into()));
+        }
+        if t.starts_with("mysql://") || t.starts_with("mariadb://") {
+            return Ok(TargetSpec::MySql(t.to_string()));
         }
         if let Some(path) = t.strip_prefix("jsonl:") {
             return Ok(TargetSpec::Jsonl(match path {
@@ -462,6 +469,10 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
             let connect = || std::future::ready(SqliteTarget::open(&path, map, on_error));
             apply::run(&source, connect, &opts, shutdown_watch()).await?
         }
+        TargetSpec::MySql(url) => {
+            let connect = || MySqlTarget::connect(&url, map, on_error);
+            apply::run(&source, connect, &opts, shutdown_watch()).await?
+        }
         TargetSpec::Jsonl(path) => {
             let connect = || std::future::ready(JsonlTarget::open(path.as_deref(), map));
             apply::run(&source, connect, &opts, shutdown_watch()).await?
@@ -514,6 +525,10 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
         TargetSpec::Postgres(target) => migrate::migrate(&source, &target, &opts, shutdown_watch()).await?,
         TargetSpec::Sqlite(path) => {
             let connect = || std::future::ready(SqliteTarget::open(&path, map, on_error));
+            migrate::migrate_rows(&source, connect, &opts, shutdown_watch()).await?
+        }
+        TargetSpec::MySql(url) => {
+            let connect = || MySqlTarget::connect(&url, map, on_error);
             migrate::migrate_rows(&source, connect, &opts, shutdown_watch()).await?
         }
         TargetSpec::Jsonl(path) => {

@@ -18,6 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod mariadb;
 pub mod matrix;
 
 pub use postgres;
@@ -456,4 +457,36 @@ pub fn lsn_ge(a: &str, b: &str) -> bool {
         (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
     };
     parse(a) >= parse(b)
+}
+
+/// A spawned `pgdms-apply` (or other helper process), killed when dropped: a failing test
+/// must not leave it running (it would hold the test harness's output open).
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    pub fn spawn(cmd: &mut Command) -> Running {
+        Running(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")))
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

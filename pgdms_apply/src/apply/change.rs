@@ -42,6 +42,15 @@ pub enum Val {
 pub type Row = Vec<Val>;
 
 impl Val {
+    /// About how many bytes the value takes in a statement (for sizing multi-row ones).
+    pub fn approx_len(&self) -> usize {
+        match self {
+            Val::Text(b) => b.len() + 2,
+            Val::Bytes(b) => b.len() * 2 + 3,
+            _ => 24,
+        }
+    }
+
     fn from_wire(v: &Value<'_>, msg: &Bytes) -> Val {
         match *v {
             Value::Null => Val::Null,

@@ -19,7 +19,7 @@ use crate::target::{Target, TargetError};
 use batch::Batch;
 use change::{Change, Event, EventDecoder, EventError, RelInfo};
 use pgdms_proto::Options;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -345,8 +345,20 @@ async fn receive(
 /// An item of the source transaction being received.
 enum TxnItem {
     Change(Change),
-    Truncate { rels: Vec<Arc<RelInfo>>, restart_identity: bool, lsn: Lsn },
-    Ddl { ddl: Arc<pgdms_proto::Ddl>, lsn: Lsn },
+    Truncate {
+        rels: Vec<Arc<RelInfo>>,
+        restart_identity: bool,
+        lsn: Lsn,
+    },
+    Ddl {
+        ddl: Arc<pgdms_proto::Ddl>,
+        lsn: Lsn,
+    },
+    /// The relation record that follows a table's DDL record: the table's new shape.
+    Described {
+        rel: Arc<RelInfo>,
+        lsn: Lsn,
+    },
 }
 
 /// The applier: complete transactions → batches → groups on the target.
@@ -362,9 +374,14 @@ struct Applier<'t, T: Target> {
     skipping_txn: bool,
     /// The transaction being received holds DDL.
     txn_has_ddl: bool,
-    /// Tables described in this session, and those first described in the current
-    /// transaction (which may have created them).
-    described: HashSet<u32>,
+    /// ...or describes a table this session had not seen, or saw otherwise.
+    txn_describes_anew: bool,
+    /// Tables described anew inside transactions passed over (applied before a restart):
+    /// the first applied transaction that touches one counts as describing it anew.
+    anew_while_skipping: HashSet<u32>,
+    /// Tables described in this session (as last described), and those first described in
+    /// the current transaction (which may have created them).
+    described: HashMap<u32, Arc<RelInfo>>,
     new_in_txn: HashSet<u32>,
     /// The current transaction was too large to hold: its changes are going to the target
     /// as they come, in a group of its own.
@@ -388,7 +405,9 @@ impl<'t, T: Target> Applier<'t, T> {
             txn: Vec::new(),
             skipping_txn: false,
             txn_has_ddl: false,
-            described: HashSet::new(),
+            txn_describes_anew: false,
+            anew_while_skipping: HashSet::new(),
+            described: HashMap::new(),
             new_in_txn: HashSet::new(),
             txn_streaming: false,
             group_rows: 0,
@@ -453,9 +472,26 @@ impl<'t, T: Target> Applier<'t, T> {
         match event {
             Event::Settings(s) => self.target.configure(&s).await?,
             Event::Relation(rel) => {
-                // A table first described inside the transaction may be one it creates.
-                if self.described.insert(rel.oid) {
-                    self.new_in_txn.insert(rel.oid);
+                let anew = match self.described.insert(rel.oid, rel.clone()) {
+                    None => {
+                        // A table first described inside the transaction may be one it creates.
+                        self.new_in_txn.insert(rel.oid);
+                        true
+                    }
+                    Some(before) => *before != *rel,
+                };
+                if self.skipping_txn && anew {
+                    self.anew_while_skipping.insert(rel.oid);
+                }
+                if !self.skipping_txn {
+                    self.txn_describes_anew |= anew;
+                    if let Some(TxnItem::Ddl { ddl, lsn }) = self.txn.last() {
+                        if matches!(&ddl.object, pgdms_proto::DdlObject::Table { after: Some(a), .. } if a.oid == rel.oid)
+                        {
+                            let lsn = *lsn;
+                            self.txn.push(TxnItem::Described { rel, lsn });
+                        }
+                    }
                 }
             }
             Event::Idle(wal_end) => {
@@ -473,11 +509,15 @@ impl<'t, T: Target> Applier<'t, T> {
                     || self.opts.start_time.is_some_and(|t| commit_time < t);
                 self.txn.clear();
                 self.txn_has_ddl = false;
+                self.txn_describes_anew = false;
                 self.new_in_txn.clear();
                 self.txn_streaming = false;
             }
             Event::Change(c) => {
                 if !self.skipping_txn {
+                    if !self.anew_while_skipping.is_empty() && self.anew_while_skipping.remove(&c.rel.oid) {
+                        self.txn_describes_anew = true;
+                    }
                     self.txn.push(TxnItem::Change(c));
                     if self.txn.len() >= self.opts.batch_max_rows {
                         self.stream_large_transaction().await?;
@@ -486,6 +526,9 @@ impl<'t, T: Target> Applier<'t, T> {
             }
             Event::Truncate { rels, restart_identity, lsn } => {
                 if !self.skipping_txn {
+                    for r in &rels {
+                        self.txn_describes_anew |= self.anew_while_skipping.remove(&r.oid);
+                    }
                     self.txn.push(TxnItem::Truncate { rels, restart_identity, lsn });
                 }
             }
@@ -507,11 +550,22 @@ impl<'t, T: Target> Applier<'t, T> {
                 if self.txn_has_ddl {
                     created_before_rows(&mut items);
                 }
+                // A target whose schema changes commit implicitly (MySQL) gets such a
+                // transaction as a group of its own, so that it can record how far into
+                // that one transaction it got (see `Target::schema_changes_commit`).
+                let alone = self.target.schema_changes_commit() && (self.txn_has_ddl || self.txn_describes_anew);
+                if alone && !self.txn_streaming {
+                    self.commit_group().await?;
+                }
                 self.group_rows += items.len();
                 self.add_to_batch(items).await?;
                 self.group_started.get_or_insert_with(Instant::now);
                 self.group_end = Some((end_lsn, commit_time));
-                if self.txn_streaming || std::mem::take(&mut self.txn_has_ddl) || self.target.group_per_transaction() {
+                if self.txn_streaming
+                    || std::mem::take(&mut self.txn_has_ddl)
+                    || alone
+                    || self.target.group_per_transaction()
+                {
                     // A large transaction is its own group: commit it now. So is one with
                     // DDL: an enum label it added can only be used once committed.
                     self.txn_streaming = false;
@@ -560,6 +614,10 @@ impl<'t, T: Target> Applier<'t, T> {
                         self.new_in_txn.remove(&a.oid);
                     }
                     self.target.ddl(&ddl, lsn).await?;
+                }
+                TxnItem::Described { rel, lsn } => {
+                    self.flush_batch().await?;
+                    self.target.described(&rel, lsn).await?;
                 }
             }
         }
@@ -628,7 +686,7 @@ fn created_before_rows(items: &mut Vec<TxnItem>) {
             items[..j].iter().position(|item| match item {
                 TxnItem::Change(c) => c.rel.oid == oid,
                 TxnItem::Truncate { rels, .. } => rels.iter().any(|r| r.oid == oid),
-                TxnItem::Ddl { .. } => false,
+                TxnItem::Ddl { .. } | TxnItem::Described { .. } => false,
             })
         });
         if let Some(i) = first_row {

@@ -6,6 +6,7 @@
 //! transaction, so that after any crash it can say exactly where to resume.
 
 pub mod jsonl;
+pub mod mysql;
 pub mod postgres;
 pub mod rowsql;
 pub mod sqlite;
@@ -96,6 +97,20 @@ pub trait Target {
     /// changes of each transaction by its end LSN).
     fn group_per_transaction(&self) -> bool {
         false
+    }
+
+    /// The target commits the open transaction whenever its schema changes (MySQL's DDL).
+    /// A source transaction with DDL, or describing a table anew, then comes as a group of
+    /// its own, so the target can record how far into that transaction it got before each
+    /// implicit commit, and resume exactly there.
+    fn schema_changes_commit(&self) -> bool {
+        false
+    }
+
+    /// The source described `rel` anew right after its DDL record (at `lsn`): a target
+    /// that creates tables from relation records gives it this shape now.
+    fn described(&mut self, _rel: &RelInfo, _lsn: Lsn) -> impl Future<Output = Result<(), TargetError>> {
+        std::future::ready(Ok(()))
     }
 }
 

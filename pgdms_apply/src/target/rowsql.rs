@@ -79,7 +79,8 @@ impl Converter<'_> {
             Ok(c) => c,
             Err(Unrepresentable { source_text }) => {
                 self.exceptions.push(ValueException {
-                    table: rel.qualified(),
+                    // Unquoted: it is read by people, in a column of its own.
+                    table: format!("{}.{}", rel.schema, rel.name),
                     column: rel.columns[i].name.clone(),
                     key: key(),
                     source_text,
@@ -91,13 +92,22 @@ impl Converter<'_> {
 
     /// INSERT (an upsert where the table has a key) of a full row.
     pub fn insert(&mut self, rel: &RelInfo, new: &Row) -> Statement {
+        self.insert_rows(rel, &[new])
+    }
+
+    /// One INSERT (an upsert where the table has a key) of full rows.
+    pub fn insert_rows(&mut self, rel: &RelInfo, rows: &[&Row]) -> Statement {
         let cols = written(rel);
         let keys = crate::apply::batch::key_columns(rel);
         let names: Vec<String> = cols.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
-        let marks = vec!["?"; cols.len()].join(", ");
-        let key_text = || describe(rel, &keys, new);
-        let params = cols.iter().map(|&i| self.cell(rel, i, &new[i], &key_text)).collect();
-        let mut sql = format!("INSERT INTO {} ({}) VALUES ({marks})", self.table, names.join(", "));
+        let marks = format!("({})", vec!["?"; cols.len()].join(", "));
+        let mut params = Vec::with_capacity(cols.len() * rows.len());
+        for new in rows {
+            let key_text = || describe(rel, &keys, new);
+            params.extend(cols.iter().map(|&i| self.cell(rel, i, &new[i], &key_text)));
+        }
+        let values = vec![marks; rows.len()].join(", ");
+        let mut sql = format!("INSERT INTO {} ({}) VALUES {values}", self.table, names.join(", "));
         let non_key: Vec<&String> =
             cols.iter().zip(&names).filter(|(i, _)| !keys.contains(i)).map(|(_, n)| n).collect();
         if !keys.is_empty() {
@@ -141,12 +151,8 @@ impl Converter<'_> {
             if c == Cell::Null {
                 conds.push(format!("{name} IS NULL"));
             } else {
-                conds.push(match self.dialect {
-                    // MySQL compares CHAR(5)/VARCHAR ignoring trailing spaces and case
-                    // under its default collations; BINARY makes the match exact.
-                    Dialect::MySql if matches!(c, Cell::Text(_)) => format!("{name} = BINARY ?"),
-                    _ => format!("{name} = ?"),
-                });
+                // Exact on MySQL too: its tables are created with a binary, no-pad collation.
+                conds.push(format!("{name} = ?"));
                 params.push(c);
             }
         }
@@ -195,6 +201,19 @@ impl Converter<'_> {
             Dialect::MySql => format!("{cond} LIMIT 1"),
             Dialect::Sqlite => format!("rowid IN (SELECT rowid FROM {} WHERE {cond} LIMIT 1)", self.table),
         }
+    }
+}
+
+/// The key of a change's row, as text ("id=3"), for messages.
+pub fn key_text(c: &Change) -> String {
+    let key = key_of(&c.rel);
+    match &c.kind {
+        ChangeKind::Insert { new } | ChangeKind::Update { new, .. } => describe(&c.rel, &key, new),
+        ChangeKind::Delete { old: Old::Full(row) } => describe(&c.rel, &key, row),
+        ChangeKind::Delete { old: Old::Key(k) } => {
+            describe_values(&c.rel, &crate::apply::batch::key_columns(&c.rel), k)
+        }
+        ChangeKind::Delete { old: Old::None } => String::new(),
     }
 }
 

@@ -168,7 +168,7 @@ impl SqliteTarget {
                     table: c.rel.qualified(),
                     operation: c.operation(),
                     lsn: c.lsn,
-                    key: String::new(),
+                    key: super::rowsql::key_text(c),
                     error: e.to_string(),
                 };
                 if self.on_error == OnError::Log {
@@ -255,6 +255,11 @@ impl Target for SqliteTarget {
     }
 
     async fn ensure_table(&mut self, rel: &RelInfo, _lsn: Lsn) -> Result<(), TargetError> {
+        self.open_group()?;
+        self.ensure(rel).map(|_| ())
+    }
+
+    async fn described(&mut self, rel: &RelInfo, _lsn: Lsn) -> Result<(), TargetError> {
         self.open_group()?;
         self.ensure(rel).map(|_| ())
     }

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | BOOLEAN | CHAR(5) 'true'/'false'; BOOLEAN (TINYINT(1)) with `--map-boolean-as-boolean` | TEXT 'true'/'false'; INTEGER 0/1 with the flag | "true"/"false"; true/false with the flag |
 //! | INT2, INT4, INT8 | SMALLINT, INT, BIGINT | INTEGER | number |
-//! | NUMERIC(p,s) | DECIMAL(p,s) (LONGTEXT when 0 <= s <= min(p, 30) does not hold) | TEXT ('1.10' stays '1.10') | string |
+//! | NUMERIC(p,s) | DECIMAL(p,s) (LONGTEXT unless p <= 65 and 0 <= s <= min(p, 30)) | TEXT ('1.10' stays '1.10') | string |
 //! | REAL4, REAL8 | FLOAT, DOUBLE | REAL | number ("NaN", "Infinity", "-Infinity" as strings) |
 //! | STRING(n), WSTRING(n) | VARCHAR(n) utf8mb4; LONGTEXT when n > 16383 or the row's VARCHARs pass 65,535 bytes | TEXT | string |
 //! | STRING, CLOB, NCLOB | LONGTEXT utf8mb4 | TEXT | string |
@@ -19,11 +19,14 @@
 //! `--map-jsonb-as-clob` (json, jsonb and hstore become CLOB rather than NCLOB), and
 //! `--map-long-varchar-as wstring|clob|nclob` (varchar without a length; default nclob).
 //!
+//! MySQL key columns: a primary-key column that would be LONGTEXT or LONGBLOB is a VARCHAR
+//! or VARBINARY within InnoDB's 3072 key bytes (VARCHAR(768) for a lone text key).
+//!
 //! Values MySQL cannot hold -- dates and timestamps BC, past year 9999 or +-infinity, NaN
 //! and +-Infinity in DECIMAL, FLOAT and DOUBLE -- follow one rule: `cell` refuses them
 //! (`Unrepresentable`), the column gets NULL and the occurrence is reported (`rowsql`
-//! collects them; the MySQL target, still to be written, records them). SQLite and the JSON
-//! stream hold every value.
+//! collects them, the MySQL target records each in `pgdms_value_exceptions` and logs it).
+//! SQLite and the JSON stream hold every value.
 
 use crate::apply::change::{ColumnInfo, Val};
 use base64::Engine as _;
@@ -73,15 +76,50 @@ pub fn is_json_like(col: &ColumnInfo) -> bool {
     matches!(col.type_oid, oids::JSON | oids::JSONB) || col.type_sql == "hstore"
 }
 
-/// The MySQL column types of a table's columns (the row-size rule needs all of them).
-pub fn mysql_types(cols: &[&ColumnInfo], opts: &MapOptions) -> Vec<String> {
+/// The bytes InnoDB allows for an index key (DYNAMIC rows): a primary key's text and binary
+/// columns share them.
+const MYSQL_KEY_BYTES: u32 = 3072;
+
+/// Is this DMS type a DECIMAL in MySQL (else its values go as text)?
+fn mysql_decimal(d: DmsType) -> bool {
+    matches!(d, DmsType::Numeric { precision, scale } if precision <= 65 && scale >= 0 && scale <= i16::from(precision).min(30))
+}
+
+/// The MySQL column types of a table's columns (the row-size rule needs all of them);
+/// `key` are the indices of the primary key's columns.
+///
+/// A key column that would be LONGTEXT or LONGBLOB (MySQL cannot index those whole) is a
+/// VARCHAR or VARBINARY sharing InnoDB's 3072 key bytes with the key's other text and binary
+/// columns (VARCHAR(768) for a single text key); a longer key value is refused by the
+/// server (strict mode), never cut.
+pub fn mysql_types(cols: &[&ColumnInfo], key: &[usize], opts: &MapOptions) -> Vec<String> {
     let dms: Vec<DmsType> = cols.iter().map(|c| dms_type(c, opts)).collect();
-    // VARCHARs take 4 bytes a character inline; the longest become LONGTEXT until the row fits.
+    let varlen_key: Vec<usize> = key
+        .iter()
+        .copied()
+        .filter(|&i| {
+            matches!(
+                dms[i],
+                DmsType::String { .. } | DmsType::WString { .. } | DmsType::Nclob | DmsType::Clob | DmsType::Blob
+            ) || matches!(dms[i], DmsType::Numeric { .. } if !mysql_decimal(dms[i]))
+        })
+        .collect();
+    let key_bytes = MYSQL_KEY_BYTES / (varlen_key.len().max(1) as u32);
+    // VARCHARs take 4 bytes a character inline; the longest become LONGTEXT until the row
+    // fits (key columns stay VARCHAR: they must).
     let mut varchar: Vec<Option<u32>> = dms
         .iter()
-        .map(|d| match *d {
-            DmsType::String { length: Some(n) } | DmsType::WString { length: n } if n <= MYSQL_MAX_VARCHAR => Some(n),
-            _ => None,
+        .enumerate()
+        .map(|(i, d)| {
+            let declared = match *d {
+                DmsType::String { length } => length,
+                DmsType::WString { length } => Some(length),
+                _ => None,
+            };
+            if varlen_key.contains(&i) {
+                return Some(declared.unwrap_or(u32::MAX).min(key_bytes / 4));
+            }
+            declared.filter(|&n| n <= MYSQL_MAX_VARCHAR)
         })
         .collect();
     let fixed: u64 =
@@ -91,7 +129,12 @@ pub fn mysql_types(cols: &[&ColumnInfo], opts: &MapOptions) -> Vec<String> {
         if inline <= MYSQL_ROW_BYTES {
             break;
         }
-        let Some((i, _)) = varchar.iter().enumerate().filter_map(|(i, n)| n.map(|n| (i, n))).max_by_key(|&(_, n)| n)
+        let Some((i, _)) = varchar
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !varlen_key.contains(i))
+            .filter_map(|(i, n)| n.map(|n| (i, n)))
+            .max_by_key(|&(_, n)| n)
         else {
             break;
         };
@@ -99,15 +142,16 @@ pub fn mysql_types(cols: &[&ColumnInfo], opts: &MapOptions) -> Vec<String> {
     }
     dms.iter()
         .zip(&varchar)
-        .map(|(d, v)| match (*d, v) {
+        .enumerate()
+        .map(|(i, (d, v))| match (*d, v) {
+            (DmsType::Blob, _) if varlen_key.contains(&i) => format!("VARBINARY({key_bytes})"),
+            (_, Some(n)) if varlen_key.contains(&i) => format!("VARCHAR({n})"),
             (DmsType::Boolean, _) if opts.boolean_as_boolean => "BOOLEAN".into(),
             (DmsType::Boolean, _) => "CHAR(5)".into(),
             (DmsType::Int2, _) => "SMALLINT".into(),
             (DmsType::Int4, _) => "INT".into(),
             (DmsType::Int8, _) => "BIGINT".into(),
-            (DmsType::Numeric { precision, scale }, _) if scale >= 0 && scale <= i16::from(precision).min(30) => {
-                format!("DECIMAL({precision},{scale})")
-            }
+            (DmsType::Numeric { precision, scale }, _) if mysql_decimal(*d) => format!("DECIMAL({precision},{scale})"),
             (DmsType::Numeric { .. }, _) => "LONGTEXT".into(),
             (DmsType::Real4, _) => "FLOAT".into(),
             (DmsType::Real8, _) => "DOUBLE".into(),
@@ -192,7 +236,7 @@ pub fn cell(val: &Val, col: &ColumnInfo, opts: &MapOptions, flavor: Flavor) -> R
         Val::Text(b) => {
             let s = String::from_utf8_lossy(b).into_owned();
             if flavor == Flavor::MySql
-                && col.dms_type_is_numeric()
+                && mysql_decimal(dms_type(col, opts))
                 && matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity")
             {
                 return out_of_range(s);
@@ -228,12 +272,6 @@ pub fn cell(val: &Val, col: &ColumnInfo, opts: &MapOptions, flavor: Flavor) -> R
     })
 }
 
-impl ColumnInfo {
-    fn dms_type_is_numeric(&self) -> bool {
-        matches!(self.dms_type, DmsType::Numeric { .. }) || self.type_oid == oids::NUMERIC
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,10 +301,19 @@ mod tests {
         let v1 = col(oids::VARCHAR, "varchar(10000)", DmsType::WString { length: 10000 });
         let v2 = col(oids::VARCHAR, "varchar(9000)", DmsType::WString { length: 9000 });
         let j = col(oids::JSONB, "jsonb", DmsType::Nclob);
-        let t = mysql_types(&[&a, &n, &neg, &b, &v1, &v2, &j], &opts);
+        let t = mysql_types(&[&a, &n, &neg, &b, &v1, &v2, &j], &[], &opts);
         assert_eq!(t, ["INT", "DECIMAL(10,2)", "LONGTEXT", "CHAR(5)", "LONGTEXT", "VARCHAR(9000)", "LONGTEXT"]);
-        let t = mysql_types(&[&b], &MapOptions { boolean_as_boolean: true, ..opts });
+        let t = mysql_types(&[&b], &[], &MapOptions { boolean_as_boolean: true, ..opts });
         assert_eq!(t, ["BOOLEAN"]);
+        // Keys: text within InnoDB's key bytes, kept inline; numeric without DECIMAL as text.
+        let text = col(oids::TEXT, "text", DmsType::Nclob);
+        let bytes = col(oids::BYTEA, "bytea", DmsType::Blob);
+        assert_eq!(mysql_types(&[&text, &a], &[0], &opts), ["VARCHAR(768)", "INT"]);
+        assert_eq!(
+            mysql_types(&[&text, &bytes, &v1], &[0, 1], &opts),
+            ["VARCHAR(384)", "VARBINARY(1536)", "VARCHAR(10000)"]
+        );
+        assert_eq!(mysql_types(&[&neg], &[0], &opts), ["VARCHAR(768)"]);
     }
 
     #[test]
@@ -280,7 +327,10 @@ mod tests {
         assert!(cell(&Val::Float8(f64::NAN), &f, &opts, Flavor::MySql).is_err());
         assert_eq!(cell(&Val::Float8(f64::NAN), &f, &opts, Flavor::Sqlite), Ok(Cell::Text("NaN".into())));
         let n = col(oids::NUMERIC, "numeric", DmsType::String { length: None });
-        assert!(cell(&Val::Text("NaN".into()), &n, &opts, Flavor::MySql).is_err());
+        // Unconstrained numeric is text (LONGTEXT) in MySQL, which holds 'NaN'; DECIMAL cannot.
+        assert_eq!(cell(&Val::Text("NaN".into()), &n, &opts, Flavor::MySql), Ok(Cell::Text("NaN".into())));
+        let dec = col(oids::NUMERIC, "numeric(10,2)", DmsType::Numeric { precision: 10, scale: 2 });
+        assert!(cell(&Val::Text("NaN".into()), &dec, &opts, Flavor::MySql).is_err());
         assert_eq!(cell(&Val::Text("1.10".into()), &n, &opts, Flavor::Sqlite), Ok(Cell::Text("1.10".into())));
         let tz = col(oids::TIMESTAMPTZ, "timestamp with time zone", DmsType::Timestamp { utc: true });
         assert_eq!(cell(&Val::TimestampTz(0), &tz, &opts, Flavor::MySql), Ok(Cell::Text("2000-01-01 00:00:00".into())));

@@ -1,0 +1,919 @@
+//! A MySQL / MariaDB target, written through the DMS mapping (`typemap`).
+//!
+//! Where tables go: with a database in the target URL (`mysql://u@host/db`), every table
+//! goes into it, named as the source's (`orders`), prefixed with its schema outside
+//! `public` (`sales.orders`, one identifier); without one, each source schema becomes the
+//! database of the same name, and pgdms's own tables live in database `pgdms`. Tables are
+//! InnoDB, utf8mb4 with a binary, no-pad collation: keys compare exactly as PostgreSQL's
+//! ('a', 'A' and 'a ' are three keys).
+//!
+//! A group of source transactions is one InnoDB transaction, which also records the
+//! group's end LSN in `pgdms_apply_progress`. MySQL commits DDL implicitly, so a source
+//! transaction that changes a table's shape comes as a group of its own
+//! (`schema_changes_commit`), and before each implicit commit the target records how far
+//! into that transaction it got (`resume_after`, the LSN of the last change applied). A
+//! restart replays the transaction from there: nothing lost, nothing applied twice. The DDL
+//! itself is checked against the catalog before it runs, so running it again is harmless.
+//!
+//! Values MySQL cannot hold (see `typemap`) are written as NULL and each is recorded in
+//! `pgdms_value_exceptions` in the same transaction, and logged.
+
+use super::rowsql::{Converter, Dialect, Statement, ValueException};
+use super::typemap::{self, Cell, MapOptions};
+use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
+use crate::apply::batch::{key_columns, Batch};
+use crate::apply::change::{Change, ChangeKind, ColumnInfo, RelInfo, Row};
+use crate::stream::Lsn;
+use mysql_async::prelude::Queryable;
+use pgdms_proto::ddl::{ColumnDef, DdlObject, TableDef};
+use pgdms_proto::Ddl;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const D: Dialect = Dialect::MySql;
+/// A multi-row INSERT stays under this many bytes of SQL (MySQL's max_allowed_packet is
+/// 16 MB by default, 4 MB on older servers).
+const STATEMENT_BYTES: usize = 2 << 20;
+const STATEMENT_ROWS: usize = 1000;
+
+/// Where the target's tables go.
+#[derive(Debug, Clone)]
+enum Naming {
+    /// Every table into this database.
+    OneDatabase(String),
+    /// Each source schema into the database of its name.
+    PerSchema,
+}
+
+/// A column of a target table, as MySQL reports it (type normalised, see `normal_type`).
+#[derive(Debug, Clone, PartialEq)]
+struct TargetColumn {
+    name: String,
+    type_: String,
+    nullable: bool,
+}
+
+pub struct MySqlTarget {
+    conn: mysql_async::Conn,
+    naming: Naming,
+    control: String,
+    collation: &'static str,
+    slot: String,
+    opts: MapOptions,
+    on_error: OnError,
+    in_group: bool,
+    /// The LSN of the last change applied in the open group.
+    last_applied: Option<Lsn>,
+    /// After a restart: the first source transaction's changes up to this LSN are on the
+    /// target already (DDL had committed them).
+    resume_after: Option<Lsn>,
+    /// The target's tables, by (database, table), as far as read or created.
+    tables: HashMap<(String, String), Vec<TargetColumn>>,
+    /// The description each source table was last reconciled with.
+    reconciled: HashMap<u32, Arc<RelInfo>>,
+    /// Literal defaults of columns added on the source, for the rows already there.
+    added_defaults: HashMap<(String, String, String), String>,
+    /// The snapshot LSN of the table being loaded (value exceptions are recorded at it).
+    load_lsn: Lsn,
+}
+
+fn server_error(e: mysql_async::Error) -> TargetError {
+    // A lost connection, a deadlock or a lock wait timeout (InnoDB rolled the transaction
+    // back): the group is tried again from the last commit.
+    let retry = matches!(&e, mysql_async::Error::Server(s) if s.code == 1213 || s.code == 1205);
+    if retry || e.is_fatal() || matches!(e, mysql_async::Error::Io(_)) {
+        TargetError::Connection(e.to_string())
+    } else {
+        TargetError::Other(e.to_string())
+    }
+}
+
+/// A SQL literal of a cell. The session runs with NO_BACKSLASH_ESCAPES, so doubling quotes
+/// is the whole of string escaping.
+fn literal(c: &Cell) -> String {
+    match c {
+        Cell::Null => "NULL".into(),
+        Cell::Int(i) => i.to_string(),
+        // Shortest round-trip digits with an exponent: MySQL reads it as a DOUBLE.
+        Cell::Real(f) => format!("{f:e}"),
+        Cell::Text(s) => format!("'{}'", s.replace('\'', "''")),
+        Cell::Blob(b) => {
+            let mut s = String::with_capacity(b.len() * 2 + 3);
+            s.push_str("X'");
+            for byte in b {
+                s.push_str(&format!("{byte:02x}"));
+            }
+            s.push('\'');
+            s
+        }
+    }
+}
+
+/// The statement with its parameters written in as literals (one round trip, no prepared
+/// statement per shape). `?` only ever stands for a parameter outside backtick-quoted names.
+fn inline(s: Statement) -> String {
+    let mut out = String::with_capacity(s.sql.len() + s.params.len() * 8);
+    let mut params = s.params.iter();
+    let mut quoted = false;
+    for ch in s.sql.chars() {
+        match ch {
+            '`' => {
+                quoted = !quoted;
+                out.push(ch);
+            }
+            '?' if !quoted => out.push_str(&literal(params.next().unwrap_or(&Cell::Null))),
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+fn text(s: &str) -> String {
+    literal(&Cell::Text(s.to_string()))
+}
+
+/// MySQL's COLUMN_TYPE in the spelling of `typemap::mysql_types` (MariaDB adds display
+/// widths to integers, BOOLEAN is TINYINT(1)).
+fn normal_type(column_type: &str) -> String {
+    let t = column_type.to_ascii_uppercase();
+    if t == "TINYINT(1)" {
+        return "BOOLEAN".into();
+    }
+    for int in ["SMALLINT", "BIGINT", "INT"] {
+        if t.starts_with(&format!("{int}(")) {
+            return int.into();
+        }
+    }
+    t
+}
+
+/// A PostgreSQL column default MySQL can take as it is: a number, a string, a boolean.
+/// Anything else (functions, expressions) has no MySQL equivalent here.
+fn literal_default(def: &ColumnDef) -> Option<String> {
+    let d = def.default.as_deref()?.trim();
+    let is_number = |s: &str| {
+        let s = s.strip_prefix('-').unwrap_or(s);
+        !s.is_empty()
+            && s.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && s.chars().filter(|&c| c == '.').count() <= 1
+    };
+    let bare = d.strip_prefix('(').and_then(|s| s.strip_suffix(')')).unwrap_or(d);
+    if is_number(bare) || matches!(bare, "true" | "false") {
+        return Some(match bare {
+            "true" => "'true'".into(),
+            "false" => "'false'".into(),
+            n => format!("'{n}'"),
+        });
+    }
+    // 'text'::type
+    let rest = d.strip_prefix('\'')?;
+    let end = rest.find("'::").or_else(|| rest.strip_suffix('\'').map(|s| s.len()))?;
+    let body = &rest[..end];
+    if body.replace("''", "").contains('\'') {
+        return None;
+    }
+    Some(format!("'{body}'"))
+}
+
+impl MySqlTarget {
+    /// Connects to `url` (`mysql://user:password@host:port/database`; `mariadb://` too).
+    pub async fn connect(url: &str, opts: MapOptions, on_error: OnError) -> Result<Self, TargetError> {
+        let url = url.strip_prefix("mariadb://").map(|r| format!("mysql://{r}")).unwrap_or_else(|| url.to_string());
+        let parsed = mysql_async::Opts::from_url(&url)
+            .map_err(|e| TargetError::Other(format!("invalid MySQL target URL: {e}")))?;
+        let naming = match parsed.db_name() {
+            Some(db) if !db.is_empty() => Naming::OneDatabase(db.to_string()),
+            _ => Naming::PerSchema,
+        };
+        let control = match &naming {
+            Naming::OneDatabase(db) => db.clone(),
+            Naming::PerSchema => "pgdms".into(),
+        };
+        let builder = mysql_async::OptsBuilder::from_opts(parsed).init(vec![
+            // Strict: a value MySQL would cut or bend is an error, never silently altered.
+            "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,NO_ENGINE_SUBSTITUTION,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO'",
+            // timestamptz values arrive in UTC.
+            "SET SESSION time_zone = '+00:00'",
+            "SET NAMES utf8mb4",
+            // Rows arrive in the source's commit order, constraints checked there.
+            "SET SESSION foreign_key_checks = 0",
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        ]);
+        let mut conn = mysql_async::Conn::new(builder).await.map_err(|e| match e {
+            mysql_async::Error::Server(s) => TargetError::Other(format!("MySQL refused the connection: {s}")),
+            e => TargetError::Connection(format!("could not connect to MySQL: {e}")),
+        })?;
+        let version: Option<String> = conn.query_first("SELECT VERSION()").await.map_err(server_error)?;
+        let version = version.unwrap_or_default();
+        // No-pad binary collations: MariaDB's and MySQL 8's names differ.
+        let collation = if version.contains("MariaDB") { "utf8mb4_nopad_bin" } else { "utf8mb4_0900_bin" };
+        tracing::debug!(%version, collation, "MySQL target");
+        Ok(MySqlTarget {
+            conn,
+            naming,
+            control,
+            collation,
+            slot: String::new(),
+            opts,
+            on_error,
+            in_group: false,
+            last_applied: None,
+            resume_after: None,
+            tables: HashMap::new(),
+            reconciled: HashMap::new(),
+            added_defaults: HashMap::new(),
+            load_lsn: Lsn(0),
+        })
+    }
+
+    /// The (database, table) of a source table.
+    fn place(&self, schema: &str, name: &str) -> (String, String) {
+        match &self.naming {
+            Naming::OneDatabase(db) => (db.clone(), super::sqlite::table_name(schema, name)),
+            Naming::PerSchema => (schema.to_string(), name.to_string()),
+        }
+    }
+
+    fn quoted(place: &(String, String)) -> String {
+        format!("{}.{}", D.quote(&place.0), D.quote(&place.1))
+    }
+
+    fn control_table(&self, name: &str) -> String {
+        format!("{}.{}", D.quote(&self.control), D.quote(name))
+    }
+
+    async fn run(&mut self, sql: &str) -> Result<(), TargetError> {
+        self.conn.query_drop(sql).await.map_err(|e| match server_error(e) {
+            TargetError::Other(m) => TargetError::Other(format!("{m}; statement: {}", abbreviated(sql))),
+            other => other,
+        })
+    }
+
+    async fn open_group(&mut self) -> Result<(), TargetError> {
+        if !self.in_group {
+            self.run("START TRANSACTION").await?;
+            self.in_group = true;
+        }
+        Ok(())
+    }
+
+    /// A schema change is coming, which commits implicitly: commit the open transaction
+    /// first, recording how far into the source transaction it got.
+    async fn before_implicit_commit(&mut self) -> Result<(), TargetError> {
+        if !self.in_group {
+            return Ok(());
+        }
+        if let Some(lsn) = self.last_applied {
+            let sql = format!(
+                "INSERT INTO {} (slot_name, end_lsn, resume_after) VALUES ({}, '0/0', {}) \
+                 ON DUPLICATE KEY UPDATE resume_after = VALUES(resume_after)",
+                self.control_table("pgdms_apply_progress"),
+                text(&self.slot),
+                text(&lsn.to_string())
+            );
+            self.run(&sql).await?;
+        }
+        self.run("COMMIT").await?;
+        self.in_group = false;
+        Ok(())
+    }
+
+    /// Runs a statement that changes the schema (and so commits), the open transaction
+    /// committed first with its position.
+    async fn run_ddl(&mut self, sql: &str) -> Result<(), TargetError> {
+        self.before_implicit_commit().await?;
+        self.run(sql).await?;
+        tracing::info!(statement = %abbreviated(sql), "schema changed on the target");
+        Ok(())
+    }
+
+    /// Already applied before a restart (see `resume_after`)?
+    fn already_applied(&self, lsn: Lsn) -> bool {
+        self.resume_after.is_some_and(|r| lsn <= r)
+    }
+
+    async fn ensure_database(&mut self, db: &str) -> Result<(), TargetError> {
+        let sql =
+            format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE {}", D.quote(db), self.collation);
+        let exists: Option<String> = self
+            .conn
+            .query_first(format!(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
+                text(db)
+            ))
+            .await
+            .map_err(server_error)?;
+        if exists.is_none() {
+            self.run_ddl(&sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_columns(&mut self, place: &(String, String)) -> Result<Vec<TargetColumn>, TargetError> {
+        let rows: Vec<(String, String, String)> = self
+            .conn
+            .query(format!(
+                "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} ORDER BY ORDINAL_POSITION",
+                text(&place.0),
+                text(&place.1)
+            ))
+            .await
+            .map_err(server_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, t, nullable)| TargetColumn { name, type_: normal_type(&t), nullable: nullable == "YES" })
+            .collect())
+    }
+
+    async fn columns(&mut self, place: &(String, String)) -> Result<Vec<TargetColumn>, TargetError> {
+        if let Some(c) = self.tables.get(place) {
+            return Ok(c.clone());
+        }
+        let c = self.read_columns(place).await?;
+        if !c.is_empty() {
+            self.tables.insert(place.clone(), c.clone());
+        }
+        Ok(c)
+    }
+
+    /// The columns a table of `rel` has on the target (generated columns are not carried)
+    /// and their MySQL types.
+    fn wanted(&self, rel: &RelInfo, json_nullable: bool) -> Vec<TargetColumn> {
+        let cols: Vec<&ColumnInfo> = rel.columns.iter().filter(|c| !c.generated).collect();
+        let key: Vec<usize> = {
+            let k = key_columns(rel);
+            cols.iter()
+                .enumerate()
+                .filter(|(_, c)| k.iter().any(|&i| std::ptr::eq(&rel.columns[i], **c)))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let types = typemap::mysql_types(&cols, &key, &self.opts);
+        cols.iter()
+            .zip(types)
+            .map(|(c, type_)| TargetColumn {
+                name: c.name.clone(),
+                type_,
+                nullable: !c.not_null || (json_nullable && typemap::is_json_like(c)),
+            })
+            .collect()
+    }
+
+    fn create_sql(&self, rel: &RelInfo, place: &(String, String), json_nullable: bool) -> String {
+        let mut defs: Vec<String> = self
+            .wanted(rel, json_nullable)
+            .iter()
+            .map(|c| format!("{} {}{}", D.quote(&c.name), c.type_, if c.nullable { "" } else { " NOT NULL" }))
+            .collect();
+        let key = key_columns(rel);
+        if !key.is_empty() {
+            let cols: Vec<String> = key.iter().map(|&i| D.quote(&rel.columns[i].name)).collect();
+            defs.push(format!("PRIMARY KEY ({})", cols.join(", ")));
+        }
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={}",
+            Self::quoted(place),
+            defs.join(", "),
+            self.collation
+        )
+    }
+
+    /// Gives the target table of `rel` its shape: created if missing, columns added, types
+    /// and NOT NULL brought in line. Columns are never dropped here (a drop or rename comes
+    /// as DDL, where the columns' identity is known).
+    async fn reconcile(&mut self, rel: &RelInfo) -> Result<(String, String), TargetError> {
+        let place = self.place(&rel.schema, &rel.name);
+        if self.reconciled.get(&rel.oid).is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), rel) || **r == *rel) {
+            return Ok(place);
+        }
+        let existing = self.columns(&place).await?;
+        if existing.is_empty() {
+            self.ensure_database(&place.0.clone()).await?;
+            let sql = self.create_sql(rel, &place, false);
+            self.run_ddl(&sql).await?;
+        } else {
+            let mut changes = Vec::new();
+            let mut tighten = Vec::new();
+            for want in self.wanted(rel, false) {
+                match existing.iter().find(|c| c.name == want.name) {
+                    None => {
+                        // The rows already there get the column's default where it is a
+                        // plain value; otherwise NULL, so the column stays nullable.
+                        let default = self
+                            .added_defaults
+                            .remove(&(place.0.clone(), place.1.clone(), want.name.clone()))
+                            .map(|d| match (want.type_.as_str(), d.as_str()) {
+                                ("BOOLEAN", "'true'") => "1".to_string(),
+                                ("BOOLEAN", "'false'") => "0".to_string(),
+                                _ => d,
+                            });
+                        let not_null = !want.nullable && default.is_some();
+                        if !want.nullable && !not_null {
+                            tracing::warn!(table = %rel.qualified(), column = %want.name,
+                                "column added on the source as NOT NULL with a default MySQL cannot evaluate: nullable on the target, NULL in the rows it had");
+                        }
+                        changes.push(format!(
+                            "ADD COLUMN {} {}{}{}",
+                            D.quote(&want.name),
+                            want.type_,
+                            if not_null { " NOT NULL" } else { "" },
+                            default.map(|d| format!(" DEFAULT {d}")).unwrap_or_default()
+                        ));
+                    }
+                    Some(have) => {
+                        // NOT NULL is added separately, after the type (it may not hold);
+                        // dropping it goes with the type.
+                        let keep_not_null = !have.nullable && !want.nullable;
+                        if have.type_ != want.type_ || (want.nullable && !have.nullable) {
+                            changes.push(format!(
+                                "MODIFY COLUMN {} {}{}",
+                                D.quote(&want.name),
+                                want.type_,
+                                if keep_not_null { " NOT NULL" } else { "" }
+                            ));
+                        }
+                        if !want.nullable && have.nullable {
+                            tighten.push((want.name.clone(), want.type_.clone()));
+                        }
+                    }
+                }
+            }
+            if !changes.is_empty() {
+                let sql = format!("ALTER TABLE {} {}", Self::quoted(&place), changes.join(", "));
+                self.run_ddl(&sql).await?;
+            }
+            for (name, type_) in tighten {
+                // NOT NULL where the rows allow it: a column added without a default MySQL
+                // could evaluate holds NULLs, and strict mode refuses (rightly) to invent values.
+                let sql =
+                    format!("ALTER TABLE {} MODIFY COLUMN {} {type_} NOT NULL", Self::quoted(&place), D.quote(&name));
+                match self.run_ddl(&sql).await {
+                    Ok(()) => {}
+                    Err(TargetError::Other(e)) => {
+                        tracing::warn!(table = %rel.qualified(), column = %name, error = %e,
+                            "NOT NULL on the source, but the target's rows hold NULL there: the column stays nullable");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.tables.remove(&place);
+        self.reconciled.insert(rel.oid, Arc::new(rel.clone()));
+        Ok(place)
+    }
+
+    async fn record_exceptions(&mut self, exceptions: Vec<ValueException>, lsn: Lsn) -> Result<(), TargetError> {
+        for e in exceptions {
+            tracing::warn!(table = %e.table, column = %e.column, key = %e.key, value = %e.source_text, %lsn,
+                "a value MySQL cannot hold: written as NULL, recorded in pgdms_value_exceptions");
+            let sql = format!(
+                "INSERT INTO {} (slot_name, lsn, table_name, column_name, row_key, source_value) VALUES ({}, {}, {}, {}, {}, {})",
+                self.control_table("pgdms_value_exceptions"),
+                text(&self.slot),
+                text(&lsn.to_string()),
+                text(&e.table),
+                text(&e.column),
+                text(&e.key),
+                text(&e.source_text)
+            );
+            self.run(&sql).await?;
+        }
+        Ok(())
+    }
+
+    /// A change the target refused: stop, or (--on-error=log) record it and go on.
+    async fn refused(&mut self, c: &Change, error: TargetError) -> Result<(), TargetError> {
+        let TargetError::Other(message) = error else { return Err(error) };
+        let error = TargetError::Change {
+            table: c.rel.qualified(),
+            operation: c.operation(),
+            lsn: c.lsn,
+            key: super::rowsql::key_text(c),
+            error: message,
+        };
+        if self.on_error == OnError::Stop {
+            return Err(error);
+        }
+        tracing::warn!(%error, "change passed over, recorded in pgdms_apply_exceptions");
+        let sql = format!(
+            "INSERT INTO {} (slot_name, lsn, table_name, operation, error) VALUES ({}, {}, {}, {}, {})",
+            self.control_table("pgdms_apply_exceptions"),
+            text(&self.slot),
+            text(&c.lsn.to_string()),
+            text(&c.rel.qualified()),
+            text(c.operation()),
+            text(&error.to_string())
+        );
+        self.run(&sql).await
+    }
+
+    async fn apply_changes(&mut self, changes: &[Change]) -> Result<(), TargetError> {
+        let mut i = 0;
+        while i < changes.len() {
+            let c = &changes[i];
+            if self.already_applied(c.lsn) {
+                i += 1;
+                continue;
+            }
+            let place = self.reconcile(&c.rel).await?;
+            self.open_group().await?;
+            let mut conv = Converter { dialect: D, opts: &self.opts, table: Self::quoted(&place), exceptions: vec![] };
+            // A run of inserts into one table is one statement.
+            let mut run_end = i + 1;
+            let stmt = if let ChangeKind::Insert { new } = &c.kind {
+                let mut rows: Vec<&Row> = vec![new];
+                let mut bytes: usize = new.iter().map(|v| v.approx_len()).sum();
+                while run_end < changes.len() && rows.len() < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
+                    let next = &changes[run_end];
+                    let ChangeKind::Insert { new } = &next.kind else { break };
+                    if !Arc::ptr_eq(&next.rel, &c.rel) && *next.rel != *c.rel || self.already_applied(next.lsn) {
+                        break;
+                    }
+                    bytes += new.iter().map(|v| v.approx_len()).sum::<usize>();
+                    rows.push(new);
+                    run_end += 1;
+                }
+                Some(conv.insert_rows(&c.rel, &rows))
+            } else {
+                conv.change(c)
+            };
+            let exceptions = std::mem::take(&mut conv.exceptions);
+            let last = &changes[run_end - 1];
+            match stmt {
+                None if self.on_error == OnError::Log => {
+                    tracing::warn!(table = %c.rel.qualified(), lsn = %c.lsn, "change without a key passed over");
+                }
+                None => {
+                    return Err(TargetError::NoIdentity {
+                        table: c.rel.qualified(),
+                        operation: c.operation(),
+                        lsn: c.lsn,
+                    })
+                }
+                Some(s) if s.sql.is_empty() => {}
+                Some(s) => {
+                    if let Err(e) = self.run(&inline(s)).await {
+                        if run_end - i > 1 {
+                            // Find the refused row: one statement each.
+                            for one in &changes[i..run_end] {
+                                let mut conv = Converter {
+                                    dialect: D,
+                                    opts: &self.opts,
+                                    table: Self::quoted(&place),
+                                    exceptions: vec![],
+                                };
+                                let s = conv.change(one).expect("an insert always has a statement");
+                                if let Err(e) = self.run(&inline(s)).await {
+                                    self.refused(one, e).await?;
+                                }
+                            }
+                        } else {
+                            self.refused(c, e).await?;
+                        }
+                    }
+                    self.record_exceptions(exceptions, last.lsn).await?;
+                }
+            }
+            self.last_applied = Some(last.lsn);
+            i = run_end;
+        }
+        Ok(())
+    }
+
+    /// Replays drops and renames (additions and type changes come with the relation record
+    /// that follows, see `described`). Each is checked against the catalog first: after a
+    /// crash it may run again.
+    async fn replay_table_ddl(&mut self, before: &TableDef, after: Option<&TableDef>) -> Result<(), TargetError> {
+        let old = self.place(&before.schema, &before.name);
+        let existing = self.columns(&old).await?;
+        self.tables.remove(&old);
+        self.reconciled.remove(&before.oid);
+        if existing.is_empty() {
+            return Ok(()); // never created here (or already renamed or dropped)
+        }
+        let Some(after) = after else {
+            return self.run_ddl(&format!("DROP TABLE IF EXISTS {}", Self::quoted(&old))).await;
+        };
+        let have: Vec<&str> = existing.iter().map(|c| c.name.as_str()).collect();
+        let mut steps = Vec::new();
+        for b in &before.columns {
+            match after.columns.iter().find(|a| a.attnum == b.attnum) {
+                None if have.contains(&b.name.as_str()) => steps.push(format!("DROP COLUMN {}", D.quote(&b.name))),
+                Some(a) if a.name != b.name && have.contains(&b.name.as_str()) => {
+                    steps.push(format!("RENAME COLUMN {} TO {}", D.quote(&b.name), D.quote(&a.name)))
+                }
+                _ => {}
+            }
+        }
+        // Columns added with a plain default: the rows already there get it.
+        let (db, table) = self.place(&after.schema, &after.name);
+        for a in &after.columns {
+            if before.columns.iter().all(|b| b.attnum != a.attnum) {
+                if let Some(d) = literal_default(a) {
+                    self.added_defaults.insert((db.clone(), table.clone(), a.name.clone()), d);
+                }
+            }
+        }
+        // One ALTER: MySQL 8 and MariaDB 10.6+ make it atomic, so it is all done or not.
+        let renamed_already = before.columns.iter().any(|b| {
+            after.columns.iter().any(|a| a.attnum == b.attnum && a.name != b.name && have.contains(&a.name.as_str()))
+                && !have.contains(&b.name.as_str())
+        });
+        if !steps.is_empty() && !renamed_already {
+            self.run_ddl(&format!("ALTER TABLE {} {}", Self::quoted(&old), steps.join(", "))).await?;
+        }
+        let new = (db, table);
+        if new != old {
+            self.ensure_database(&new.0.clone()).await?;
+            if self.columns(&new).await?.is_empty() {
+                self.run_ddl(&format!("RENAME TABLE {} TO {}", Self::quoted(&old), Self::quoted(&new))).await?;
+            }
+            self.tables.remove(&new);
+        }
+        Ok(())
+    }
+
+    async fn control_tables(&mut self) -> Result<(), TargetError> {
+        self.ensure_database(&self.control.clone()).await?;
+        let engine = format!("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={}", self.collation);
+        for (name, columns) in [
+            (
+                "pgdms_apply_progress",
+                "slot_name VARCHAR(64) PRIMARY KEY, end_lsn VARCHAR(20) NOT NULL, commit_time BIGINT, \
+                 applied_at DATETIME(6), resume_after VARCHAR(20)",
+            ),
+            (
+                "pgdms_migration",
+                "slot_name VARCHAR(64) PRIMARY KEY, phase VARCHAR(16) NOT NULL, consistent_point VARCHAR(20) NOT NULL",
+            ),
+            (
+                "pgdms_load_progress",
+                "slot_name VARCHAR(64) NOT NULL, source_oid BIGINT NOT NULL, table_name TEXT NOT NULL, \
+                 snapshot_lsn VARCHAR(20) NOT NULL, PRIMARY KEY (slot_name, source_oid)",
+            ),
+            (
+                "pgdms_value_exceptions",
+                "id BIGINT AUTO_INCREMENT PRIMARY KEY, slot_name VARCHAR(64) NOT NULL, lsn VARCHAR(20) NOT NULL, \
+                 table_name TEXT NOT NULL, column_name TEXT NOT NULL, row_key LONGTEXT, source_value LONGTEXT, \
+                 recorded_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+            ),
+            (
+                "pgdms_apply_exceptions",
+                "id BIGINT AUTO_INCREMENT PRIMARY KEY, slot_name VARCHAR(64) NOT NULL, lsn VARCHAR(20) NOT NULL, \
+                 table_name TEXT NOT NULL, operation VARCHAR(16) NOT NULL, error LONGTEXT, \
+                 recorded_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+            ),
+        ] {
+            let sql = format!("CREATE TABLE IF NOT EXISTS {} ({columns}) {engine}", self.control_table(name));
+            self.run(&sql).await?;
+        }
+        Ok(())
+    }
+}
+
+fn abbreviated(sql: &str) -> String {
+    if sql.len() <= 300 {
+        return sql.to_string();
+    }
+    let mut end = 300;
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &sql[..end])
+}
+
+impl Target for MySqlTarget {
+    async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
+        self.slot = slot.to_string();
+        self.control_tables().await?;
+        let row: Option<(String, Option<String>)> = self
+            .conn
+            .query_first(format!(
+                "SELECT end_lsn, resume_after FROM {} WHERE slot_name = {}",
+                self.control_table("pgdms_apply_progress"),
+                text(slot)
+            ))
+            .await
+            .map_err(server_error)?;
+        let Some((end, resume)) = row else { return Ok(None) };
+        self.resume_after = resume.and_then(|r| r.parse().ok());
+        if let Some(r) = self.resume_after {
+            tracing::info!(resume_after = %r, "resuming inside a source transaction that DDL committed in parts");
+        }
+        let end: Lsn = end.parse().unwrap_or_default();
+        Ok((end != Lsn(0)).then_some(end))
+    }
+
+    async fn configure(&mut self, _: &SourceSettings) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn apply(&mut self, batch: &Batch) -> Result<(), TargetError> {
+        self.open_group().await?;
+        self.apply_changes(&batch.raw).await
+    }
+
+    async fn truncate(&mut self, rels: &[Arc<RelInfo>], _restart_identity: bool, lsn: Lsn) -> Result<(), TargetError> {
+        if self.already_applied(lsn) {
+            return Ok(());
+        }
+        for rel in rels {
+            let place = self.reconcile(rel).await?;
+            self.open_group().await?;
+            // DELETE, not TRUNCATE: MySQL's TRUNCATE is DDL and would commit the group.
+            self.run(&format!("DELETE FROM {}", Self::quoted(&place))).await?;
+        }
+        self.last_applied = Some(lsn);
+        Ok(())
+    }
+
+    async fn ddl(&mut self, ddl: &Ddl, lsn: Lsn) -> Result<(), TargetError> {
+        if self.already_applied(lsn) {
+            return Ok(());
+        }
+        if let DdlObject::Table { before: Some(before), after } = &ddl.object {
+            self.replay_table_ddl(before, after.as_ref()).await?;
+        }
+        self.last_applied = Some(lsn);
+        Ok(())
+    }
+
+    async fn ensure_table(&mut self, rel: &RelInfo, _lsn: Lsn) -> Result<(), TargetError> {
+        self.reconcile(rel).await.map(|_| ())
+    }
+
+    async fn described(&mut self, rel: &RelInfo, _lsn: Lsn) -> Result<(), TargetError> {
+        self.reconcile(rel).await.map(|_| ())
+    }
+
+    fn schema_changes_commit(&self) -> bool {
+        true
+    }
+
+    async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), TargetError> {
+        self.open_group().await?;
+        let sql = format!(
+            "INSERT INTO {} (slot_name, end_lsn, commit_time, applied_at, resume_after) VALUES ({}, {}, {commit_time}, NOW(6), NULL) \
+             ON DUPLICATE KEY UPDATE end_lsn = VALUES(end_lsn), commit_time = VALUES(commit_time), \
+             applied_at = VALUES(applied_at), resume_after = NULL",
+            self.control_table("pgdms_apply_progress"),
+            text(&self.slot),
+            text(&end_lsn.to_string())
+        );
+        self.run(&sql).await?;
+        self.run("COMMIT").await?;
+        self.in_group = false;
+        self.last_applied = None;
+        self.resume_after = None;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<(), TargetError> {
+        self.tables.clear();
+        self.reconciled.clear();
+        if self.in_group {
+            self.in_group = false;
+            self.last_applied = None;
+            self.run("ROLLBACK").await?;
+        }
+        Ok(())
+    }
+}
+
+impl LoadTarget for MySqlTarget {
+    async fn migration(&mut self, slot: &str) -> Result<Option<(String, Lsn)>, TargetError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_first(format!(
+                "SELECT phase, consistent_point FROM {} WHERE slot_name = {}",
+                self.control_table("pgdms_migration"),
+                text(slot)
+            ))
+            .await
+            .map_err(server_error)?;
+        Ok(row.map(|(p, l)| (p, l.parse().unwrap_or_default())))
+    }
+
+    async fn set_migration(&mut self, slot: &str, phase: &str, consistent_point: Lsn) -> Result<(), TargetError> {
+        let sql = format!(
+            "INSERT INTO {} (slot_name, phase, consistent_point) VALUES ({}, {}, {}) ON DUPLICATE KEY UPDATE phase = VALUES(phase)",
+            self.control_table("pgdms_migration"),
+            text(slot),
+            text(phase),
+            text(&consistent_point.to_string())
+        );
+        self.run(&sql).await
+    }
+
+    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<(u32, String, Lsn)>, TargetError> {
+        let rows: Vec<(u32, String, String)> = self
+            .conn
+            .query(format!(
+                "SELECT source_oid, table_name, snapshot_lsn FROM {} WHERE slot_name = {}",
+                self.control_table("pgdms_load_progress"),
+                text(slot)
+            ))
+            .await
+            .map_err(server_error)?;
+        Ok(rows.into_iter().map(|(o, n, l)| (o, n, l.parse().unwrap_or_default())).collect())
+    }
+
+    async fn load_begin(&mut self, rel: &RelInfo, snapshot_lsn: Lsn) -> Result<(), TargetError> {
+        self.load_lsn = snapshot_lsn;
+        let place = self.place(&rel.schema, &rel.name);
+        self.ensure_database(&place.0.clone()).await?;
+        self.run_ddl(&format!("DROP TABLE IF EXISTS {}", Self::quoted(&place))).await?;
+        let sql = self.create_sql(rel, &place, true);
+        self.run_ddl(&sql).await?;
+        self.tables.remove(&place);
+        self.reconciled.remove(&rel.oid);
+        self.open_group().await
+    }
+
+    async fn load_rows(&mut self, rel: &RelInfo, rows: &[Row]) -> Result<(), TargetError> {
+        let place = self.place(&rel.schema, &rel.name);
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < rows.len() && end - start < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
+                bytes += rows[end].iter().map(|v| v.approx_len()).sum::<usize>();
+                end += 1;
+            }
+            let chunk: Vec<&Row> = rows[start..end].iter().collect();
+            let mut conv = Converter { dialect: D, opts: &self.opts, table: Self::quoted(&place), exceptions: vec![] };
+            let stmt = conv.insert_rows(rel, &chunk);
+            let exceptions = std::mem::take(&mut conv.exceptions);
+            self.run(&inline(stmt))
+                .await
+                .map_err(|e| TargetError::Other(format!("could not load rows into {}: {e}", Self::quoted(&place))))?;
+            self.record_exceptions(exceptions, self.load_lsn).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn load_end(
+        &mut self,
+        rel: &RelInfo,
+        source_name: &str,
+        slot: &str,
+        snapshot_lsn: Lsn,
+    ) -> Result<(), TargetError> {
+        let place = self.place(&rel.schema, &rel.name);
+        self.open_group().await?;
+        self.run("COMMIT").await?;
+        self.in_group = false;
+        // NOT NULL back on json-like columns (a table rebuild in MySQL: after the rows).
+        let restore: Vec<String> = self
+            .wanted(rel, false)
+            .into_iter()
+            .zip(self.wanted(rel, true))
+            .filter(|(after, during)| after.nullable != during.nullable)
+            .map(|(c, _)| format!("MODIFY COLUMN {} {} NOT NULL", D.quote(&c.name), c.type_))
+            .collect();
+        if !restore.is_empty() {
+            self.run_ddl(&format!("ALTER TABLE {} {}", Self::quoted(&place), restore.join(", "))).await?;
+        }
+        let sql = format!(
+            "INSERT INTO {} (slot_name, source_oid, table_name, snapshot_lsn) VALUES ({}, {}, {}, {}) \
+             ON DUPLICATE KEY UPDATE table_name = VALUES(table_name), snapshot_lsn = VALUES(snapshot_lsn)",
+            self.control_table("pgdms_load_progress"),
+            text(slot),
+            rel.oid,
+            text(source_name),
+            text(&snapshot_lsn.to_string())
+        );
+        self.run(&sql).await?;
+        self.tables.remove(&place);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_escaped_and_placeholders_outside_names_filled() {
+        let s = Statement {
+            sql: "INSERT INTO `a?``b` (`c`) VALUES (?, ?, ?, ?)".into(),
+            params: vec![Cell::Text("it's".into()), Cell::Blob(vec![0, 255]), Cell::Real(1e300), Cell::Null],
+        };
+        assert_eq!(inline(s), "INSERT INTO `a?``b` (`c`) VALUES ('it''s', X'00ff', 1e300, NULL)");
+        assert_eq!(normal_type("int(11)"), "INT");
+        assert_eq!(normal_type("tinyint(1)"), "BOOLEAN");
+        assert_eq!(normal_type("decimal(10,2)"), "DECIMAL(10,2)");
+    }
+
+    #[test]
+    fn only_plain_defaults_are_carried() {
+        let def = |d: &str| ColumnDef { default: Some(d.into()), ..Default::default() };
+        assert_eq!(literal_default(&def("0")).as_deref(), Some("'0'"));
+        assert_eq!(literal_default(&def("'it''s'::text")).as_deref(), Some("'it''s'"));
+        assert_eq!(literal_default(&def("true")).as_deref(), Some("'true'"));
+        assert_eq!(literal_default(&def("now()")), None);
+        assert_eq!(literal_default(&def("nextval('s'::regclass)")), None);
+    }
+}
