@@ -197,9 +197,11 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
     assert_eq!(plain_cols, 1, "the dropped column is gone");
 }
 
-/// The stream's messages, parsed.
+/// The stream's messages, parsed (a last line still being written is left for later).
 fn messages(path: &std::path::Path) -> Vec<Json> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let text = std::fs::read_to_string(path).unwrap();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -213,6 +215,10 @@ fn jsonl_stream_carries_every_change_once_per_key_across_a_restart() {
          insert into t select g, 'v' || g, g / 100.0, '\\x00ff', true from generate_series(1, 200) g;
          insert into keyless values (1, 'x'), (1, 'x');",
     );
+    setup_matrix(&source);
+    for r in ROWS {
+        source.execute(&format!("insert into matrix values ({r})"));
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stream.jsonl");
     let target = format!("jsonl:{}", path.display());
@@ -231,6 +237,11 @@ fn jsonl_stream_carries_every_change_once_per_key_across_a_restart() {
          insert into t (id, v, extra) values (201, 'new', 7);",
     );
     wait_until(Duration::from_secs(60), "the changes", || messages(&path).iter().any(|m| m["data"]["id"] == 201));
+    // A transaction larger than what the stream holds in memory (it spills to a file).
+    source.execute("insert into t (id, v) select g, 'big' from generate_series(100000, 124999) g");
+    wait_until(Duration::from_secs(60), "the large transaction", || {
+        messages(&path).iter().any(|m| m["data"]["id"] == 124999)
+    });
     kill(&mut run, "-KILL");
     source.execute("insert into t (id, v) select g, 'late' from generate_series(300, 349) g; update t set v = 'last' where id = 4;");
     let mut run = Running::spawn(&mut migrate(&source, &target, "to_stream", &[]));
@@ -266,9 +277,36 @@ fn jsonl_stream_carries_every_change_once_per_key_across_a_restart() {
             }
         }
     }
-    // The load: 200 + 2 rows, values through the mapping.
+    // The load: 200 + 2 rows + the matrix, values through the mapping.
     let load: Vec<&&Json> = unique.iter().filter(|m| m["metadata"]["operation"] == "load").collect();
-    assert_eq!(load.len(), 202);
+    assert_eq!(load.len(), 202 + ROWS.len());
+    for m in load.iter().filter(|m| m["metadata"]["table-name"] == "matrix") {
+        let id = m["data"]["id"].as_i64().unwrap() as i32;
+        let want = expected_sqlite(&source, "matrix", id);
+        for (i, w) in want.iter().enumerate() {
+            let col = if i == 0 { "id" } else { MATRIX[i - 1].0 };
+            let got = &m["data"][col];
+            let ok = match w {
+                Value::Null => got.is_null(),
+                Value::Integer(n) => got.as_i64() == Some(*n),
+                Value::Real(f) => got.as_f64().is_some_and(|g| same(&Value::Real(*f), &Value::Real(g))),
+                Value::Text(s) => got.as_str() == Some(s.as_str()),
+                Value::Blob(b) => {
+                    use base64::Engine as _;
+                    got.as_str() == Some(base64::engine::general_purpose::STANDARD.encode(b).as_str())
+                }
+            };
+            assert!(ok, "matrix row {id} column {col}: want {w:?}, got {got}");
+        }
+    }
+    // The large transaction: one commit-lsn, its changes numbered 0.. in source order.
+    let big: Vec<&&Json> = unique.iter().filter(|m| m["data"]["v"] == "big").collect();
+    assert_eq!(big.len(), 25_000);
+    for (i, m) in big.iter().enumerate() {
+        assert_eq!(m["metadata"]["commit-lsn"], big[0]["metadata"]["commit-lsn"]);
+        assert_eq!(m["metadata"]["change-index"], i as u64);
+        assert_eq!(m["data"]["id"], 100_000 + i as i64);
+    }
     let first = load.iter().find(|m| m["data"]["id"] == 1 && m["metadata"]["table-name"] == "t").unwrap();
     assert_eq!(first["data"]["n"], "0.01", "numerics travel as strings");
     assert_eq!(first["data"]["b"], "AP8=", "bytea as base64");

@@ -18,6 +18,9 @@
 //! `rename-table`, `add-column`, `drop-column`, `rename-column`, `column-type-change`).
 //! The full load writes `load` records, numbered from the snapshot's LSN.
 //!
+//! A transaction's messages are written at its commit, which gives them their
+//! `commit-lsn`; until then they wait in memory, and past 10,000 in a temporary file.
+//!
 //! Written to a file, the stream keeps its progress in `FILE.progress` (replaced after the
 //! file is synced), so a restart resumes after the last transaction written; on stdout
 //! the slot's confirmed position is the resume point.
@@ -56,9 +59,60 @@ pub struct JsonlTarget {
     slot: String,
     opts: MapOptions,
     /// The open transaction's messages, without their commit LSN and index yet.
-    pending: Vec<(Map<String, Value>, Map<String, Value>)>,
+    pending: Pending,
     load_index: u64,
     load_lsn: Lsn,
+}
+
+type Message = (Map<String, Value>, Map<String, Value>);
+
+/// The messages of the open source transaction until its commit gives them their
+/// `commit-lsn`: the first `SPILL_AFTER` in memory, the rest in a temporary file, so that a
+/// transaction of millions of rows does not hold them all in memory.
+#[derive(Default)]
+struct Pending {
+    memory: Vec<Message>,
+    spilled: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+const SPILL_AFTER: usize = 10_000;
+
+impl Pending {
+    fn push(&mut self, m: Message) -> Result<(), TargetError> {
+        if self.spilled.is_none() && self.memory.len() < SPILL_AFTER {
+            self.memory.push(m);
+            return Ok(());
+        }
+        if self.spilled.is_none() {
+            self.spilled = Some(std::io::BufWriter::with_capacity(256 * 1024, tempfile::tempfile().map_err(io)?));
+        }
+        let out = self.spilled.as_mut().expect("created above");
+        serde_json::to_writer(&mut *out, &m).map_err(|e| TargetError::Other(e.to_string()))?;
+        out.write_all(b"\n").map_err(io)
+    }
+
+    /// Every message, in order, once: the memory part, then the spilled part read back.
+    fn drain(&mut self) -> Result<impl Iterator<Item = Result<Message, TargetError>>, TargetError> {
+        use std::io::{BufRead, Seek};
+        let memory = std::mem::take(&mut self.memory).into_iter().map(Ok);
+        let spilled = match self.spilled.take() {
+            None => None,
+            Some(w) => {
+                let mut f = w.into_inner().map_err(|e| io(e.into_error()))?;
+                f.rewind().map_err(io)?;
+                Some(std::io::BufReader::with_capacity(256 * 1024, f).lines().map(|line| {
+                    let line = line.map_err(io)?;
+                    serde_json::from_str::<Message>(&line).map_err(|e| TargetError::Other(format!("stream spill: {e}")))
+                }))
+            }
+        };
+        Ok(memory.chain(spilled.into_iter().flatten()))
+    }
+
+    fn clear(&mut self) {
+        self.memory.clear();
+        self.spilled = None;
+    }
 }
 
 fn io(e: std::io::Error) -> TargetError {
@@ -112,7 +166,7 @@ impl JsonlTarget {
             progress,
             slot: String::new(),
             opts,
-            pending: Vec::new(),
+            pending: Pending::default(),
             load_index: 0,
             load_lsn: Lsn(0),
         })
@@ -165,8 +219,8 @@ impl JsonlTarget {
         m
     }
 
-    fn push(&mut self, body: Map<String, Value>, metadata: Map<String, Value>) {
-        self.pending.push((body, metadata));
+    fn push(&mut self, body: Map<String, Value>, metadata: Map<String, Value>) -> Result<(), TargetError> {
+        self.pending.push((body, metadata))
     }
 
     fn write(
@@ -203,7 +257,8 @@ impl JsonlTarget {
     fn write_load(&mut self, snapshot_lsn: Lsn) -> Result<(), TargetError> {
         self.load_lsn = snapshot_lsn;
         let now = now_micros();
-        for (body, meta) in std::mem::take(&mut self.pending) {
+        for m in self.pending.drain()? {
+            let (body, meta) = m?;
             let index = self.load_index;
             self.load_index += 1;
             self.write(body, meta, snapshot_lsn, index, now)?;
@@ -215,11 +270,11 @@ impl JsonlTarget {
         self.progress.entry(self.slot.clone()).or_default()
     }
 
-    fn control(&mut self, operation: &str, schema: &str, table: &str, data: Value) {
+    fn control(&mut self, operation: &str, schema: &str, table: &str, data: Value) -> Result<(), TargetError> {
         let meta = self.metadata("control", operation, schema, table, None);
         let mut body = Map::new();
         body.insert("data".into(), data);
-        self.push(body, meta);
+        self.push(body, meta)
     }
 }
 
@@ -264,14 +319,14 @@ impl Target for JsonlTarget {
             if let Some(b) = before {
                 body.insert("before-image".into(), b);
             }
-            self.push(body, meta);
+            self.push(body, meta)?;
         }
         Ok(())
     }
 
     async fn truncate(&mut self, rels: &[Arc<RelInfo>], restart_identity: bool, _lsn: Lsn) -> Result<(), TargetError> {
         for rel in rels {
-            self.control("truncate", &rel.schema, &rel.name, json!({"restart-identity": restart_identity}));
+            self.control("truncate", &rel.schema, &rel.name, json!({"restart-identity": restart_identity}))?;
         }
         Ok(())
     }
@@ -282,29 +337,29 @@ impl Target for JsonlTarget {
             Value::Object(t.columns.iter().map(|c| (c.name.clone(), json!(c.type_sql))).collect())
         };
         match (before, after) {
-            (None, Some(a)) => self.control("create-table", &a.schema, &a.name, json!({"columns": columns(a)})),
-            (Some(b), None) => self.control("drop-table", &b.schema, &b.name, json!({})),
+            (None, Some(a)) => self.control("create-table", &a.schema, &a.name, json!({"columns": columns(a)}))?,
+            (Some(b), None) => self.control("drop-table", &b.schema, &b.name, json!({}))?,
             (Some(b), Some(a)) => {
                 for bc in &b.columns {
                     match a.columns.iter().find(|ac| ac.attnum == bc.attnum) {
-                        None => self.control("drop-column", &b.schema, &b.name, json!({"column": bc.name})),
+                        None => self.control("drop-column", &b.schema, &b.name, json!({"column": bc.name}))?,
                         Some(ac) if ac.name != bc.name => self.control(
                             "rename-column",
                             &b.schema,
                             &b.name,
                             json!({"column": bc.name, "new-name": ac.name}),
-                        ),
+                        )?,
                         Some(ac) if ac.type_sql != bc.type_sql => self.control(
                             "column-type-change",
                             &b.schema,
                             &b.name,
                             json!({"column": ac.name, "old-type": bc.type_sql, "new-type": ac.type_sql}),
-                        ),
+                        )?,
                         Some(_) => {}
                     }
                 }
                 for ac in a.columns.iter().filter(|ac| !b.columns.iter().any(|bc| bc.attnum == ac.attnum)) {
-                    self.control("add-column", &b.schema, &b.name, json!({"column": ac.name, "type": ac.type_sql}));
+                    self.control("add-column", &b.schema, &b.name, json!({"column": ac.name, "type": ac.type_sql}))?;
                 }
                 if (a.schema.as_str(), a.name.as_str()) != (b.schema.as_str(), b.name.as_str()) {
                     self.control(
@@ -312,7 +367,7 @@ impl Target for JsonlTarget {
                         &b.schema,
                         &b.name,
                         json!({"new-schema-name": a.schema, "new-table-name": a.name}),
-                    );
+                    )?;
                 }
             }
             (None, None) => {}
@@ -325,7 +380,9 @@ impl Target for JsonlTarget {
     }
 
     async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), TargetError> {
-        for (i, (body, meta)) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+        // Written as read back: a spilled transaction is never whole in memory.
+        for (i, m) in self.pending.drain()?.enumerate() {
+            let (body, meta) = m?;
             self.write(body, meta, end_lsn, i as u64, commit_time)?;
         }
         self.slot_progress().end_lsn = Some(end_lsn.to_string());
@@ -367,7 +424,7 @@ impl LoadTarget for JsonlTarget {
             .iter()
             .map(|c| (c.name.clone(), json!(super::typemap::dms_type(c, &self.opts).to_string())))
             .collect();
-        self.control("create-table", &rel.schema, &rel.name, json!({"columns": columns}));
+        self.control("create-table", &rel.schema, &rel.name, json!({"columns": columns}))?;
         self.write_load(snapshot_lsn)
     }
 
@@ -377,7 +434,7 @@ impl LoadTarget for JsonlTarget {
             let meta = self.metadata("data", "load", &rel.schema, &rel.name, None);
             let mut body = Map::new();
             body.insert("data".into(), self.values(rel, &all, row));
-            self.push(body, meta);
+            self.push(body, meta)?;
         }
         let lsn = self.load_lsn;
         self.write_load(lsn)
