@@ -574,6 +574,8 @@ fn mysql_full_load_and_cdc_follow_the_dms_mapping_exactly_once() {
     source.execute(
         "insert into keyless values (7, 'before');
          alter table keyless add column c int;
+         alter table plain rename column v to w;
+         update plain set w = 'renamed' where k = 2;
          insert into keyless values (8, 'poison', 1);",
     );
     let status = exits_within(&mut run, Duration::from_secs(60)).expect("the apply stops on the refused row");
@@ -612,7 +614,7 @@ fn mysql_full_load_and_cdc_follow_the_dms_mapping_exactly_once() {
         "select sku, qty::text from \"Sales\".items order by convert_to(sku, 'UTF8')",
         "select sku, qty from `Sales`.`items` order by binary sku",
     );
-    same_rows("select k::text, v from plain p order by p.k", "select k, v from `public`.`plain` order by k");
+    same_rows("select k::text, w from plain p order by p.k", "select k, w from `public`.`plain` order by k");
     same_rows(
         "select a::text, b, c::text from keyless t order by t.a, t.b",
         "select a, b, c from `public`.`keyless` order by a, b",

@@ -10,10 +10,12 @@
 //! A group of source transactions is one InnoDB transaction, which also records the
 //! group's end LSN in `pgdms_apply_progress`. MySQL commits DDL implicitly, so a source
 //! transaction that changes a table's shape comes as a group of its own
-//! (`schema_changes_commit`), and before each implicit commit the target records how far
-//! into that transaction it got (`resume_after`, the LSN of the last change applied). A
-//! restart replays the transaction from there: nothing lost, nothing applied twice. The DDL
-//! itself is checked against the catalog before it runs, so running it again is harmless.
+//! (`schema_changes_commit`), and the target records how far into that transaction it got
+//! (`resume_after_item`, the number of its changes, truncates and DDL records done): with
+//! the changes before each implicit commit, and right after each DDL record's statements.
+//! A restart replays the transaction from there: nothing lost, nothing applied twice. The
+//! DDL is also checked against the catalog before it runs, so the one statement that may
+//! run again (a crash between a DDL and its record) is harmless.
 //!
 //! Values MySQL cannot hold (see `typemap`) are written as NULL and each is recorded in
 //! `pgdms_value_exceptions` in the same transaction, and logged.
@@ -27,7 +29,7 @@ use crate::stream::Lsn;
 use mysql_async::prelude::Queryable;
 use pgdms_proto::ddl::{ColumnDef, DdlObject, TableDef};
 use pgdms_proto::Ddl;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 const D: Dialect = Dialect::MySql;
@@ -61,12 +63,20 @@ pub struct MySqlTarget {
     slot: String,
     opts: MapOptions,
     on_error: OnError,
+    /// MariaDB (else MySQL): they differ in collation names and column defaults.
+    mariadb: bool,
     in_group: bool,
-    /// The LSN of the last change applied in the open group.
-    last_applied: Option<Lsn>,
-    /// After a restart: the first source transaction's changes up to this LSN are on the
-    /// target already (DDL had committed them).
-    resume_after: Option<Lsn>,
+    /// Items (changes, truncates, DDL records) of the open group seen so far, and the
+    /// number of the last one done.
+    item: u64,
+    done_item: Option<u64>,
+    /// Source transactions with changes applied in the open group.
+    group_xids: HashSet<u32>,
+    /// After a restart: the first source transaction's items up to this number are on the
+    /// target already (its DDL committed them).
+    resume_after: Option<u64>,
+    /// Columns left nullable because their rows hold NULL (not tried again this session).
+    loose: HashSet<(String, String, String)>,
     /// The target's tables, by (database, table), as far as read or created.
     tables: HashMap<(String, String), Vec<TargetColumn>>,
     /// The description each source table was last reconciled with.
@@ -81,6 +91,13 @@ fn server_error(e: mysql_async::Error) -> TargetError {
     // A lost connection, a deadlock or a lock wait timeout (InnoDB rolled the transaction
     // back): the group is tried again from the last commit.
     let retry = matches!(&e, mysql_async::Error::Server(s) if s.code == 1213 || s.code == 1205);
+    if let mysql_async::Error::Driver(mysql_async::DriverError::PacketTooLarge) = e {
+        return TargetError::Other(
+            "a statement is larger than the server's max_allowed_packet: raise it on the MySQL server \
+             (SET GLOBAL max_allowed_packet = 1073741824) and run again"
+                .into(),
+        );
+    }
     if retry || e.is_fatal() || matches!(e, mysql_async::Error::Io(_)) {
         TargetError::Connection(e.to_string())
     } else {
@@ -200,13 +217,18 @@ impl MySqlTarget {
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
         ]);
         let mut conn = mysql_async::Conn::new(builder).await.map_err(|e| match e {
+            // Too many connections, shutting down, starting up: try again later.
+            mysql_async::Error::Server(s) if matches!(s.code, 1040 | 1053 | 1203) => {
+                TargetError::Connection(format!("MySQL is not taking connections now: {s}"))
+            }
             mysql_async::Error::Server(s) => TargetError::Other(format!("MySQL refused the connection: {s}")),
             e => TargetError::Connection(format!("could not connect to MySQL: {e}")),
         })?;
         let version: Option<String> = conn.query_first("SELECT VERSION()").await.map_err(server_error)?;
         let version = version.unwrap_or_default();
         // No-pad binary collations: MariaDB's and MySQL 8's names differ.
-        let collation = if version.contains("MariaDB") { "utf8mb4_nopad_bin" } else { "utf8mb4_0900_bin" };
+        let mariadb = version.contains("MariaDB");
+        let collation = if mariadb { "utf8mb4_nopad_bin" } else { "utf8mb4_0900_bin" };
         tracing::debug!(%version, collation, "MySQL target");
         Ok(MySqlTarget {
             conn,
@@ -216,9 +238,13 @@ impl MySqlTarget {
             slot: String::new(),
             opts,
             on_error,
+            mariadb,
             in_group: false,
-            last_applied: None,
+            item: 0,
+            done_item: None,
+            group_xids: HashSet::new(),
             resume_after: None,
+            loose: HashSet::new(),
             tables: HashMap::new(),
             reconciled: HashMap::new(),
             added_defaults: HashMap::new(),
@@ -257,21 +283,37 @@ impl MySqlTarget {
         Ok(())
     }
 
+    /// Records that the open group's items up to `done` are on the target (inside the open
+    /// transaction if there is one, else at once).
+    async fn record_position(&mut self, done: u64) -> Result<(), TargetError> {
+        let sql = format!(
+            "INSERT INTO {} (slot_name, end_lsn, resume_after_item) VALUES ({}, '0/0', {done}) \
+             ON DUPLICATE KEY UPDATE resume_after_item = VALUES(resume_after_item)",
+            self.control_table("pgdms_apply_progress"),
+            text(&self.slot),
+        );
+        self.run(&sql).await
+    }
+
     /// A schema change is coming, which commits implicitly: commit the open transaction
     /// first, recording how far into the source transaction it got.
     async fn before_implicit_commit(&mut self) -> Result<(), TargetError> {
         if !self.in_group {
             return Ok(());
         }
-        if let Some(lsn) = self.last_applied {
-            let sql = format!(
-                "INSERT INTO {} (slot_name, end_lsn, resume_after) VALUES ({}, '0/0', {}) \
-                 ON DUPLICATE KEY UPDATE resume_after = VALUES(resume_after)",
-                self.control_table("pgdms_apply_progress"),
-                text(&self.slot),
-                text(&lsn.to_string())
-            );
-            self.run(&sql).await?;
+        if self.group_xids.len() > 1 {
+            // The position counts one transaction's items; with several in the group it
+            // would not say which. Start again from the last commit: in the new session the
+            // transaction that needs the change comes as a group of its own.
+            self.rollback().await?;
+            return Err(TargetError::Connection(
+                "the target's schema had to change in the middle of a group of several source transactions; \
+                 applying them again one at a time"
+                    .into(),
+            ));
+        }
+        if let Some(done) = self.done_item {
+            self.record_position(done).await?;
         }
         self.run("COMMIT").await?;
         self.in_group = false;
@@ -287,9 +329,11 @@ impl MySqlTarget {
         Ok(())
     }
 
-    /// Already applied before a restart (see `resume_after`)?
-    fn already_applied(&self, lsn: Lsn) -> bool {
-        self.resume_after.is_some_and(|r| lsn <= r)
+    /// Numbers the next item of the open group; true when it was done before a restart
+    /// (see `resume_after`).
+    fn next_item(&mut self) -> (u64, bool) {
+        self.item += 1;
+        (self.item, self.resume_after.is_some_and(|r| self.item <= r))
     }
 
     async fn ensure_database(&mut self, db: &str) -> Result<(), TargetError> {
@@ -418,7 +462,11 @@ impl MySqlTarget {
                             D.quote(&want.name),
                             want.type_,
                             if not_null { " NOT NULL" } else { "" },
-                            default.map(|d| format!(" DEFAULT {d}")).unwrap_or_default()
+                            // MySQL 8 takes a default for TEXT and BLOB columns only as an
+                            // expression; MariaDB takes the literal.
+                            default
+                                .map(|d| if self.mariadb { format!(" DEFAULT {d}") } else { format!(" DEFAULT ({d})") })
+                                .unwrap_or_default()
                         ));
                     }
                     Some(have) => {
@@ -433,7 +481,8 @@ impl MySqlTarget {
                                 if keep_not_null { " NOT NULL" } else { "" }
                             ));
                         }
-                        if !want.nullable && have.nullable {
+                        let known_loose = self.loose.contains(&(place.0.clone(), place.1.clone(), want.name.clone()));
+                        if !want.nullable && have.nullable && !known_loose {
                             tighten.push((want.name.clone(), want.type_.clone()));
                         }
                     }
@@ -453,6 +502,7 @@ impl MySqlTarget {
                     Err(TargetError::Other(e)) => {
                         tracing::warn!(table = %rel.qualified(), column = %name, error = %e,
                             "NOT NULL on the source, but the target's rows hold NULL there: the column stays nullable");
+                        self.loose.insert((place.0.clone(), place.1.clone(), name));
                     }
                     Err(e) => return Err(e),
                 }
@@ -509,13 +559,17 @@ impl MySqlTarget {
     }
 
     async fn apply_changes(&mut self, changes: &[Change]) -> Result<(), TargetError> {
+        // Change i is item base + i + 1 of the group; those done before a restart are a prefix.
+        let base = self.item;
         let mut i = 0;
         while i < changes.len() {
-            let c = &changes[i];
-            if self.already_applied(c.lsn) {
+            let (_, done_before) = self.next_item();
+            if done_before {
                 i += 1;
                 continue;
             }
+            self.item = base + i as u64; // numbered again below, once the run is known
+            let c = &changes[i];
             let place = self.reconcile(&c.rel).await?;
             self.open_group().await?;
             let mut conv = Converter { dialect: D, opts: &self.opts, table: Self::quoted(&place), exceptions: vec![] };
@@ -527,7 +581,7 @@ impl MySqlTarget {
                 while run_end < changes.len() && rows.len() < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
                     let next = &changes[run_end];
                     let ChangeKind::Insert { new } = &next.kind else { break };
-                    if !Arc::ptr_eq(&next.rel, &c.rel) && *next.rel != *c.rel || self.already_applied(next.lsn) {
+                    if !Arc::ptr_eq(&next.rel, &c.rel) && *next.rel != *c.rel {
                         break;
                     }
                     bytes += new.iter().map(|v| v.approx_len()).sum::<usize>();
@@ -540,6 +594,7 @@ impl MySqlTarget {
             };
             let exceptions = std::mem::take(&mut conv.exceptions);
             let last = &changes[run_end - 1];
+            self.group_xids.extend(changes[i..run_end].iter().map(|c| c.xid));
             match stmt {
                 None if self.on_error == OnError::Log => {
                     tracing::warn!(table = %c.rel.qualified(), lsn = %c.lsn, "change without a key passed over");
@@ -554,6 +609,9 @@ impl MySqlTarget {
                 Some(s) if s.sql.is_empty() => {}
                 Some(s) => {
                     if let Err(e) = self.run(&inline(s)).await {
+                        // Only a refused statement is looked into; anything else (a lost
+                        // connection, a deadlock that rolled the transaction back) ends here.
+                        let TargetError::Other(_) = e else { return Err(e) };
                         if run_end - i > 1 {
                             // Find the refused row: one statement each.
                             for one in &changes[i..run_end] {
@@ -575,25 +633,29 @@ impl MySqlTarget {
                     self.record_exceptions(exceptions, last.lsn).await?;
                 }
             }
-            self.last_applied = Some(last.lsn);
+            self.item = base + run_end as u64;
+            self.done_item = Some(self.item);
             i = run_end;
         }
+        self.item = base + changes.len() as u64;
         Ok(())
     }
 
     /// Replays drops and renames (additions and type changes come with the relation record
-    /// that follows, see `described`). Each is checked against the catalog first: after a
-    /// crash it may run again.
-    async fn replay_table_ddl(&mut self, before: &TableDef, after: Option<&TableDef>) -> Result<(), TargetError> {
+    /// that follows, see `described`); true when statements ran. Each is checked against
+    /// the catalog first: after a crash between a statement and the record of it, it may
+    /// come again.
+    async fn replay_table_ddl(&mut self, before: &TableDef, after: Option<&TableDef>) -> Result<bool, TargetError> {
         let old = self.place(&before.schema, &before.name);
         let existing = self.columns(&old).await?;
-        self.tables.remove(&old);
-        self.reconciled.remove(&before.oid);
         if existing.is_empty() {
-            return Ok(()); // never created here (or already renamed or dropped)
+            return Ok(false); // never created here (or already renamed or dropped)
         }
         let Some(after) = after else {
-            return self.run_ddl(&format!("DROP TABLE IF EXISTS {}", Self::quoted(&old))).await;
+            self.tables.remove(&old);
+            self.reconciled.remove(&before.oid);
+            self.run_ddl(&format!("DROP TABLE IF EXISTS {}", Self::quoted(&old))).await?;
+            return Ok(true);
         };
         let have: Vec<&str> = existing.iter().map(|c| c.name.as_str()).collect();
         let mut steps = Vec::new();
@@ -620,18 +682,23 @@ impl MySqlTarget {
             after.columns.iter().any(|a| a.attnum == b.attnum && a.name != b.name && have.contains(&a.name.as_str()))
                 && !have.contains(&b.name.as_str())
         });
+        let mut ran = false;
         if !steps.is_empty() && !renamed_already {
+            self.tables.remove(&old);
             self.run_ddl(&format!("ALTER TABLE {} {}", Self::quoted(&old), steps.join(", "))).await?;
+            ran = true;
         }
         let new = (db, table);
         if new != old {
             self.ensure_database(&new.0.clone()).await?;
             if self.columns(&new).await?.is_empty() {
+                self.tables.remove(&old);
                 self.run_ddl(&format!("RENAME TABLE {} TO {}", Self::quoted(&old), Self::quoted(&new))).await?;
+                ran = true;
             }
             self.tables.remove(&new);
         }
-        Ok(())
+        Ok(ran)
     }
 
     async fn control_tables(&mut self) -> Result<(), TargetError> {
@@ -641,7 +708,7 @@ impl MySqlTarget {
             (
                 "pgdms_apply_progress",
                 "slot_name VARCHAR(64) PRIMARY KEY, end_lsn VARCHAR(20) NOT NULL, commit_time BIGINT, \
-                 applied_at DATETIME(6), resume_after VARCHAR(20)",
+                 applied_at DATETIME(6), resume_after_item BIGINT",
             ),
             (
                 "pgdms_migration",
@@ -687,19 +754,19 @@ impl Target for MySqlTarget {
     async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         self.slot = slot.to_string();
         self.control_tables().await?;
-        let row: Option<(String, Option<String>)> = self
+        let row: Option<(String, Option<u64>)> = self
             .conn
             .query_first(format!(
-                "SELECT end_lsn, resume_after FROM {} WHERE slot_name = {}",
+                "SELECT end_lsn, resume_after_item FROM {} WHERE slot_name = {}",
                 self.control_table("pgdms_apply_progress"),
                 text(slot)
             ))
             .await
             .map_err(server_error)?;
         let Some((end, resume)) = row else { return Ok(None) };
-        self.resume_after = resume.and_then(|r| r.parse().ok());
+        self.resume_after = resume;
         if let Some(r) = self.resume_after {
-            tracing::info!(resume_after = %r, "resuming inside a source transaction that DDL committed in parts");
+            tracing::info!(done = r, "resuming inside a source transaction that DDL committed in parts");
         }
         let end: Lsn = end.parse().unwrap_or_default();
         Ok((end != Lsn(0)).then_some(end))
@@ -714,8 +781,9 @@ impl Target for MySqlTarget {
         self.apply_changes(&batch.raw).await
     }
 
-    async fn truncate(&mut self, rels: &[Arc<RelInfo>], _restart_identity: bool, lsn: Lsn) -> Result<(), TargetError> {
-        if self.already_applied(lsn) {
+    async fn truncate(&mut self, rels: &[Arc<RelInfo>], _restart_identity: bool, _lsn: Lsn) -> Result<(), TargetError> {
+        let (n, done_before) = self.next_item();
+        if done_before {
             return Ok(());
         }
         for rel in rels {
@@ -724,18 +792,23 @@ impl Target for MySqlTarget {
             // DELETE, not TRUNCATE: MySQL's TRUNCATE is DDL and would commit the group.
             self.run(&format!("DELETE FROM {}", Self::quoted(&place))).await?;
         }
-        self.last_applied = Some(lsn);
+        self.done_item = Some(n);
         Ok(())
     }
 
-    async fn ddl(&mut self, ddl: &Ddl, lsn: Lsn) -> Result<(), TargetError> {
-        if self.already_applied(lsn) {
+    async fn ddl(&mut self, ddl: &Ddl, _lsn: Lsn) -> Result<(), TargetError> {
+        let (n, done_before) = self.next_item();
+        if done_before {
             return Ok(());
         }
         if let DdlObject::Table { before: Some(before), after } = &ddl.object {
-            self.replay_table_ddl(before, after.as_ref()).await?;
+            if self.replay_table_ddl(before, after.as_ref()).await? {
+                // Its statements committed: say so at once, so that a crash from here on
+                // does not run them again.
+                self.record_position(n).await?;
+            }
         }
-        self.last_applied = Some(lsn);
+        self.done_item = Some(n);
         Ok(())
     }
 
@@ -754,9 +827,9 @@ impl Target for MySqlTarget {
     async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), TargetError> {
         self.open_group().await?;
         let sql = format!(
-            "INSERT INTO {} (slot_name, end_lsn, commit_time, applied_at, resume_after) VALUES ({}, {}, {commit_time}, NOW(6), NULL) \
+            "INSERT INTO {} (slot_name, end_lsn, commit_time, applied_at, resume_after_item) VALUES ({}, {}, {commit_time}, NOW(6), NULL) \
              ON DUPLICATE KEY UPDATE end_lsn = VALUES(end_lsn), commit_time = VALUES(commit_time), \
-             applied_at = VALUES(applied_at), resume_after = NULL",
+             applied_at = VALUES(applied_at), resume_after_item = NULL",
             self.control_table("pgdms_apply_progress"),
             text(&self.slot),
             text(&end_lsn.to_string())
@@ -764,7 +837,9 @@ impl Target for MySqlTarget {
         self.run(&sql).await?;
         self.run("COMMIT").await?;
         self.in_group = false;
-        self.last_applied = None;
+        self.item = 0;
+        self.done_item = None;
+        self.group_xids.clear();
         self.resume_after = None;
         Ok(())
     }
@@ -772,9 +847,11 @@ impl Target for MySqlTarget {
     async fn rollback(&mut self) -> Result<(), TargetError> {
         self.tables.clear();
         self.reconciled.clear();
+        self.item = 0;
+        self.done_item = None;
+        self.group_xids.clear();
         if self.in_group {
             self.in_group = false;
-            self.last_applied = None;
             self.run("ROLLBACK").await?;
         }
         Ok(())
@@ -845,9 +922,12 @@ impl LoadTarget for MySqlTarget {
             let mut conv = Converter { dialect: D, opts: &self.opts, table: Self::quoted(&place), exceptions: vec![] };
             let stmt = conv.insert_rows(rel, &chunk);
             let exceptions = std::mem::take(&mut conv.exceptions);
-            self.run(&inline(stmt))
-                .await
-                .map_err(|e| TargetError::Other(format!("could not load rows into {}: {e}", Self::quoted(&place))))?;
+            self.run(&inline(stmt)).await.map_err(|e| match e {
+                TargetError::Other(m) => {
+                    TargetError::Other(format!("could not load rows into {}: {m}", Self::quoted(&place)))
+                }
+                other => other,
+            })?;
             self.record_exceptions(exceptions, self.load_lsn).await?;
             start = end;
         }

@@ -221,9 +221,11 @@ pub fn cell(val: &Val, col: &ColumnInfo, opts: &MapOptions, flavor: Flavor) -> R
                 _ => unreachable!(),
             };
             if f.is_finite() {
-                // The float4's own shortest text, so 0.1::real stays 0.1, not 0.10000000149.
+                // JSON: the float4's own shortest text, so 0.1::real stays 0.1, not
+                // 0.10000000149. MySQL: the exact value, which its FLOAT stores as it was
+                // and compares equal (the shortest text, read as a double, would not).
                 match (val, flavor) {
-                    (Val::Float4(_), Flavor::Json | Flavor::MySql) => Cell::Real(text().parse::<f64>().unwrap_or(f)),
+                    (Val::Float4(_), Flavor::Json) => Cell::Real(text().parse::<f64>().unwrap_or(f)),
                     _ => Cell::Real(f),
                 }
             } else if flavor == Flavor::MySql {
