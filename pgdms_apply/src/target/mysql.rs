@@ -23,8 +23,8 @@
 use super::rowsql::{Converter, Dialect, Statement, ValueException};
 use super::typemap::{self, Cell, MapOptions};
 use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
-use crate::apply::batch::{key_columns, Batch};
-use crate::apply::change::{Change, ChangeKind, ColumnInfo, RelInfo, Row};
+use crate::apply::batch::{key_columns, Batch, NetOp, TableMode};
+use crate::apply::change::{Change, ChangeKind, ColumnInfo, RelInfo, Row, Val};
 use crate::stream::Lsn;
 use mysql_async::prelude::Queryable;
 use pgdms_proto::ddl::{ColumnDef, DdlObject, TableDef};
@@ -558,28 +558,20 @@ impl MySqlTarget {
         self.run(&sql).await
     }
 
-    async fn apply_changes(&mut self, changes: &[Change]) -> Result<(), TargetError> {
-        // Change i is item base + i + 1 of the group; those done before a restart are a prefix.
-        let base = self.item;
+    /// Applies changes one by one in source order (a run of inserts into one table is one
+    /// statement). Their tables have their shape already (see `apply`).
+    async fn apply_in_order(&mut self, changes: &[&Change]) -> Result<(), TargetError> {
         let mut i = 0;
         while i < changes.len() {
-            let (_, done_before) = self.next_item();
-            if done_before {
-                i += 1;
-                continue;
-            }
-            self.item = base + i as u64; // numbered again below, once the run is known
-            let c = &changes[i];
-            let place = self.reconcile(&c.rel).await?;
-            self.open_group().await?;
+            let c = changes[i];
+            let place = self.place(&c.rel.schema, &c.rel.name);
             let mut conv = Converter { dialect: D, opts: &self.opts, table: Self::quoted(&place), exceptions: vec![] };
-            // A run of inserts into one table is one statement.
             let mut run_end = i + 1;
             let stmt = if let ChangeKind::Insert { new } = &c.kind {
                 let mut rows: Vec<&Row> = vec![new];
                 let mut bytes: usize = new.iter().map(|v| v.approx_len()).sum();
                 while run_end < changes.len() && rows.len() < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
-                    let next = &changes[run_end];
+                    let next = changes[run_end];
                     let ChangeKind::Insert { new } = &next.kind else { break };
                     if !Arc::ptr_eq(&next.rel, &c.rel) && *next.rel != *c.rel {
                         break;
@@ -593,8 +585,7 @@ impl MySqlTarget {
                 conv.change(c)
             };
             let exceptions = std::mem::take(&mut conv.exceptions);
-            let last = &changes[run_end - 1];
-            self.group_xids.extend(changes[i..run_end].iter().map(|c| c.xid));
+            let last = changes[run_end - 1];
             match stmt {
                 None if self.on_error == OnError::Log => {
                     tracing::warn!(table = %c.rel.qualified(), lsn = %c.lsn, "change without a key passed over");
@@ -614,7 +605,7 @@ impl MySqlTarget {
                         let TargetError::Other(_) = e else { return Err(e) };
                         if run_end - i > 1 {
                             // Find the refused row: one statement each.
-                            for one in &changes[i..run_end] {
+                            for &one in &changes[i..run_end] {
                                 let mut conv = Converter {
                                     dialect: D,
                                     opts: &self.opts,
@@ -623,6 +614,7 @@ impl MySqlTarget {
                                 };
                                 let s = conv.change(one).expect("an insert always has a statement");
                                 if let Err(e) = self.run(&inline(s)).await {
+                                    let TargetError::Other(_) = e else { return Err(e) };
                                     self.refused(one, e).await?;
                                 }
                             }
@@ -633,11 +625,62 @@ impl MySqlTarget {
                     self.record_exceptions(exceptions, last.lsn).await?;
                 }
             }
-            self.item = base + run_end as u64;
-            self.done_item = Some(self.item);
             i = run_end;
         }
-        self.item = base + changes.len() as u64;
+        Ok(())
+    }
+
+    /// Applies a batch's net change set-wise, per table: the keys deleted in one statement,
+    /// the rows inserted or updated in multi-row upserts, updates that leave a TOASTed value
+    /// untouched one by one, rows of keyless tables appended; tables the batch could not net
+    /// (a key changed, no key) in source order.
+    async fn apply_net(&mut self, batch: &Batch) -> Result<(), TargetError> {
+        for t in &batch.tables {
+            let TableMode::Net(net) = &t.mode else {
+                let changes: Vec<&Change> = batch.raw_of(t.rel.oid).collect();
+                self.apply_in_order(&changes).await?;
+                continue;
+            };
+            let rel = &t.rel;
+            let place = self.place(&rel.schema, &rel.name);
+            let lsn = batch.raw.last().map(|c| c.lsn).unwrap_or_default();
+            let mut conv = Converter { dialect: D, opts: &self.opts, table: Self::quoted(&place), exceptions: vec![] };
+            let mut statements = Vec::new();
+            let deleted: Vec<&Row> =
+                net.ops().filter(|(_, op)| matches!(op, NetOp::Delete | NetOp::Replace(_))).map(|(k, _)| k).collect();
+            for keys in deleted.chunks(STATEMENT_ROWS) {
+                statements.push(conv.delete_keys(rel, &t.key_cols, keys));
+            }
+            let mut upserted: Vec<&Row> = Vec::new();
+            for (key, op) in net.ops() {
+                match op {
+                    NetOp::Insert(r) | NetOp::Replace(r) => upserted.push(r),
+                    NetOp::Update(r) if !r.contains(&Val::Unchanged) => upserted.push(r),
+                    NetOp::Update(r) => statements.push(conv.update_key(rel, &t.key_cols, key, r)),
+                    NetOp::Delete => {}
+                }
+            }
+            for rows in [upserted, net.appended().iter().collect()] {
+                let mut start = 0;
+                while start < rows.len() {
+                    let mut end = start;
+                    let mut bytes = 0;
+                    while end < rows.len() && end - start < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
+                        bytes += rows[end].iter().map(|v| v.approx_len()).sum::<usize>();
+                        end += 1;
+                    }
+                    statements.push(conv.insert_rows(rel, &rows[start..end]));
+                    start = end;
+                }
+            }
+            let exceptions = std::mem::take(&mut conv.exceptions);
+            for s in statements {
+                if !s.sql.is_empty() {
+                    self.run(&inline(s)).await?;
+                }
+            }
+            self.record_exceptions(exceptions, lsn).await?;
+        }
         Ok(())
     }
 
@@ -777,8 +820,35 @@ impl Target for MySqlTarget {
     }
 
     async fn apply(&mut self, batch: &Batch) -> Result<(), TargetError> {
+        // Every table's shape first: a schema change commits, and so must come before any
+        // row of the batch (the position recorded with it is the batch's start).
+        for t in &batch.tables {
+            self.reconcile(&t.rel).await?;
+        }
         self.open_group().await?;
-        self.apply_changes(&batch.raw).await
+        // The batch's changes are items item+1..; those done before a restart are skipped.
+        let done_before = self.resume_after.map_or(0, |r| r.saturating_sub(self.item)).min(batch.len() as u64) as usize;
+        let todo: Vec<&Change> = batch.raw[done_before..].iter().collect();
+        let netted = batch.tables.iter().any(|t| matches!(t.mode, TableMode::Net(_)));
+        if done_before == 0 && netted && batch.len() > 1 {
+            self.run("SAVEPOINT pgdms_batch").await?;
+            match self.apply_net(batch).await {
+                Ok(()) => {}
+                Err(TargetError::Other(e)) => {
+                    // Applied in order instead, which names the change the target refuses.
+                    tracing::debug!(error = %e, "set-wise apply refused: applying the batch change by change");
+                    self.run("ROLLBACK TO SAVEPOINT pgdms_batch").await?;
+                    self.apply_in_order(&todo).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.apply_in_order(&todo).await?;
+        }
+        self.group_xids.extend(todo.iter().map(|c| c.xid));
+        self.item += batch.len() as u64;
+        self.done_item = Some(self.item);
+        Ok(())
     }
 
     async fn truncate(&mut self, rels: &[Arc<RelInfo>], _restart_identity: bool, _lsn: Lsn) -> Result<(), TargetError> {

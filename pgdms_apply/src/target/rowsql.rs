@@ -132,6 +132,45 @@ impl Converter<'_> {
         Statement { sql, params }
     }
 
+    /// DELETE of the rows with these keys (values in `key_cols` order), in one statement.
+    pub fn delete_keys(&mut self, rel: &RelInfo, key_cols: &[usize], keys: &[&Row]) -> Statement {
+        let names: Vec<String> = key_cols.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
+        let tuple = |n: usize| if n == 1 { "?".to_string() } else { format!("({})", vec!["?"; n].join(", ")) };
+        let mut params = Vec::with_capacity(keys.len() * key_cols.len());
+        for key in keys {
+            let key_text = || describe_values(rel, key_cols, key);
+            params.extend(key_cols.iter().zip(key.iter()).map(|(&i, v)| self.cell(rel, i, v, &key_text)));
+        }
+        let lhs = if names.len() == 1 { names[0].clone() } else { format!("({})", names.join(", ")) };
+        let list = vec![tuple(key_cols.len()); keys.len()].join(", ");
+        Statement { sql: format!("DELETE FROM {} WHERE {lhs} IN ({list})", self.table), params }
+    }
+
+    /// UPDATE of the row with this key: the columns `new` changes (not `Unchanged`).
+    pub fn update_key(&mut self, rel: &RelInfo, key_cols: &[usize], key: &Row, new: &Row) -> Statement {
+        let key_text = || describe_values(rel, key_cols, key);
+        let mut sets = Vec::new();
+        let mut params = Vec::new();
+        for i in written(rel) {
+            if new[i] != Val::Unchanged {
+                sets.push(format!("{} = ?", self.dialect.quote(&rel.columns[i].name)));
+                params.push(self.cell(rel, i, &new[i], &key_text));
+            }
+        }
+        if sets.is_empty() {
+            return Statement { sql: String::new(), params };
+        }
+        let mut conds = Vec::new();
+        for (&i, v) in key_cols.iter().zip(key) {
+            conds.push(format!("{} = ?", self.dialect.quote(&rel.columns[i].name)));
+            params.push(self.cell(rel, i, v, &key_text));
+        }
+        Statement {
+            sql: format!("UPDATE {} SET {} WHERE {}", self.table, sets.join(", "), conds.join(" AND ")),
+            params,
+        }
+    }
+
     /// The WHERE clause and parameters finding a change's old row; None without a key.
     fn locate(&mut self, rel: &RelInfo, old: &Old, new: Option<&Row>) -> Option<(String, Vec<Cell>)> {
         if crate::apply::batch::key_columns(rel).is_empty() && !matches!(old, Old::Full(_)) {
