@@ -23,6 +23,15 @@ fn kill(child: &mut Child, signal: &str) {
     child.wait().unwrap();
 }
 
+/// The texts of `exprs` over row `id` of `table` on the source, timestamptz in UTC.
+fn source_texts(source: &Cluster, table: &str, id: i32, exprs: &[String]) -> Vec<Option<String>> {
+    let mut client = source.connect("postgres");
+    client.batch_execute("set timezone = 'UTC'; set datestyle = 'ISO'").unwrap();
+    let mut rows =
+        pgdms_tests::query_text(&mut client, &format!("select {} from {table} where id = {id}", exprs.join(", ")));
+    rows.swap_remove(0)
+}
+
 /// What SQLite must hold for a source value, as the README's mapping says: the source's
 /// own text for everything stored as TEXT (numerics keep their digits, timestamptz in UTC).
 fn expected_sqlite(source: &Cluster, table: &str, id: i32) -> Vec<Value> {
@@ -47,11 +56,7 @@ fn expected_sqlite(source: &Cluster, table: &str, id: i32) -> Vec<Value> {
         exprs.push(expr);
         kinds.push(kind);
     }
-    let mut client = source.connect("postgres");
-    client.batch_execute("set timezone = 'UTC'").unwrap();
-    let rows =
-        pgdms_tests::query_text(&mut client, &format!("select {} from {table} where id = {id}", exprs.join(", ")));
-    rows[0]
+    source_texts(source, table, id, &exprs)
         .iter()
         .zip(kinds)
         .map(|(v, kind)| match (v, kind) {
@@ -402,11 +407,7 @@ fn expected_mysql(source: &Cluster, table: &str, id: i32) -> Vec<MyExpect> {
         exprs.push(expr);
         kinds.push(kind);
     }
-    let mut client = source.connect("postgres");
-    client.batch_execute("set timezone = 'UTC'; set datestyle = 'ISO'").unwrap();
-    let rows =
-        pgdms_tests::query_text(&mut client, &format!("select {} from {table} where id = {id}", exprs.join(", ")));
-    rows[0]
+    source_texts(source, table, id, &exprs)
         .iter()
         .zip(kinds)
         .map(|(v, kind)| match (v.as_deref(), kind) {

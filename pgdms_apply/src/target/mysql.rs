@@ -145,6 +145,23 @@ fn inline(s: Statement) -> String {
     out
 }
 
+/// Rows cut into multi-row statements' worth (`STATEMENT_ROWS` rows, about
+/// `STATEMENT_BYTES` bytes).
+fn statement_chunks<'a, 'r>(rows: &'a [&'r Row]) -> Vec<&'a [&'r Row]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let (mut end, mut bytes) = (start, 0);
+        while end < rows.len() && end - start < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
+            bytes += rows[end].iter().map(|v| v.approx_len()).sum::<usize>();
+            end += 1;
+        }
+        chunks.push(&rows[start..end]);
+        start = end;
+    }
+    chunks
+}
+
 fn text(s: &str) -> String {
     literal(&Cell::Text(s.to_string()))
 }
@@ -660,18 +677,9 @@ impl MySqlTarget {
                     NetOp::Delete => {}
                 }
             }
-            for rows in [upserted, net.appended().iter().collect()] {
-                let mut start = 0;
-                while start < rows.len() {
-                    let mut end = start;
-                    let mut bytes = 0;
-                    while end < rows.len() && end - start < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
-                        bytes += rows[end].iter().map(|v| v.approx_len()).sum::<usize>();
-                        end += 1;
-                    }
-                    statements.push(conv.insert_rows(rel, &rows[start..end]));
-                    start = end;
-                }
+            let appended: Vec<&Row> = net.appended().iter().collect();
+            for chunk in statement_chunks(&upserted).into_iter().chain(statement_chunks(&appended)) {
+                statements.push(conv.insert_rows(rel, chunk));
             }
             let exceptions = std::mem::take(&mut conv.exceptions);
             for s in statements {
@@ -980,17 +988,10 @@ impl LoadTarget for MySqlTarget {
 
     async fn load_rows(&mut self, rel: &RelInfo, rows: &[Row]) -> Result<(), TargetError> {
         let place = self.place(&rel.schema, &rel.name);
-        let mut start = 0;
-        while start < rows.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < rows.len() && end - start < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
-                bytes += rows[end].iter().map(|v| v.approx_len()).sum::<usize>();
-                end += 1;
-            }
-            let chunk: Vec<&Row> = rows[start..end].iter().collect();
+        let rows: Vec<&Row> = rows.iter().collect();
+        for chunk in statement_chunks(&rows) {
             let mut conv = Converter { dialect: D, opts: &self.opts, table: Self::quoted(&place), exceptions: vec![] };
-            let stmt = conv.insert_rows(rel, &chunk);
+            let stmt = conv.insert_rows(rel, chunk);
             let exceptions = std::mem::take(&mut conv.exceptions);
             self.run(&inline(stmt)).await.map_err(|e| match e {
                 TargetError::Other(m) => {
@@ -999,7 +1000,6 @@ impl LoadTarget for MySqlTarget {
                 other => other,
             })?;
             self.record_exceptions(exceptions, self.load_lsn).await?;
-            start = end;
         }
         Ok(())
     }
