@@ -83,16 +83,41 @@ fn give_to_server(path: &Path) {
     }
 }
 
-/// An initdb'd data directory, made once per test process and copied for each cluster.
+/// A server's freshly initialised data directory (in `DIR/data`), made once per server
+/// version and kept in the system's temp directory for every later test process: copying
+/// it costs a file copy where initialising costs seconds. (Made per test process, they were
+/// never removed: statics are not dropped.)
+pub(crate) fn shared_template(kind: &str, version: &str, make: impl FnOnce(&Path)) -> PathBuf {
+    let base = std::env::temp_dir().join("pgdms-test-templates");
+    std::fs::create_dir_all(&base).expect("create the templates directory");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let version: String =
+        version.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+    let dir = base.join(format!("{kind}-{version}"));
+    if dir.join("ready").exists() {
+        return dir;
+    }
+    // Made aside and renamed into place: test processes running at once never see half of one.
+    let making = tempfile::Builder::new().prefix(&format!("{kind}-making-")).tempdir_in(&base).expect("temp dir");
+    std::fs::set_permissions(making.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    give_to_server(making.path());
+    make(making.path());
+    std::fs::write(making.path().join("ready"), version.as_bytes()).expect("mark the template ready");
+    let making = making.keep();
+    if std::fs::rename(&making, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&making); // another process put one there first
+    }
+    dir
+}
+
+/// An initdb'd data directory, copied for each cluster.
 fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("pgdms-template-").tempdir().expect("temp dir");
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-            give_to_server(dir.path());
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let out = Command::new(pg_bindir().join("postgres")).arg("--version").output().expect("postgres --version");
+        shared_template("postgresql", &String::from_utf8_lossy(&out.stdout), |dir| {
             let mut initdb = server_command("initdb");
-            initdb.arg("-D").arg(dir.path().join("data")).args([
+            initdb.arg("-D").arg(dir.join("data")).args([
                 "-U",
                 "postgres",
                 "-A",
@@ -103,9 +128,8 @@ fn template() -> &'static Path {
                 "--no-sync",
             ]);
             run_checked(initdb, "initdb");
-            dir
         })
-        .path()
+    })
 }
 
 fn free_port() -> u16 {

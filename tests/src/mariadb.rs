@@ -4,7 +4,7 @@
 //! `postgres` OS user when the tests run as root (as the PostgreSQL clusters are), and
 //! killed and removed when dropped.
 
-use crate::{free_port, give_to_server, is_root, run_checked};
+use crate::{free_port, give_to_server, is_root, run_checked, shared_template};
 use mysql_async::prelude::Queryable;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,22 +23,22 @@ fn as_server(program: &str) -> Command {
 }
 
 fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("pgdms-mariadb-template-").tempdir().expect("temp dir");
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-            give_to_server(dir.path());
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let out = Command::new("mariadbd")
+            .arg("--version")
+            .output()
+            .expect("mariadbd --version (apt-get install mariadb-server-core)");
+        shared_template("mariadb", &String::from_utf8_lossy(&out.stdout), |dir| {
             let mut install = as_server("mariadb-install-db");
-            install.arg("--no-defaults").arg(format!("--datadir={}", dir.path().join("data").display())).args([
+            install.arg("--no-defaults").arg(format!("--datadir={}", dir.join("data").display())).args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--skip-name-resolve",
             ]);
             run_checked(install, "mariadb-install-db (apt-get install mariadb-server-core)");
-            dir
         })
-        .path()
+    })
 }
 
 /// A running throwaway MariaDB server; root may connect over TCP without a password.
