@@ -1,11 +1,11 @@
-//! Row-at-a-time SQL for the heterogeneous SQL targets (MySQL/MariaDB, SQLite): statement
-//! texts with `?` placeholders, and the cells of a change, through the DMS mapping.
+//! SQL for the heterogeneous SQL targets (MySQL/MariaDB, SQLite): statement texts with `?`
+//! placeholders, and the cells of a change, through the DMS mapping.
 //!
-//! These targets apply a batch's changes one by one in source order (the batch's raw
-//! changes): exact for key updates and keyless tables alike, and simple to make safe to
-//! repeat. Inserts are upserts, and updates and deletes do not insist on finding their row,
-//! so a source transaction replayed after a crash (MySQL commits DDL implicitly, so a
-//! transaction with DDL is applied in pieces there) lands the same.
+//! Changes one by one in source order (`change`: exact for key updates and keyless tables
+//! alike), and the pieces of a set-wise apply of a batch's net change (multi-row
+//! `insert_rows`, `delete_keys`, `update_key`). Inserts into a keyed table are upserts, and
+//! updates and deletes do not insist on finding their row: a target converges on the
+//! source's rows even where one was missing.
 
 use super::typemap::{cell, Cell, Flavor, MapOptions, Unrepresentable};
 use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
