@@ -480,10 +480,11 @@ impl<'t, T: Target> Applier<'t, T> {
                     }
                     Some(before) => *before != *rel,
                 };
-                if self.skipping_txn && anew {
-                    self.anew_while_skipping.insert(rel.oid);
-                }
-                if !self.skipping_txn {
+                if self.skipping_txn {
+                    if anew {
+                        self.anew_while_skipping.insert(rel.oid);
+                    }
+                } else {
                     self.txn_describes_anew |= anew;
                     if let Some(TxnItem::Ddl { ddl, lsn }) = self.txn.last() {
                         if matches!(&ddl.object, pgdms_proto::DdlObject::Table { after: Some(a), .. } if a.oid == rel.oid)

@@ -80,7 +80,7 @@ pub struct MySqlTarget {
     /// The target's tables, by (database, table), as far as read or created.
     tables: HashMap<(String, String), Vec<TargetColumn>>,
     /// The description each source table was last reconciled with.
-    reconciled: HashMap<u32, Arc<RelInfo>>,
+    reconciled: HashMap<u32, RelInfo>,
     /// Literal defaults of columns added on the source, for the rows already there.
     added_defaults: HashMap<(String, String, String), String>,
     /// The snapshot LSN of the table being loaded (value exceptions are recorded at it).
@@ -115,10 +115,11 @@ fn literal(c: &Cell) -> String {
         Cell::Real(f) => format!("{f:e}"),
         Cell::Text(s) => format!("'{}'", s.replace('\'', "''")),
         Cell::Blob(b) => {
+            use std::fmt::Write as _;
             let mut s = String::with_capacity(b.len() * 2 + 3);
             s.push_str("X'");
             for byte in b {
-                s.push_str(&format!("{byte:02x}"));
+                let _ = write!(s, "{byte:02x}"); // into a String: cannot fail
             }
             s.push('\'');
             s
@@ -445,7 +446,7 @@ impl MySqlTarget {
     /// as DDL, where the columns' identity is known).
     async fn reconcile(&mut self, rel: &RelInfo) -> Result<(String, String), TargetError> {
         let place = self.place(&rel.schema, &rel.name);
-        if self.reconciled.get(&rel.oid).is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), rel) || **r == *rel) {
+        if self.reconciled.get(&rel.oid) == Some(rel) {
             return Ok(place);
         }
         let existing = self.columns(&place).await?;
@@ -526,7 +527,7 @@ impl MySqlTarget {
             }
         }
         self.tables.remove(&place);
-        self.reconciled.insert(rel.oid, Arc::new(rel.clone()));
+        self.reconciled.insert(rel.oid, rel.clone());
         Ok(place)
     }
 
@@ -864,9 +865,13 @@ impl Target for MySqlTarget {
         if done_before {
             return Ok(());
         }
+        // Every table's shape first, as in `apply`: a schema change commits.
+        let mut places = Vec::with_capacity(rels.len());
         for rel in rels {
-            let place = self.reconcile(rel).await?;
-            self.open_group().await?;
+            places.push(self.reconcile(rel).await?);
+        }
+        self.open_group().await?;
+        for place in places {
             // DELETE, not TRUNCATE: MySQL's TRUNCATE is DDL and would commit the group.
             self.run(&format!("DELETE FROM {}", Self::quoted(&place))).await?;
         }
