@@ -44,16 +44,28 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A server-side command, run as `postgres` when we are root (PostgreSQL refuses root).
-fn server_command(program: &str) -> Command {
-    let path = pg_bindir().join(program);
+/// A server-side command, run as `postgres` when we are root (PostgreSQL refuses root;
+/// the MariaDB servers run as the same user).
+pub(crate) fn as_server_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
+        c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
-        Command::new(path)
+        Command::new(program)
     }
+}
+
+/// A PostgreSQL server program, run as the server's user.
+fn server_command(program: &str) -> Command {
+    as_server_user(pg_bindir().join(program))
+}
+
+/// Copies a template's data directory (`TEMPLATE/data`) to `to`.
+pub(crate) fn copy_template_data(template: &Path, to: &Path, what: &str) {
+    let mut c = Command::new("cp");
+    c.arg("-a").arg(template.join("data")).arg(to);
+    run_checked(c, what);
 }
 
 fn run_checked(mut cmd: Command, what: &str) -> Output {
@@ -194,14 +206,7 @@ impl ClusterBuilder {
         let root = tempfile::Builder::new().prefix("pgdms-cluster-").tempdir().expect("temp dir");
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let data = root.path().join("data");
-        run_checked(
-            {
-                let mut c = Command::new("cp");
-                c.arg("-a").arg(template().join("data")).arg(&data);
-                c
-            },
-            "copy the template cluster",
-        );
+        copy_template_data(template(), &data, "copy the template cluster");
         let port = free_port();
         let mut conf = format!(
             "\n# pgdms test cluster\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n",

@@ -4,23 +4,13 @@
 //! `postgres` OS user when the tests run as root (as the PostgreSQL clusters are), and
 //! killed and removed when dropped.
 
-use crate::{free_port, give_to_server, is_root, run_checked, shared_template};
+use crate::{as_server_user, copy_template_data, free_port, give_to_server, run_checked, shared_template};
 use mysql_async::prelude::Queryable;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn as_server(program: &str) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
 
 fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
@@ -30,7 +20,7 @@ fn template() -> &'static Path {
             .output()
             .expect("mariadbd --version (apt-get install mariadb-server-core)");
         shared_template("mariadb", &String::from_utf8_lossy(&out.stdout), |dir| {
-            let mut install = as_server("mariadb-install-db");
+            let mut install = as_server_user("mariadb-install-db");
             install.arg("--no-defaults").arg(format!("--datadir={}", dir.join("data").display())).args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -54,18 +44,11 @@ impl MariaDb {
         let root = tempfile::Builder::new().prefix("pgdms-mariadb-").tempdir().expect("temp dir");
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let data = root.path().join("data");
-        run_checked(
-            {
-                let mut c = Command::new("cp");
-                c.arg("-a").arg(template().join("data")).arg(&data);
-                c
-            },
-            "copy the template MariaDB data directory",
-        );
+        copy_template_data(template(), &data, "copy the template MariaDB data directory");
         give_to_server(root.path());
         let port = free_port();
         let p = |name: &str| root.path().join(name).display().to_string();
-        let mut c = as_server("mariadbd");
+        let mut c = as_server_user("mariadbd");
         c.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", p("mysqld.sock")))
