@@ -65,6 +65,10 @@ if ! (cd pgdms_ext && cargo pgrx install --release --pg-config "$PG_CONFIG") >ta
     log "building or installing the extension failed (log above, also in target/pgrx-install.log)"
     exit 1
 fi
+# The install scripts of earlier releases (sql/releases/), next to the update scripts pgrx
+# installs: CREATE EXTENSION pgdms VERSION '0.1.0' then ALTER EXTENSION pgdms UPDATE is
+# how the tests check the update path.
+install -m 644 sql/releases/pgdms--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
 log "building pgdms-apply"
 cargo build --release --quiet -p pgdms_apply

@@ -4,15 +4,24 @@
 --
 -- For every table, type or schema a DDL command touched, the triggers describe the object
 -- (pgdms.table_definition() and friends), compare that with the description recorded last
--- time (pgdms_ddl_state), and when it differs:
---   * append a row to the audit table, which keeps the history;
+-- time (pgdms.ddl_state), and when it differs:
+--   * append a row to the audit table pgdms.ddl_audit, which keeps the history;
 --   * emit a transactional logical message 'pgdms.ddl' holding the command tag, the
---     object's identity, and its definition before and after, as JSON. The output plugin
---     turns it into a DDL record, in order with the row changes of the transaction.
+--     object's identity, and its definition before and after, as JSON (UTF-8). The output
+--     plugin turns it into a DDL record, in order with the row changes of the transaction.
 -- This works the same for DDL run inside functions and DO blocks, where current_query()
 -- is the caller's statement (kept for information only, never replayed).
 --
--- Audit and state tables are members of the extension: the plugin never decodes them.
+-- Authentic records only: pg_logical_emit_message is anyone's to call, so anyone could
+-- write a message with the prefix 'pgdms.ddl'. The audit row is written first and carries
+-- the SHA-256 of the message; the plugin passes a 'pgdms.ddl' message on only after it has
+-- decoded, in the same transaction, an insert into pgdms.ddl_audit (or, for a failure to
+-- capture, pgdms.capture_failures) with that digest, and only one message per such row.
+-- Only the extension's owner can write those tables; every other message is dropped as
+-- forged, logged on the source and reported to the consumer.
+--
+-- Audit, state and failure tables are members of the extension: the plugin never decodes
+-- them as row changes.
 
 -- What a table is, as a consumer needs it to create it or follow its changes. The JSON
 -- keys are those of pgdms_proto::TableDef. Names and types are written with
@@ -33,6 +42,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 'name', a.attname::text,
                 'type_oid', a.atttypid::bigint,
                 'type_sql', format_type(a.atttypid, a.atttypmod),
+                'type_name', format_type(a.atttypid, NULL),
+                'type_modifier', a.atttypmod,
                 'not_null', a.attnotnull,
                 'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
                 'generated', CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
@@ -74,16 +85,21 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'labels', coalesce((SELECT jsonb_agg(e.enumlabel::text ORDER BY e.enumsortorder)
                               FROM pg_enum e WHERE e.enumtypid = t.oid), '[]'::jsonb),
         'attributes', coalesce((SELECT jsonb_agg(jsonb_build_object('attnum', a.attnum, 'name', a.attname::text,
-                                                                    'type_sql', format_type(a.atttypid, a.atttypmod))
+                                                                    'type_sql', format_type(a.atttypid, a.atttypmod),
+                                                                    'type_name', format_type(a.atttypid, NULL),
+                                                                    'type_modifier', a.atttypmod)
                                                  ORDER BY a.attnum)
                                   FROM pg_attribute a
                                  WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb),
         'base_type', CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END,
+        'base_type_name', CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, NULL) END,
+        'base_type_modifier', t.typtypmod,
         'not_null', t.typnotnull,
         'default', pg_get_expr(t.typdefaultbin, 0),
         -- Validated CHECK constraints (a NOT VALID one cannot be part of CREATE DOMAIN).
         'checks', coalesce((SELECT jsonb_agg(jsonb_build_object('name', con.conname::text,
-                                                                'definition', pg_get_constraintdef(con.oid))
+                                                                'definition', pg_get_constraintdef(con.oid),
+                                                                'expression', pg_get_expr(con.conbin, 0))
                                              ORDER BY con.conname)
                               FROM pg_constraint con
                              WHERE con.contypid = t.oid AND con.contype = 'c' AND con.convalidated), '[]'::jsonb))
@@ -101,7 +117,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The audit table: the reference's columns, plus what a consumer needs to replay the change.
-CREATE TABLE @extschema@.pgdms_ddl_audit (
+CREATE TABLE pgdms.ddl_audit (
     c_key         bigserial PRIMARY KEY,
     c_time        timestamptz NOT NULL DEFAULT clock_timestamp(),
     c_user        text NOT NULL DEFAULT session_user, -- the login role (the trigger runs as the extension's owner)
@@ -111,15 +127,39 @@ CREATE TABLE @extschema@.pgdms_ddl_audit (
     c_name        text,                 -- the object's name
     c_schema      text,                 -- the object's schema
     c_ddlqry      text,                 -- the top-level statement (informational)
-    c_object_type text NOT NULL,        -- table, type, schema, rewrite, capture failure
+    c_object_type text NOT NULL,        -- table, type, schema, rewrite
     c_identity    text,                 -- pg_identify_object's identity
     c_before      jsonb,                -- the definition before the command (NULL: created)
-    c_after       jsonb                 -- the definition after it (NULL: dropped)
+    c_after       jsonb,                -- the definition after it (NULL: dropped)
+    c_digest      bytea                 -- SHA-256 of the logical message sent with it
 );
-COMMENT ON TABLE @extschema@.pgdms_ddl_audit IS 'pgdms: DDL captured for replication (history; safe to prune)';
+COMMENT ON TABLE pgdms.ddl_audit IS 'pgdms: DDL captured for replication (history; safe to prune)';
+
+-- DDL that could not be captured (the command itself went through): each row goes with a
+-- CaptureFailed message that stops the consumer. A table of its own: whatever made the
+-- capture fail may be the audit table.
+CREATE TABLE pgdms.capture_failures (
+    c_key    bigserial PRIMARY KEY,
+    c_time   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    c_user   text NOT NULL DEFAULT session_user,
+    c_txn    xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    c_tag    text NOT NULL,
+    c_ddlqry text,
+    c_error  text NOT NULL,
+    c_digest bytea NOT NULL
+);
+COMMENT ON TABLE pgdms.capture_failures IS 'pgdms: DDL that could not be captured for replication';
+
+-- The reference's artifact in the extension's schema (its DdlArtifactsSchema): the audit
+-- history under the name people look for. Rows can be pruned through it.
+CREATE VIEW @extschema@.pgdms_ddl_audit AS
+    SELECT c_key, c_time, c_user, c_txn, c_tag, c_oid, c_name, c_schema, c_ddlqry, c_object_type, c_identity,
+           c_before, c_after
+      FROM pgdms.ddl_audit;
+COMMENT ON VIEW @extschema@.pgdms_ddl_audit IS 'pgdms: DDL captured for replication (pgdms.ddl_audit)';
 
 -- The last definition recorded of every captured object: the "before" of its next change.
-CREATE TABLE @extschema@.pgdms_ddl_state (
+CREATE TABLE pgdms.ddl_state (
     kind       text NOT NULL,   -- table, type, schema
     objid      oid NOT NULL,
     definition jsonb NOT NULL,
@@ -161,23 +201,25 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
--- Writes one captured change: audit row, logical message, new state.
+-- Writes one captured change: the audit row, with the digest of the logical message that
+-- follows it in the same transaction (see "Authentic records only" above).
 CREATE FUNCTION pgdms.record_ddl(tag text, identity text, object_type text, object jsonb,
                                  oid oid, name text, schema text, before jsonb, after jsonb)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     query text := current_query();
+    message bytea := convert_to(jsonb_build_object(
+        'command_tag', tag,
+        'object_identity', coalesce(identity, ''),
+        'query', coalesce(query, ''),
+        'object', object)::text, 'UTF8');
 BEGIN
-    INSERT INTO @extschema@.pgdms_ddl_audit (c_tag, c_oid, c_name, c_schema, c_ddlqry, c_object_type,
-                                              c_identity, c_before, c_after)
-    VALUES (tag, oid, name, schema, query, object_type, identity, before, after);
+    INSERT INTO pgdms.ddl_audit (c_tag, c_oid, c_name, c_schema, c_ddlqry, c_object_type,
+                                 c_identity, c_before, c_after, c_digest)
+    VALUES (tag, oid, name, schema, query, object_type, identity, before, after, sha256(message));
     -- Without logical WAL nothing decodes the message, and emitting it would fail.
     IF current_setting('wal_level') = 'logical' THEN
-        PERFORM pg_logical_emit_message(true, 'pgdms.ddl', jsonb_build_object(
-            'command_tag', tag,
-            'object_identity', coalesce(identity, ''),
-            'query', coalesce(query, ''),
-            'object', object)::text);
+        PERFORM pg_logical_emit_message(true, 'pgdms.ddl', message);
     END IF;
 END
 $$;
@@ -189,7 +231,7 @@ DECLARE
     before jsonb;
     after jsonb;
 BEGIN
-    SELECT s.definition INTO before FROM @extschema@.pgdms_ddl_state s WHERE s.kind = $1 AND s.objid = $2;
+    SELECT s.definition INTO before FROM pgdms.ddl_state s WHERE s.kind = $1 AND s.objid = $2;
     IF pgdms.is_captured(kind, objid) THEN
         after := pgdms.definition(kind, objid);
     END IF;
@@ -197,10 +239,10 @@ BEGIN
         RETURN;
     END IF;
     IF after IS NULL THEN
-        DELETE FROM @extschema@.pgdms_ddl_state s WHERE s.kind = $1 AND s.objid = $2;
+        DELETE FROM pgdms.ddl_state s WHERE s.kind = $1 AND s.objid = $2;
     ELSE
-        INSERT INTO @extschema@.pgdms_ddl_state VALUES (kind, objid, after)
-        ON CONFLICT ON CONSTRAINT pgdms_ddl_state_pkey DO UPDATE SET definition = excluded.definition;
+        INSERT INTO pgdms.ddl_state VALUES (kind, objid, after)
+        ON CONFLICT ON CONSTRAINT ddl_state_pkey DO UPDATE SET definition = excluded.definition;
     END IF;
     PERFORM pgdms.record_ddl(tag, identity, kind,
         jsonb_build_object(initcap(kind), jsonb_build_object('before', before, 'after', after)),
@@ -219,7 +261,7 @@ BEGIN
     FOR child IN
         SELECT inhrelid FROM pg_inherits WHERE inhparent = relid
         UNION
-        SELECT s.objid FROM @extschema@.pgdms_ddl_state s
+        SELECT s.objid FROM pgdms.ddl_state s
          WHERE s.kind = 'table' AND (s.definition->'partition_of'->>'oid')::oid = relid
     LOOP
         -- Sub-partitions too: parents always come before their children.
@@ -233,38 +275,43 @@ $$;
 -- change is not mistaken for a type change (or a drop sent under the old name).
 CREATE FUNCTION pgdms.refresh_state() RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE @extschema@.pgdms_ddl_state s SET definition = now.definition
+    UPDATE pgdms.ddl_state s SET definition = now.definition
       FROM (SELECT kind, objid, pgdms.definition(kind, objid) AS definition
-              FROM @extschema@.pgdms_ddl_state WHERE kind IN ('table', 'type')) now
+              FROM pgdms.ddl_state WHERE kind IN ('table', 'type')) now
      WHERE s.kind = now.kind AND s.objid = now.objid
        AND now.definition IS NOT NULL AND s.definition IS DISTINCT FROM now.definition
 $$;
 
--- Reports a failure to capture on the stream (the user's command still succeeds). Each
--- step on its own: whatever made capture fail must not make the report fail too.
+-- Reports a failure to capture on the stream: the user's command still succeeds, and the
+-- consumer stops on the CaptureFailed record. Should even the failure not be recordable,
+-- the command is refused: going on would leave the migration behind without a word.
 CREATE FUNCTION pgdms.capture_failed(tag text, error text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    message bytea := convert_to(jsonb_build_object(
+        'command_tag', tag, 'object_identity', '', 'query', coalesce(current_query(), ''),
+        'object', jsonb_build_object('CaptureFailed', jsonb_build_object('error', error)))::text, 'UTF8');
 BEGIN
     RAISE WARNING 'pgdms: could not capture % for replication: %', tag, error
-        USING HINT = 'The migration reading this database stops on it; check pgdms.preflight() and the pgdms_ddl_audit table.';
-    -- Not in a block of its own: a message that is the first record of a subtransaction can
-    -- be decoded after row changes its transaction made later.
-    IF current_setting('wal_level') = 'logical' THEN
-        PERFORM pg_logical_emit_message(true, 'pgdms.ddl', jsonb_build_object(
-            'command_tag', tag, 'object_identity', '', 'query', coalesce(current_query(), ''),
-            'object', jsonb_build_object('CaptureFailed', jsonb_build_object('error', error)))::text);
-    END IF;
+        USING HINT = 'The migration reading this database stops on it; check pgdms.preflight() and pgdms.capture_failures.';
     BEGIN
-        INSERT INTO @extschema@.pgdms_ddl_audit (c_tag, c_ddlqry, c_object_type, c_after)
-        VALUES (tag, current_query(), 'capture failure', jsonb_build_object('error', error));
+        INSERT INTO pgdms.capture_failures (c_tag, c_ddlqry, c_error, c_digest)
+        VALUES (tag, current_query(), error, sha256(message));
     EXCEPTION WHEN OTHERS THEN
-        RAISE WARNING 'pgdms: could not record the failure in the audit table either: %', SQLERRM;
+        RAISE EXCEPTION 'pgdms: could not capture % for replication (%), nor record that it could not (%)', tag, error, SQLERRM
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The command was not run. Repair pgdms.ddl_audit and pgdms.capture_failures (or DROP EXTENSION pgdms; '
+                         'CREATE EXTENSION pgdms); a superuser can run it uncaptured after SET pgdms.capture_ddl = off, '
+                         'and must then bring the migration''s target in step by hand.';
     END;
+    IF current_setting('wal_level') = 'logical' THEN
+        PERFORM pg_logical_emit_message(true, 'pgdms.ddl', message);
+    END IF;
 END
 $$;
 
 -- ddl_command_end: tables, types and schemas created or altered.
-CREATE FUNCTION @extschema@.pgdms_intercept_ddl() RETURNS event_trigger
+CREATE FUNCTION pgdms.intercept_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cmd record;
@@ -300,7 +347,7 @@ $$;
 
 -- sql_drop: dropped tables, types and schemas, and columns dropped from tables that remain
 -- (ALTER TABLE ... DROP COLUMN, DROP TYPE ... CASCADE).
-CREATE FUNCTION @extschema@.pgdms_intercept_drop() RETURNS event_trigger
+CREATE FUNCTION pgdms.intercept_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     obj record;
@@ -338,7 +385,7 @@ END
 $$;
 
 -- table_rewrite: the rows a rewrite produces are not decoded; say so on the stream.
-CREATE FUNCTION @extschema@.pgdms_intercept_rewrite() RETURNS event_trigger
+CREATE FUNCTION pgdms.intercept_rewrite() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     relid oid := pg_event_trigger_table_rewrite_oid();
@@ -362,7 +409,7 @@ END
 $$;
 
 -- What exists now is the baseline: the first change of each object has a "before".
-INSERT INTO @extschema@.pgdms_ddl_state (kind, objid, definition)
+INSERT INTO pgdms.ddl_state (kind, objid, definition)
 SELECT 'table', c.oid, pgdms.table_definition(c.oid)
   FROM pg_class c
  WHERE c.relkind IN ('r', 'p') AND pgdms.is_captured('table', c.oid)
@@ -376,8 +423,8 @@ SELECT 'schema', n.oid, pgdms.schema_definition(n.oid)
  WHERE pgdms.is_captured('schema', n.oid) AND n.nspname <> 'pgdms';
 
 CREATE EVENT TRIGGER pgdms_intercept_ddl ON ddl_command_end
-    EXECUTE FUNCTION @extschema@.pgdms_intercept_ddl();
+    EXECUTE FUNCTION pgdms.intercept_ddl();
 CREATE EVENT TRIGGER pgdms_intercept_drop ON sql_drop
-    EXECUTE FUNCTION @extschema@.pgdms_intercept_drop();
+    EXECUTE FUNCTION pgdms.intercept_drop();
 CREATE EVENT TRIGGER pgdms_intercept_rewrite ON table_rewrite
-    EXECUTE FUNCTION @extschema@.pgdms_intercept_rewrite();
+    EXECUTE FUNCTION pgdms.intercept_rewrite();

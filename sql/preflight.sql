@@ -311,6 +311,23 @@ BEGIN
         status := 'ok'; finding := list; fix := NULL;
     END IF;
     RETURN NEXT;
+
+    -- The capture's schemas: still out of reach of roles that are not superusers (an owner
+    -- or a grant may have changed since CREATE EXTENSION checked them).
+    SELECT string_agg(format('schema %I is %s', n.nspname, pgdms.schema_unsafe_because(n.oid)), '; ' ORDER BY n.nspname)
+      INTO list
+      FROM pg_namespace n
+     WHERE n.oid IN (SELECT extnamespace FROM pg_extension WHERE extname = 'pgdms' UNION SELECT 'pgdms'::regnamespace)
+       AND pgdms.schema_unsafe_because(n.oid) IS NOT NULL;
+    name := 'capture schemas';
+    IF list IS NULL THEN
+        status := 'ok'; finding := 'pgdms and the extension''s schema are controlled by superusers only'; fix := NULL;
+    ELSE
+        status := 'fail'; finding := list;
+        fix := 'as a superuser: give the schema to a superuser (ALTER SCHEMA ... OWNER TO) and REVOKE CREATE ON it from the others; '
+               'the capture runs as a superuser and reaches its objects there by name';
+    END IF;
+    RETURN NEXT;
 END
 $$;
 COMMENT ON FUNCTION pgdms.preflight(interval) IS 'pgdms: checks this database is ready to be migrated; one row per check with the fix';

@@ -76,8 +76,8 @@ BEGIN
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA pgdms TO %I', role_name);
     RETURN NEXT format('GRANT USAGE ON SCHEMA pgdms TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON @extschema@.pgdms_ddl_audit TO %I', role_name);
-    RETURN NEXT format('GRANT SELECT ON @extschema@.pgdms_ddl_audit TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON pgdms.ddl_audit, pgdms.capture_failures, @extschema@.pgdms_ddl_audit TO %I', role_name);
+    RETURN NEXT format('GRANT SELECT ON pgdms.ddl_audit, pgdms.capture_failures, @extschema@.pgdms_ddl_audit TO %I', role_name);
     FOR s IN SELECT n.oid, n.nspname FROM pg_namespace n
               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms')
                 AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp'

@@ -117,8 +117,15 @@ pub struct ColumnDef {
     pub name: String,
     pub type_oid: Oid,
     /// The type with its modifier, schema-qualified unless built in: "numeric(10,2)",
-    /// "public.mood".
+    /// "public.mood". For information: a target resolves `type_name` and applies
+    /// `type_modifier` itself.
     pub type_sql: String,
+    /// The type without its modifier ("numeric", "public.mood", "integer[]").
+    #[serde(default)]
+    pub type_name: String,
+    /// `atttypmod` (-1: none).
+    #[serde(default = "no_modifier")]
+    pub type_modifier: i32,
     pub not_null: bool,
     pub default: Option<String>,
     /// The expression of a stored generated column.
@@ -164,8 +171,14 @@ pub struct TypeDef {
     pub labels: Vec<String>,
     /// Composite attributes.
     pub attributes: Vec<TypeAttribute>,
-    /// A domain's base type, NOT NULL, default and CHECK constraints.
+    /// A domain's base type (with its modifier, for information), NOT NULL, default and
+    /// CHECK constraints.
     pub base_type: Option<String>,
+    /// The base type without its modifier, and the modifier (`typtypmod`).
+    #[serde(default)]
+    pub base_type_name: Option<String>,
+    #[serde(default = "no_modifier")]
+    pub base_type_modifier: i32,
     pub not_null: bool,
     pub default: Option<String>,
     pub checks: Vec<DomainCheck>,
@@ -176,14 +189,26 @@ pub struct TypeAttribute {
     /// The attribute's identity across renames and type changes.
     pub attnum: i16,
     pub name: String,
+    /// For information, as in [`ColumnDef`].
     pub type_sql: String,
+    #[serde(default)]
+    pub type_name: String,
+    #[serde(default = "no_modifier")]
+    pub type_modifier: i32,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct DomainCheck {
     pub name: String,
-    /// `pg_get_constraintdef`: "CHECK ((VALUE > 0))".
+    /// `pg_get_constraintdef`: "CHECK ((VALUE > 0))" (for information).
     pub definition: String,
+    /// The condition alone: "(VALUE > 0)".
+    #[serde(default)]
+    pub expression: Option<String>,
+}
+
+fn no_modifier() -> i32 {
+    -1
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]

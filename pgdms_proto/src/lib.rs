@@ -40,8 +40,9 @@ pub const PLUGIN_NAME: &str = "pgdms";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The version of this wire format. A consumer asks for it with the `proto_version`
-/// plugin option; the plugin refuses any other.
-pub const PROTO_VERSION: u32 = 1;
+/// plugin option; the plugin refuses any other. Version 2 (pgdms 0.2): DDL records carry
+/// type names and modifiers apart, and forged messages arrive as [`Record::Rejected`].
+pub const PROTO_VERSION: u32 = 2;
 
 /// A WAL position (PostgreSQL's `XLogRecPtr`).
 pub type Lsn = u64;
@@ -91,6 +92,9 @@ pub enum Record<'a> {
     RollbackPrepared(Prepare<'a>),
     /// A DDL command, in its transaction's order with the row changes.
     Ddl(Ddl),
+    /// A message with a prefix pgdms reserves that pgdms's capture did not write: dropped.
+    #[serde(borrow)]
+    Rejected(Rejected<'a>),
 }
 
 /// How a decoding session was set up; sent before its first record.
@@ -279,6 +283,29 @@ pub struct Message<'a> {
     pub prefix: &'a str,
     #[serde(with = "serde_bytes")]
     pub content: &'a [u8],
+}
+
+/// The prefix of the logical messages pgdms reserves for itself (`pgdms.ddl`...).
+pub const RESERVED_MESSAGE_PREFIX: &str = "pgdms.";
+
+/// At most this many bytes of a rejected message's content travel with [`Rejected`].
+pub const REJECTED_PREVIEW: usize = 256;
+
+/// A logical message whose prefix starts with [`RESERVED_MESSAGE_PREFIX`] but that pgdms's
+/// DDL capture did not write. `pg_logical_emit_message` is anyone's to call, so a message
+/// counts as pgdms's only when the same transaction inserted the audit row holding its
+/// digest (see `sql/ddl_capture.sql`); any other is dropped by the plugin, logged on the
+/// source, and sent as this record so that the consumer reports it too. Transactional ones
+/// come inside their transaction (its `Begin` names the xid).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Rejected<'a> {
+    pub transactional: bool,
+    pub lsn: Lsn,
+    pub prefix: &'a str,
+    /// The first [`REJECTED_PREVIEW`] bytes of the content, for the log.
+    #[serde(with = "serde_bytes")]
+    pub preview: &'a [u8],
+    pub content_len: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn defaults_and_values() {
         assert_eq!(Options::parse([]).unwrap(), Options::default());
-        let o = Options::parse([("proto_version", Some("1")), ("origin", Some("NONE"))]).unwrap();
+        let o = Options::parse([("proto_version", Some("2")), ("origin", Some("NONE"))]).unwrap();
         assert_eq!(o.origin, OriginFilter::None);
         let pairs = o.to_pairs();
         let back = Options::parse(pairs.iter().map(|(k, v)| (*k, Some(v.as_str())))).unwrap();
@@ -118,6 +118,8 @@ mod tests {
         assert!(e.hint.contains("proto_version, origin"));
         let e = Options::parse([("proto_version", Some("99"))]).unwrap_err();
         assert!(e.message.contains("proto_version 99 is not supported"));
+        // Version 1 (pgdms 0.1) could not tell forged DDL messages from real ones.
+        assert!(Options::parse([("proto_version", Some("1"))]).is_err());
         assert!(Options::parse([("proto_version", Some("x"))]).is_err());
         assert!(Options::parse([("origin", None)]).unwrap_err().message.contains("needs a value"));
         assert!(Options::parse([("origin", Some("some"))]).is_err());

@@ -192,6 +192,26 @@ impl RelationHandle {
         }
     }
 
+    /// For one of the tables whose inserts vouch for pgdms's own logical messages
+    /// (`pgdms.ddl_audit`, `pgdms.capture_failures`: members of the extension, which only its
+    /// owner can write), the position of their `c_digest` column in the tuple.
+    pub fn message_digest_column(&self) -> Option<usize> {
+        let name = name_to_string(&self.form().relname);
+        if !matches!(name.as_str(), "ddl_audit" | "capture_failures") || !self.belongs_to_pgdms() {
+            return None;
+        }
+        // SAFETY: rd_att of an open relation describes its natts attributes.
+        let attrs = unsafe {
+            let desc = (*self.raw).rd_att;
+            (*desc).attrs.as_slice((*desc).natts as usize)
+        };
+        attrs.iter().position(|a| {
+            !a.attisdropped
+                && a.atttypid.to_u32() == pgdms_proto::dms::oids::BYTEA
+                && name_to_string(&a.attname) == "c_digest"
+        })
+    }
+
     /// Reads everything the relation record says. Codec function lookups are cached in
     /// `memory`, which must outlive the returned description.
     pub fn describe(&self, memory: &EntryMemory) -> RelationDesc {

@@ -86,6 +86,46 @@ pub struct DeformScratch {
 }
 
 impl TupleHandle {
+    /// Deforms the tuple into `scratch`; returns the descriptor's attributes.
+    fn deform(&self, scratch: &mut DeformScratch) -> &[pg_sys::FormData_pg_attribute] {
+        let DeformScratch { datums, nulls } = scratch;
+        // SAFETY: tuple and descriptor are valid for the callback; the vectors are sized to
+        // the descriptor's natts before heap_deform_tuple writes that many entries.
+        unsafe {
+            let natts = (*self.desc).natts as usize;
+            datums.clear();
+            datums.resize(natts, pg_sys::Datum::from(0usize));
+            nulls.clear();
+            nulls.resize(natts, true);
+            pg_sys::heap_deform_tuple(self.tuple, self.desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
+            (*self.desc).attrs.as_slice(natts)
+        }
+    }
+
+    /// The bytes of the bytea column at `index` (None for NULL, or no such column).
+    pub fn bytea_at(&self, index: usize, scratch: &mut DeformScratch) -> Option<Vec<u8>> {
+        let attrs = self.deform(scratch);
+        if attrs.get(index).map(|a| a.atttypid.to_u32()) != Some(pgdms_proto::dms::oids::BYTEA) {
+            return None;
+        }
+        // SAFETY: the datum was deformed with this tuple's descriptor and is a bytea (checked
+        // above); a detoasted copy goes to the change memory context, and the bytes are
+        // copied out before the callback ends.
+        let value = unsafe {
+            datum::to_value(
+                &datum::Codec::Bytea,
+                scratch.datums[index],
+                scratch.nulls[index],
+                ServerEncoding::Utf8,
+                &|| "c_digest".into(),
+            )
+        };
+        match value {
+            Value::Bytes(b) => Some(b.to_vec()),
+            _ => None,
+        }
+    }
+
     /// The values of the columns of `desc` (every column, or the replica-identity key
     /// columns only), in order. They borrow the tuple and the change memory context, both of
     /// which outlive the handle's borrow.
@@ -96,18 +136,8 @@ impl TupleHandle {
         scratch: &mut DeformScratch,
         encoding: ServerEncoding,
     ) -> Vec<Value<'t>> {
+        let attrs = self.deform(scratch);
         let DeformScratch { datums, nulls } = scratch;
-        // SAFETY: tuple and descriptor are valid for the callback; the vectors are sized to
-        // the descriptor's natts before heap_deform_tuple writes that many entries.
-        let attrs = unsafe {
-            let natts = (*self.desc).natts as usize;
-            datums.clear();
-            datums.resize(natts, pg_sys::Datum::from(0usize));
-            nulls.clear();
-            nulls.resize(natts, true);
-            pg_sys::heap_deform_tuple(self.tuple, self.desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
-            (*self.desc).attrs.as_slice(natts)
-        };
         let table = || format!("table \"{}\".\"{}\"", desc.schema, desc.name);
         // A description out of step with the tuple would lose columns, or read a by-value
         // datum as a pointer: refuse rather than send wrong data or crash.

@@ -6,6 +6,11 @@
 //!   produce no output at all, as pgoutput does.
 //! * A relation record precedes a table's first change in the session, and is written again
 //!   when a relcache invalidation changed what it says.
+//! * A logical message with a prefix pgdms reserves (`pgdms.`) goes out only when the same
+//!   transaction inserted, before it, a row holding its SHA-256 into one of the extension's
+//!   own tables (see `sql/ddl_capture.sql`), one message per row: anyone may call
+//!   `pg_logical_emit_message`, only the extension's owner may write those tables. Any other
+//!   is forged: dropped, logged here, and reported to the consumer as a `Rejected` record.
 
 mod relcache;
 
@@ -14,10 +19,11 @@ use crate::ffi::datum::ServerEncoding;
 use crate::ffi::{DeformScratch, Output, SessionMemory, TupleHandle};
 use pgdms_proto::ddl::DdlObject;
 use pgdms_proto::{
-    Begin, Commit, Ddl, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, ReplicaIdentity, Startup,
-    Truncate, Update, Value, DDL_MESSAGE_PREFIX, PROTO_VERSION,
+    Begin, Commit, Ddl, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, Rejected, ReplicaIdentity,
+    Startup, Truncate, Update, Value, DDL_MESSAGE_PREFIX, PROTO_VERSION, REJECTED_PREVIEW, RESERVED_MESSAGE_PREFIX,
 };
 use relcache::{CachedRelation, RelationCache};
+use sha2::{Digest, Sha256};
 
 /// One change of a row.
 pub enum Change {
@@ -32,6 +38,8 @@ pub struct Session {
     relations: RelationCache,
     writer: Writer,
     scratch: DeformScratch,
+    /// Digests of the messages the current transaction's capture vouched for, not yet seen.
+    vouched: Vec<[u8; 32]>,
 }
 
 /// A transaction's records go out as one message (large ones in messages of about this
@@ -134,12 +142,14 @@ impl Session {
                 message: Vec::with_capacity(2 * MESSAGE_TARGET),
             },
             scratch: DeformScratch::default(),
+            vouched: Vec::new(),
         }
     }
 
     pub fn on_begin(&mut self, begin: Begin) {
         self.writer.pending_begin = Some(begin);
         self.writer.begin_sent = false;
+        self.vouched.clear();
     }
 
     pub fn on_commit(&mut self, out: &Output, commit: Commit) {
@@ -147,6 +157,7 @@ impl Session {
         out.update_progress(!sent);
         self.writer.pending_begin = None;
         self.writer.begin_sent = false;
+        self.vouched.clear();
         if sent {
             self.writer.push(&Record::Commit(commit));
             self.writer.flush(out, true);
@@ -158,8 +169,14 @@ impl Session {
     }
 
     pub fn on_change(&mut self, out: &Output, rel: RelationHandle, change: Change, lsn: u64) {
-        let Session { relations, writer, scratch, encoding, .. } = self;
+        let Session { relations, writer, scratch, encoding, vouched, .. } = self;
         let Some(entry) = relations.get(rel) else {
+            // A row of the capture's own tables vouching for the message that follows it.
+            if let (Some(column), Change::Insert { new }) = (relations.digest_column(rel.oid()), &change) {
+                if let Some(digest) = new.bytea_at(column, scratch).and_then(|d| <[u8; 32]>::try_from(d).ok()) {
+                    vouched.push(digest);
+                }
+            }
             return;
         };
         writer.ensure_begin();
@@ -220,6 +237,10 @@ impl Session {
         prefix: &str,
         content: &[u8],
     ) -> Option<u32> {
+        if prefix.starts_with(RESERVED_MESSAGE_PREFIX) && !self.take_vouched(transactional, content) {
+            self.reject(out, transactional, lsn, prefix, content);
+            return None;
+        }
         if transactional && prefix == DDL_MESSAGE_PREFIX {
             // The extension's event triggers wrote it: send it as a DDL record. Should it
             // not parse (a bug), it still goes out as the message it is, for the consumer
@@ -248,6 +269,51 @@ impl Session {
             self.writer.flush(out, true);
         }
         None
+    }
+
+    /// Whether the capture vouched for this message in its transaction; each vouching row
+    /// lets one message through.
+    fn take_vouched(&mut self, transactional: bool, content: &[u8]) -> bool {
+        if !transactional {
+            return false;
+        }
+        let digest: [u8; 32] = Sha256::digest(content).into();
+        match self.vouched.iter().position(|d| *d == digest) {
+            Some(i) => {
+                self.vouched.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops a forged message: says so in the server log and to the consumer.
+    fn reject(&mut self, out: &Output, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
+        let xid = self.writer.pending_begin.filter(|_| transactional).map(|b| b.xid);
+        pgrx::warning!(
+            "pgdms: dropped a forged logical message with prefix \"{}\" ({} bytes) at {:X}/{:X}{}: pgdms's DDL capture did not write it",
+            prefix.escape_default(),
+            content.len(),
+            lsn >> 32,
+            lsn & 0xffff_ffff,
+            xid.map(|x| format!(" in transaction {x}")).unwrap_or_default()
+        );
+        let record = Record::Rejected(Rejected {
+            transactional,
+            lsn,
+            prefix,
+            preview: &content[..content.len().min(REJECTED_PREVIEW)],
+            content_len: content.len() as u64,
+        });
+        if transactional {
+            self.writer.ensure_begin();
+            self.writer.push(&record);
+            self.writer.flush_if_large(out);
+        } else {
+            self.writer.ensure_startup();
+            self.writer.push(&record);
+            self.writer.flush(out, true);
+        }
     }
 
     /// Follows a table's DDL record with its new relation record, as the catalog shows it

@@ -27,6 +27,9 @@ pub struct RelationCache {
     entries: FxHashMap<u32, CachedRelation>,
     /// Relations whose changes are not published (not user tables, or ours).
     skipped: FxHashSet<u32>,
+    /// Of those, the tables whose inserts vouch for pgdms's messages, with the position of
+    /// their digest column.
+    vouchers: FxHashMap<u32, usize>,
     /// The relation record last written for relations whose entry was invalidated since.
     sent_before: FxHashMap<u32, Vec<u8>>,
 }
@@ -37,6 +40,7 @@ impl RelationCache {
             memory,
             entries: FxHashMap::default(),
             skipped: FxHashSet::default(),
+            vouchers: FxHashMap::default(),
             sent_before: FxHashMap::default(),
         }
     }
@@ -49,6 +53,7 @@ impl RelationCache {
             entry.memory.free();
         }
         self.skipped.remove(&relid);
+        self.vouchers.remove(&relid);
     }
 
     fn apply_invalidations(&mut self) {
@@ -80,6 +85,9 @@ impl RelationCache {
         if !self.entries.contains_key(&oid) {
             if !rel.is_user_table() || rel.belongs_to_pgdms() {
                 self.skipped.insert(oid);
+                if let Some(column) = rel.message_digest_column() {
+                    self.vouchers.insert(oid, column);
+                }
                 return None;
             }
             let memory = EntryMemory::new(self.memory);
@@ -89,6 +97,14 @@ impl RelationCache {
             self.entries.insert(oid, CachedRelation { desc, record, sent, memory });
         }
         self.entries.get_mut(&oid)
+    }
+}
+
+impl RelationCache {
+    /// For a table whose inserts vouch for pgdms's messages (after [`RelationCache::get`]
+    /// said it is not published), the position of its digest column.
+    pub fn digest_column(&self, oid: u32) -> Option<usize> {
+        self.vouchers.get(&oid).copied()
     }
 }
 
