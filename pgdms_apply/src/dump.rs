@@ -193,6 +193,15 @@ impl JsonRenderer {
                 }
                 j
             }
+            Record::Rejected(r) => json!({
+                "type": "rejected",
+                "lsn": lsn(r.lsn),
+                "xid": if r.transactional { self.xid } else { None },
+                "transactional": r.transactional,
+                "prefix": r.prefix,
+                "content_len": r.content_len,
+                "content_preview": String::from_utf8_lossy(r.preview),
+            }),
             other => json!({"type": "reserved", "record": format!("{other:?}")}),
         })
     }

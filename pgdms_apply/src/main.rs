@@ -10,7 +10,7 @@ use pgdms_apply::sql::quote_literal;
 use pgdms_apply::stream::{ConnInfo, Lsn, ReplicationConnection};
 use pgdms_apply::target::jsonl::JsonlTarget;
 use pgdms_apply::target::mysql::MySqlTarget;
-use pgdms_apply::target::postgres::PostgresTarget;
+use pgdms_apply::target::postgres::{open_session, PostgresTarget};
 use pgdms_apply::target::sqlite::SqliteTarget;
 use pgdms_apply::target::typemap::{LongVarchar, MapOptions};
 use pgdms_apply::target::OnError;
@@ -62,7 +62,7 @@ struct SourceArgs {
     /// The source database, as a libpq connection string or URI
     /// ("host=db user=migrator dbname=app" or "postgresql://migrator@db/app");
     /// PG* environment variables fill in what it leaves out.
-    #[arg(long, env = "PGDMS_SOURCE", default_value = "")]
+    #[arg(long, env = "PGDMS_SOURCE", hide_env_values = true, default_value = "")]
     source: String,
 }
 
@@ -97,14 +97,25 @@ impl PluginArgs {
 /// How changes are applied to the target: shared by cdc, migrate and cutover.
 #[derive(Args)]
 struct ApplyArgs {
-    /// The target. A PostgreSQL database (libpq connection string or URI; the role needs the
-    /// right to set session_replication_role: a superuser, or on PostgreSQL 15+ one granted
-    /// SET ON PARAMETER session_replication_role); or, through the DMS type mapping,
-    /// `mysql://USER:PASSWORD@HOST:PORT[/DATABASE]` (MySQL or MariaDB; without a database
-    /// each source schema goes to the database of its name), `sqlite:PATH` (a SQLite
-    /// database file) or `jsonl:PATH` / `jsonl:-` (a JSON-lines stream to a file or stdout).
-    #[arg(long, env = "PGDMS_TARGET")]
+    /// The target. A PostgreSQL database (libpq connection string or URI), written as a role
+    /// without superuser (see --target-role): the login must be allowed to set
+    /// session_replication_role (PostgreSQL 15+: GRANT SET ON PARAMETER
+    /// session_replication_role TO it), and the role it acts as needs CREATE on the database
+    /// and to own (or be a member of the owners of) the tables it writes; or, through the
+    /// DMS type mapping, `mysql://USER:PASSWORD@HOST:PORT[/DATABASE]` (MySQL or MariaDB;
+    /// without a database each source schema goes to the database of its name),
+    /// `sqlite:PATH` (a SQLite database file) or `jsonl:PATH` / `jsonl:-` (a JSON-lines
+    /// stream to a file or stdout).
+    #[arg(long, env = "PGDMS_TARGET", hide_env_values = true)]
     target: String,
+    /// PostgreSQL target: the role to act as (SET ROLE after connecting), if not the login
+    /// role. It must not be a superuser: the source's owners' defaults, checks and triggers
+    /// run while pgdms-apply writes. Each table is written, and each object's DDL replayed,
+    /// as its owner on the target when this role may become it (as PostgreSQL 16's
+    /// subscriptions do). A superuser login with --target-role still has superuser rights
+    /// that such code could take back (RESET ROLE): for a hard boundary, log in as the role.
+    #[arg(long, env = "PGDMS_TARGET_ROLE")]
+    target_role: Option<String>,
     /// The logical replication slot to stream from (plugin pgdms).
     #[arg(long)]
     slot: String,
@@ -311,7 +322,7 @@ struct ValidateArgs {
     #[command(flatten)]
     source: SourceArgs,
     /// The target database.
-    #[arg(long, env = "PGDMS_TARGET")]
+    #[arg(long, env = "PGDMS_TARGET", hide_env_values = true)]
     target: String,
     #[command(flatten)]
     mappings: MappingArgs,
@@ -389,10 +400,12 @@ enum Origin {
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .with_context(|| format!("invalid --log filter \"{}\"", cli.log))?;
+    // Colours only for a person at a terminal, never in a file or a pipe.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder.with_ansi(false).json().init(),
     }
     Ok(())
 }
@@ -457,12 +470,13 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
         TargetSpec::Postgres(target) => {
             // The slot of a migration whose load reloaded tables: their changes already in
             // the copy are passed over here too.
-            let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply cdc").await?;
+            let role = args.apply.target_role.as_deref();
+            let (tgt, _) = open_session(&target, role, "pgdms-apply cdc", false).await?;
             let slot = opts.slot.clone();
             migrate::set_reloaded_tables(&tgt.client, &slot, &mut opts).await?;
             drop(tgt);
             let sync = args.apply.synchronous_commit.clone();
-            let connect = || PostgresTarget::connect(&target, on_error, &sync);
+            let connect = || PostgresTarget::connect(&target, on_error, &sync, role);
             apply::run(&source, connect, &opts, shutdown_watch()).await?
         }
         TargetSpec::Sqlite(path) => {
@@ -519,6 +533,7 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
         synchronous_commit: args.apply.synchronous_commit.clone(),
         drop_slot_on_finish: args.apply.drop_slot_on_finish,
         mapping: args.apply.mappings.load()?,
+        target_role: args.apply.target_role.clone(),
     };
     let (on_error, map) = (args.apply.on_error, args.apply.types.options());
     let finished = match spec {
@@ -562,6 +577,7 @@ async fn cutover_cmd(args: CutoverArgs) -> anyhow::Result<()> {
     let reports = migrate::cutover(
         &source,
         &target,
+        args.apply.target_role.as_deref(),
         &args.apply.options()?,
         args.apply.on_error,
         args.drop_slot,

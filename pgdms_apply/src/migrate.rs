@@ -22,7 +22,7 @@ use crate::mapping::Mapping;
 use crate::sql::quote_ident;
 use crate::stream::client::connect;
 use crate::stream::{ConnInfo, Lsn, ReplicationConnection, ReplicationError};
-use crate::target::postgres::PostgresTarget;
+use crate::target::postgres::{open_session, PostgresTarget};
 use crate::target::OnError;
 use crate::validate;
 use std::path::PathBuf;
@@ -61,6 +61,8 @@ pub struct MigrateOptions {
     pub drop_slot_on_finish: bool,
     /// Table mappings (also in `apply.mapping`, for CDC).
     pub mapping: Mapping,
+    /// The role a PostgreSQL target is written as (`--target-role`; else the login role).
+    pub target_role: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +143,8 @@ pub async fn migrate(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Finished, MigrateError> {
     let slot = opts.apply.slot.clone();
-    let tgt = connect(target, "pgdms-apply migrate").await?;
+    let role = opts.target_role.as_deref();
+    let (tgt, _) = open_session(target, role, "pgdms-apply migrate", false).await?;
     load::prepare_control_tables(&tgt.client).await?;
     let recorded = tgt
         .client
@@ -235,7 +238,7 @@ pub async fn migrate(
     set_reloaded_tables(&tgt.client, &slot, &mut apply_opts).await?;
     drop(tgt);
     let (on_error, sync) = (opts.on_error, opts.synchronous_commit.clone());
-    let connect_target = || PostgresTarget::connect(target, on_error, &sync);
+    let connect_target = || PostgresTarget::connect(target, on_error, &sync, role);
     stream_changes(source, connect_target, opts, &apply_opts, shutdown).await
 }
 
@@ -358,7 +361,8 @@ async fn copy_phase(
     // Every session holds the snapshot now.
     drop(exporter);
     if let (true, Some(archive)) = (with_schema, &archive) {
-        let not_migrated = schema::restore(pg_bin, target, &archive.path, "pre-data", 1, true).await?;
+        let role = opts.target_role.as_deref();
+        let not_migrated = schema::restore(pg_bin, target, role, &archive.path, "pre-data", 1, true).await?;
         report_not_migrated(&not_migrated);
     }
     set_phase(tgt, slot, Phase::Load).await?;
@@ -386,7 +390,7 @@ async fn copy_phase(
     };
     // Resuming: a table not recorded as loaded may hold part of an interrupted copy.
     let truncate_first = opts.prep == Prep::Truncate || loaded.is_some();
-    load::load(sessions, target, &load_opts, keep, truncate_first).await?;
+    load::load(sessions, target, opts.target_role.as_deref(), &load_opts, keep, truncate_first).await?;
     set_phase(tgt, slot, Phase::PostData).await?;
     Ok(archive)
 }
@@ -507,10 +511,32 @@ pub async fn set_reloaded_tables(
     Ok(())
 }
 
+/// Owner and privilege statements of the schema the target role could not run (roles it
+/// lacks or may not become): one line naming the roles, each statement at debug level.
 fn report_not_migrated(lines: &[String]) {
-    for l in lines {
-        tracing::warn!(statement = %l, "not migrated (a role it names does not exist on the target)");
+    if lines.is_empty() {
+        return;
     }
+    let mut roles: Vec<String> = lines.iter().filter_map(|l| role_named(l)).collect();
+    roles.sort();
+    roles.dedup();
+    for l in lines {
+        tracing::debug!(statement = %l, "not migrated");
+    }
+    tracing::info!(
+        statements = lines.len(),
+        roles = %roles.join(", "),
+        "owners and privileges not migrated: the target lacks these roles or the target role may not act for them; \
+         the objects are the target role's (see README, \"Target role\")"
+    );
+}
+
+/// The role a pg_restore error is about: `role "x" does not exist`, `SET ROLE "x"`...
+fn role_named(error: &str) -> Option<String> {
+    let lower = error.to_ascii_lowercase();
+    let at = lower.find("role \"")? + "role \"".len();
+    let rest = &error[at..];
+    Some(rest[..rest.find('"')?].to_string())
 }
 
 /// Indexes, constraints, triggers (after the load, in parallel), and the sequences.
@@ -540,7 +566,8 @@ async fn post_data(
             }
         };
         tracing::info!(jobs = opts.jobs, "building indexes and constraints");
-        let not_migrated = schema::restore(pg_bin, target, path, "post-data", opts.jobs, true).await?;
+        let role = opts.target_role.as_deref();
+        let not_migrated = schema::restore(pg_bin, target, role, path, "post-data", opts.jobs, true).await?;
         report_not_migrated(&not_migrated);
     }
     let src = connect(source, "pgdms-apply migrate").await?;
@@ -619,9 +646,11 @@ async fn dump_current(pg_bin: &std::path::Path, source: &ConnInfo) -> Result<Arc
 
 /// The end of a migration: catch up, set sequences, validate, report, and drop the slot if
 /// asked. The source should be quiet (applications stopped or read-only).
+#[allow(clippy::too_many_arguments)]
 pub async fn cutover(
     source: &ConnInfo,
     target: &ConnInfo,
+    target_role: Option<&str>,
     apply_opts: &ApplyOptions,
     on_error: OnError,
     drop_slot: bool,
@@ -642,16 +671,16 @@ pub async fn cutover(
     let mut opts = apply_opts.clone();
     opts.until = Some(until);
     {
-        let tgt = connect(target, "pgdms-apply cutover").await?;
+        let (tgt, _) = open_session(target, target_role, "pgdms-apply cutover", false).await?;
         load::prepare_control_tables(&tgt.client).await?;
         set_reloaded_tables(&tgt.client, &slot, &mut opts).await?;
     }
-    let connect_target = || PostgresTarget::connect(target, on_error, "on");
+    let connect_target = || PostgresTarget::connect(target, on_error, "on", target_role);
     match apply::run(source, connect_target, &opts, shutdown).await? {
         Finished::Reached => {}
         Finished::Interrupted => return Err(MigrateError::Fatal("cutover interrupted before catching up".into())),
     }
-    let tgt = connect(target, "pgdms-apply cutover").await?;
+    let (tgt, _) = open_session(target, target_role, "pgdms-apply cutover", false).await?;
     let n = load::sequences::sync(&src.client, &tgt.client).await?;
     tracing::info!(sequences = n, "sequences set to the source's values");
     let mapping = apply_opts.mapping.as_deref().cloned().unwrap_or_default();
@@ -818,4 +847,20 @@ async fn load_rows_phase<T: crate::target::LoadTarget>(
     }
     tracing::info!(tables, rows = total, seconds = format!("{:.1}", started.elapsed().as_secs_f64()), "full load done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::role_named;
+
+    #[test]
+    fn refused_owner_statements_name_their_role() {
+        assert_eq!(
+            role_named("must be able to SET ROLE \"postgres\" | Command was: ALTER TABLE t OWNER TO postgres;")
+                .as_deref(),
+            Some("postgres")
+        );
+        assert_eq!(role_named("could not execute query: ERROR:  role \"app\" does not exist").as_deref(), Some("app"));
+        assert_eq!(role_named("permission denied for schema x"), None);
+    }
 }

@@ -288,6 +288,8 @@ mod tests {
             name: name.into(),
             type_oid: 23,
             type_sql: "integer".into(),
+            type_name: "integer".into(),
+            type_modifier: -1,
             key,
             primary_key: key,
             generated: false,

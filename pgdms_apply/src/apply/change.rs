@@ -110,7 +110,11 @@ fn row(values: &[Value<'_>], msg: &Bytes) -> Row {
 pub struct ColumnInfo {
     pub name: String,
     pub type_oid: u32,
+    /// The type with its modifier, as casts take it (checked to be one type name).
     pub type_sql: String,
+    /// The type without its modifier, and the modifier: what a target resolves.
+    pub type_name: String,
+    pub type_modifier: i32,
     pub key: bool,
     pub primary_key: bool,
     pub generated: bool,
@@ -210,8 +214,23 @@ pub enum Event {
     },
     /// The decoding session's settings that value texts depend on.
     Settings(crate::target::SourceSettings),
+    /// A message that claimed to be pgdms's and was not: dropped by the source's plugin,
+    /// reported here.
+    Rejected(Rejected),
     /// Between transactions, the source has sent everything up to this WAL position.
     Idle(Lsn),
+}
+
+/// A forged message the plugin dropped (see `pgdms_proto::Rejected`).
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub lsn: Lsn,
+    /// The transaction that sent it (None: sent outside a transaction).
+    pub xid: Option<u32>,
+    pub prefix: String,
+    pub content_len: u64,
+    /// Its first bytes, for the log (escaped there).
+    pub preview: String,
 }
 
 /// Every row of a change has one value per column (key images one per key column): the
@@ -271,6 +290,8 @@ pub enum EventError {
     Version(u32),
     #[error("a change at {lsn} of {table} carries {got} values where its relation record describes {want}")]
     Shape { table: String, lsn: Lsn, got: usize, want: usize },
+    #[error("the relation record of {table}: {refused}")]
+    Refused { table: String, refused: crate::sql::checked::Refused },
 }
 
 impl EventDecoder {
@@ -403,6 +424,16 @@ impl EventDecoder {
                 } else {
                     self.kept.remove(&r.oid);
                 }
+                // Type names go into the target's statements (casts, staging tables): each
+                // must be one type name and nothing else.
+                for c in &r.columns {
+                    for text in [c.type_sql, c.type_name] {
+                        crate::sql::checked::type_name(text).map_err(|refused| EventError::Refused {
+                            table: format!("{}.{}", quote_ident(r.schema), quote_ident(r.name)),
+                            refused,
+                        })?;
+                    }
+                }
                 let info = Arc::new(RelInfo {
                     oid: r.oid,
                     schema,
@@ -416,6 +447,8 @@ impl EventDecoder {
                                 name: names[i].clone(),
                                 type_oid: c.type_oid,
                                 type_sql: c.type_sql.to_string(),
+                                type_name: c.type_name.to_string(),
+                                type_modifier: c.type_modifier,
                                 key: c.key,
                                 primary_key: c.primary_key,
                                 generated: c.generated,
@@ -500,6 +533,13 @@ impl EventDecoder {
                 }),
                 lsn: Lsn(m.lsn),
             },
+            Record::Rejected(r) => Event::Rejected(Rejected {
+                lsn: Lsn(r.lsn),
+                xid: r.transactional.then_some(self.xid),
+                prefix: r.prefix.to_string(),
+                content_len: r.content_len,
+                preview: String::from_utf8_lossy(r.preview).into_owned(),
+            }),
             // Other messages and the reserved kinds carry nothing to apply.
             _ => return Ok(None),
         }))

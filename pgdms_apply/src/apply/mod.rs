@@ -495,6 +495,21 @@ impl<'t, T: Target> Applier<'t, T> {
                     }
                 }
             }
+            Event::Rejected(r) => {
+                // Not applied: only logged (once, not again when a restart skips its
+                // transaction). The WAL does not say which role sent it; the source's log
+                // line with the same LSN and transaction can (log_line_prefix %u %x).
+                if !self.skipping_txn {
+                    tracing::warn!(
+                        lsn = %r.lsn,
+                        xid = %r.xid.map_or_else(|| "none".to_string(), |x| x.to_string()),
+                        prefix = %r.prefix.escape_debug(),
+                        bytes = r.content_len,
+                        content = %r.preview.escape_debug(),
+                        "dropped a forged record: the source sent a message claiming to be pgdms's that its DDL capture did not write; nothing was applied"
+                    );
+                }
+            }
             Event::Idle(wal_end) => {
                 // Nothing in flight: whatever is complete can go in now.
                 if self.txn.is_empty() && !self.txn_streaming {

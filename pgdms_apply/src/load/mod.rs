@@ -18,6 +18,7 @@ pub mod sequences;
 use crate::sql::quote_literal;
 use crate::stream::client::{connect, error_text, ConnectError, SqlConnection};
 use crate::stream::{ConnInfo, Lsn};
+use crate::target::postgres::roles::{Object, Roles};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use plan::{plan, unit_query, Plan, SourceTable, Unit};
@@ -38,6 +39,8 @@ pub enum LoadError {
     Sql { context: String, source: tokio_postgres::Error },
     #[error("could not load {table}: {error}")]
     Table { table: String, error: String },
+    #[error("{0}")]
+    Target(String),
 }
 
 pub(crate) fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> LoadError {
@@ -112,6 +115,7 @@ pub async fn prepare_control_tables(target: &tokio_postgres::Client) -> Result<(
 pub async fn load(
     sources: Vec<SqlConnection>,
     target: &ConnInfo,
+    target_role: Option<&str>,
     opts: &LoadOptions,
     select: impl Fn(SourceTable) -> Option<SourceTable>,
     truncate_first: bool,
@@ -131,15 +135,18 @@ pub async fn load(
     let plan = plan(tables, opts.split_bytes, version >= 140000);
     let mut targets = Vec::with_capacity(sources.len());
     for _ in 0..sources.len() {
-        let t = connect(target, "pgdms-apply load").await?;
-        t.client.batch_execute("SET synchronous_commit = off; SET session_replication_role = replica").await.map_err(
-            sql_error("could not prepare a target session (session_replication_role needs the privileges cdc needs)"),
-        )?;
-        targets.push(t);
+        // As the target role: the rows' checks, defaults and generated columns are the
+        // source owners' code.
+        let (t, roles) = crate::target::postgres::open_session(target, target_role, "pgdms-apply load", true)
+            .await
+            .map_err(|e| LoadError::Target(e.to_string()))?;
+        t.client.batch_execute("SET synchronous_commit = off").await.map_err(sql_error("target"))?;
+        targets.push((t, roles));
     }
     if truncate_first && !plan.tables.is_empty() {
         let list: Vec<String> = plan.tables.iter().map(|t| format!("ONLY {}", t.target_qualified())).collect();
         targets[0]
+            .0
             .client
             .batch_execute(&format!("TRUNCATE {}", list.join(", ")))
             .await
@@ -150,8 +157,10 @@ pub async fn load(
         &plan.tables.iter().enumerate().map(|(i, t)| (t.qualified(), t.bytes, units_per_table(i))).collect::<Vec<_>>(),
     );
     let queue = Mutex::new(plan.units.iter().cloned().collect::<VecDeque<Unit>>());
-    let workers =
-        sources.iter().zip(&targets).map(|(s, t)| worker(&s.client, &t.client, &plan, &queue, &progress, opts));
+    let workers = sources
+        .iter()
+        .zip(targets.iter_mut())
+        .map(|(s, (t, roles))| worker(&s.client, &t.client, roles, &plan, &queue, &progress, opts));
     futures_util::future::try_join_all(workers).await?;
     for s in &sources {
         let _ = s.client.batch_execute("COMMIT").await;
@@ -170,6 +179,7 @@ pub async fn load(
 async fn worker(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
+    roles: &mut Roles,
     plan: &Plan,
     queue: &Mutex<VecDeque<Unit>>,
     progress: &Progress,
@@ -181,7 +191,12 @@ async fn worker(
         let name = table.qualified();
         progress.unit_started(&name, table.bytes);
         let freeze = opts.freeze && unit.blocks.is_none();
-        let rows = copy_unit(source, target, table, unit.blocks, freeze, progress)
+        // The rows go in as the table's owner (its checks and generated columns run then).
+        let owner = roles
+            .owner(target, Object::Table, &table.target_qualified())
+            .await
+            .map_err(sql_error(format!("could not look up the owner of {}", table.target_qualified())))?;
+        let rows = copy_unit(source, target, table, owner.as_deref(), unit.blocks, freeze, progress)
             .await
             .map_err(|error| LoadError::Table { table: name.clone(), error })?;
         if let Some(table_rows) = progress.unit_finished(&name, rows) {
@@ -191,10 +206,12 @@ async fn worker(
 }
 
 /// Streams one unit from the source into the target, in a target transaction of its own.
+#[allow(clippy::too_many_arguments)]
 async fn copy_unit(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
     table: &SourceTable,
+    owner: Option<&str>,
     blocks: Option<(u64, u64)>,
     freeze: bool,
     progress: &Progress,
@@ -210,7 +227,13 @@ async fn copy_unit(
     let out_sql = format!("COPY ({}) TO STDOUT{out_format}", unit_query(table, blocks));
     let target_name = table.target_qualified();
     let in_sql = format!("COPY {target_name} ({}) FROM STDIN{in_format}", table.target_column_list());
-    let begin = if freeze { format!("BEGIN; TRUNCATE ONLY {target_name}") } else { "BEGIN".to_string() };
+    let mut begin = "BEGIN".to_string();
+    if let Some(owner) = owner {
+        begin += &format!("; SET LOCAL ROLE {}", crate::sql::quote_ident(owner));
+    }
+    if freeze {
+        begin += &format!("; TRUNCATE ONLY {target_name}");
+    }
     target.batch_execute(&begin).await.map_err(|e| error_text(&e))?;
     let result = async {
         let rows_out = source.copy_out(&out_sql).await.map_err(|e| format!("source: {}", error_text(&e)))?;

@@ -22,7 +22,7 @@ pub async fn source_relations(client: &Client) -> Result<Vec<RelInfo>, tokio_pos
                     a.attname::text, a.atttypid, a.atttypmod, t.typtype::text, t.typcategory = 'A', t.typname::text,
                     format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> '', a.attidentity::text,
                     coalesce(a.attnum = ANY (pk.indkey::int2[]), false),
-                    coalesce(a.attnum = ANY (ri.indkey::int2[]), false)
+                    coalesce(a.attnum = ANY (ri.indkey::int2[]), false), format_type(a.atttypid, NULL)
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                JOIN pg_type t ON t.oid = a.atttypid
@@ -67,6 +67,8 @@ pub async fn source_relations(client: &Client) -> Result<Vec<RelInfo>, tokio_pos
             name: r.get(4),
             type_oid: r.get(5),
             type_sql: r.get(10),
+            type_name: r.get(16),
+            type_modifier: r.get(6),
             key: r.get(15),
             primary_key: r.get(14),
             generated: r.get(12),

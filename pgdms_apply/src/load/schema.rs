@@ -5,8 +5,9 @@
 //! sequences, tables with their columns and defaults before the load, and
 //! `--section=post-data` builds indexes (primary keys included), unique, check and foreign
 //! key constraints, triggers and rules after it, with parallel jobs. The pgdms extension
-//! itself stays on the source. What the target refuses because a role it names does not
-//! exist (owners, grants) is reported as not migrated, not as a failure.
+//! itself stays on the source. Both run as the target role, never as a superuser. What the
+//! target refuses because of a role it names (an owner or grantee that does not exist there,
+//! or that the target role may not become) is reported as not migrated, not as a failure.
 
 use crate::stream::ConnInfo;
 use std::path::{Path, PathBuf};
@@ -96,10 +97,16 @@ fn is_pgdms_entry(line: &str) -> bool {
 }
 
 /// Restores one section of the archive into the target. Returns what was not migrated
-/// (statements refused because a role does not exist).
+/// (owners and grants refused because of the roles they name).
+///
+/// It runs as the target role (`role`, or the login role, which the caller checked is no
+/// superuser): index expressions, defaults and checks are the source owners' code. The
+/// objects it creates are the target role's, or belong to the roles the dump names where
+/// the target role may become them.
 pub async fn restore(
     bin: &Path,
     target: &ConnInfo,
+    role: Option<&str>,
     archive: &Path,
     section: &str,
     jobs: usize,
@@ -112,6 +119,9 @@ pub async fn restore(
         format!("--dbname={}", target.to_libpq()),
         format!("--jobs={}", jobs.max(1)),
     ];
+    if let Some(role) = role {
+        args.push(format!("--role={role}"));
+    }
     if clean {
         args.push("--clean".into());
         args.push("--if-exists".into());
@@ -145,7 +155,14 @@ fn classify_restore_errors(stderr: &str) -> (Vec<String>, Vec<String>) {
     let mut current: Option<String> = None;
     let flush = |current: &mut Option<String>, nm: &mut Vec<String>, rf: &mut Vec<String>| {
         if let Some(e) = current.take() {
-            if e.contains("role \"") && e.contains("does not exist") {
+            // The owners and grantees pg_dump names: roles the target lacks, or that the
+            // target role may not become or grant for.
+            let about_roles = (e.contains("role \"") && e.contains("does not exist"))
+                || e.contains("must be able to SET ROLE")
+                || e.contains("must be member of role")
+                || (e.contains("permission denied")
+                    && [" OWNER TO ", "GRANT ", "REVOKE ", "DEFAULT PRIVILEGES"].iter().any(|w| e.contains(w)));
+            if about_roles {
                 nm.push(e);
             } else {
                 rf.push(e);

@@ -49,9 +49,8 @@ pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<SqlConne
     if let Some(p) = &info.password {
         config.password(p);
     }
-    if let Some(o) = &info.options {
-        config.options(o);
-    }
+    // The settings the statements pgdms-apply builds depend on, after the user's options.
+    config.options(crate::sql::session_options(info.options.as_deref()));
     if let Some(t) = info.connect_timeout {
         config.connect_timeout(std::time::Duration::from_secs(t));
     }

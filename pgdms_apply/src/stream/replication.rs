@@ -150,6 +150,8 @@ const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "3"),
     ("TimeZone", "UTC"),
+    // The replication commands quote names and literals the standard way.
+    ("standard_conforming_strings", "on"),
 ];
 
 impl ReplicationConnection {

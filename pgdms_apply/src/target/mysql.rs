@@ -182,32 +182,15 @@ fn normal_type(column_type: &str) -> String {
     t
 }
 
-/// A PostgreSQL column default MySQL can take as it is: a number, a string, a boolean.
-/// Anything else (functions, expressions) has no MySQL equivalent here.
+/// A PostgreSQL column default MySQL can take as it is: a number, a string, a boolean
+/// (recognised by PostgreSQL's own parser), as a MySQL literal. Anything else (functions,
+/// expressions) has no MySQL equivalent here.
 fn literal_default(def: &ColumnDef) -> Option<String> {
-    let d = def.default.as_deref()?.trim();
-    let is_number = |s: &str| {
-        let s = s.strip_prefix('-').unwrap_or(s);
-        !s.is_empty()
-            && s.chars().all(|c| c.is_ascii_digit() || c == '.')
-            && s.chars().filter(|&c| c == '.').count() <= 1
-    };
-    let bare = d.strip_prefix('(').and_then(|s| s.strip_suffix(')')).unwrap_or(d);
-    if is_number(bare) || matches!(bare, "true" | "false") {
-        return Some(match bare {
-            "true" => "'true'".into(),
-            "false" => "'false'".into(),
-            n => format!("'{n}'"),
-        });
-    }
-    // 'text'::type
-    let rest = d.strip_prefix('\'')?;
-    let end = rest.find("'::").or_else(|| rest.strip_suffix('\'').map(|s| s.len()))?;
-    let body = &rest[..end];
-    if body.replace("''", "").contains('\'') {
-        return None;
-    }
-    Some(format!("'{body}'"))
+    use crate::sql::checked::Constant;
+    Some(match crate::sql::checked::constant(def.default.as_deref()?)? {
+        Constant::Number(n) | Constant::Text(n) => text(&n),
+        Constant::Bool(b) => text(if b { "true" } else { "false" }),
+    })
 }
 
 impl MySqlTarget {
@@ -1070,5 +1053,7 @@ mod tests {
         assert_eq!(literal_default(&def("true")).as_deref(), Some("'true'"));
         assert_eq!(literal_default(&def("now()")), None);
         assert_eq!(literal_default(&def("nextval('s'::regclass)")), None);
+        assert_eq!(literal_default(&def(r"'a\\'' or 1'::text")).as_deref(), Some(r"'a\\'' or 1'"));
+        assert_eq!(literal_default(&def("1); DROP TABLE t; --")), None);
     }
 }

@@ -82,8 +82,9 @@ impl SqliteTarget {
         Ok(())
     }
 
+    /// Runs one statement (names in it come from the stream: SQLite refuses a second one).
     fn run(&self, sql: &str) -> Result<(), TargetError> {
-        self.conn.execute_batch(sql).map_err(|e| TargetError::Other(format!("{e}: {sql}")))
+        self.conn.execute(sql, []).map(drop).map_err(|e| TargetError::Other(format!("{e}: {sql}")))
     }
 
     fn execute(&self, s: Statement) -> Result<usize, rusqlite::Error> {
@@ -216,12 +217,14 @@ impl SqliteTarget {
 impl Target for SqliteTarget {
     async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         self.slot = slot.to_string();
-        self.run(
+        self.conn
+            .execute_batch(
             "CREATE TABLE IF NOT EXISTS pgdms_apply_progress (slot_name TEXT PRIMARY KEY, end_lsn TEXT NOT NULL, commit_time INTEGER, applied_at TEXT);
              CREATE TABLE IF NOT EXISTS pgdms_migration (slot_name TEXT PRIMARY KEY, phase TEXT NOT NULL, consistent_point TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS pgdms_load_progress (slot_name TEXT NOT NULL, source_oid INTEGER NOT NULL, table_name TEXT NOT NULL,
                  snapshot_lsn TEXT NOT NULL, PRIMARY KEY (slot_name, source_oid));",
-        )?;
+            )
+            .map_err(err)?;
         let lsn: Option<String> = self
             .conn
             .query_row("SELECT end_lsn FROM pgdms_apply_progress WHERE slot_name = ?1", [slot], |r| r.get(0))

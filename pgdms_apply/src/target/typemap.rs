@@ -284,6 +284,8 @@ mod tests {
             name: "c".into(),
             type_oid,
             type_sql: type_sql.into(),
+            type_name: type_sql.into(),
+            type_modifier: -1,
             key: false,
             primary_key: false,
             generated: false,

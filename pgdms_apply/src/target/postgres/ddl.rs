@@ -5,11 +5,19 @@
 //! what is missing, so that a step already done (a partition's column, added through its
 //! parent; an object the initial schema copy already had) is not done twice. Columns are
 //! matched across renames by attnum, through `before`.
+//!
+//! A DDL record is untrusted input. Names are quoted here; types are resolved on the
+//! target (`to_regtype` of the source's type name, then `format_type` with its modifier)
+//! and refused unless they name one type there; expressions, partition keys and bounds,
+//! collations and sequence names pass [`crate::sql::checked`] first; and each statement
+//! goes out on its own through the extended protocol, which runs exactly one.
 
 use crate::apply::change::RelInfo;
+use crate::sql::checked::{self, Refused};
 use crate::sql::{quote_ident, quote_literal};
 use pgdms_proto::ddl::{ColumnDef, DdlObject, SchemaDef, TableDef, TypeDef, TypeKind};
 use pgdms_proto::{Ddl, Identity};
+use std::collections::HashMap;
 use tokio_postgres::Client;
 
 /// What replaying a DDL record did besides its statements.
@@ -23,11 +31,39 @@ pub struct Replayed {
     pub warnings: Vec<String>,
 }
 
-/// A statement the target refused (or a query about its catalog that failed).
+/// A statement the target refused, a query about its catalog that failed, or text from
+/// the record that is not what it claims to be.
 #[derive(Debug)]
 pub struct DdlFailed {
     pub statement: String,
-    pub error: tokio_postgres::Error,
+    pub error: DdlError,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DdlError {
+    #[error("{0}")]
+    Target(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("type {0} does not exist on the target: create it there (or its extension), then run again")]
+    NoSuchType(String),
+}
+
+impl DdlFailed {
+    fn refused(statement: &str, refused: Refused) -> DdlFailed {
+        DdlFailed { statement: statement.to_string(), error: DdlError::Refused(refused) }
+    }
+}
+
+/// The `refused` of a check, as a replay failure.
+trait OrFailed<T> {
+    fn or_failed(self, statement: &str) -> Result<T, DdlFailed>;
+}
+
+impl<T> OrFailed<T> for Result<T, Refused> {
+    fn or_failed(self, statement: &str) -> Result<T, DdlFailed> {
+        self.map_err(|r| DdlFailed::refused(statement, r))
+    }
 }
 
 fn qualified(schema: &str, name: &str) -> String {
@@ -50,21 +86,51 @@ struct TargetColumn {
 struct Replay<'c> {
     client: &'c Client,
     done: Replayed,
+    /// Source type (name, modifier) → the target's spelling of it.
+    types: HashMap<(String, i32), String>,
 }
 
-impl Replay<'_> {
+impl<'c> Replay<'c> {
+    fn new(client: &'c Client) -> Self {
+        Replay { client, done: Replayed::default(), types: HashMap::new() }
+    }
+
+    /// Runs one statement: the extended protocol runs exactly one, whatever the text holds.
     async fn run(&mut self, sql: String) -> Result<(), DdlFailed> {
-        match self.client.batch_execute(&sql).await {
-            Ok(()) => {
+        match self.client.execute(sql.as_str(), &[]).await {
+            Ok(_) => {
                 self.done.statements.push(sql);
                 Ok(())
             }
-            Err(error) => Err(DdlFailed { statement: sql, error }),
+            Err(error) => Err(DdlFailed { statement: sql, error: error.into() }),
         }
     }
 
     async fn query(&self, sql: &str, param: &str) -> Result<Vec<tokio_postgres::Row>, DdlFailed> {
-        self.client.query(sql, &[&param]).await.map_err(|error| DdlFailed { statement: sql.to_string(), error })
+        self.client
+            .query(sql, &[&param])
+            .await
+            .map_err(|error| DdlFailed { statement: sql.to_string(), error: error.into() })
+    }
+
+    /// The target's spelling of the source's type `name` with modifier `typmod`: one type
+    /// name, resolved on the target, or refused.
+    async fn target_type(&mut self, name: &str, typmod: i32) -> Result<String, DdlFailed> {
+        if let Some(t) = self.types.get(&(name.to_string(), typmod)) {
+            return Ok(t.clone());
+        }
+        const RESOLVE: &str = "SELECT format_type(to_regtype($1), $2)";
+        checked::type_name(name).or_failed(RESOLVE)?;
+        let row = self
+            .client
+            .query_one(RESOLVE, &[&name, &typmod])
+            .await
+            .map_err(|error| DdlFailed { statement: RESOLVE.into(), error: error.into() })?;
+        let Some(spelled) = row.get::<_, Option<String>>(0) else {
+            return Err(DdlFailed { statement: RESOLVE.into(), error: DdlError::NoSuchType(name.into()) });
+        };
+        self.types.insert((name.to_string(), typmod), spelled.clone());
+        Ok(spelled)
     }
 
     async fn exists(&self, regclass_or_type: &str, qualified: &str) -> Result<bool, DdlFailed> {
@@ -103,11 +169,30 @@ impl Replay<'_> {
     /// Sequences a default draws from (`serial` columns) must exist before the default.
     async fn default_sequences(&mut self, columns: &[&ColumnDef]) -> Result<(), DdlFailed> {
         for c in columns {
-            if let Some(seq) = c.default.as_deref().and_then(nextval_sequence) {
+            let Some(default) = c.default.as_deref() else { continue };
+            if let Some(seq) = checked::nextval_sequence(default).or_failed(default)? {
                 self.run(format!("CREATE SEQUENCE IF NOT EXISTS {seq}")).await?;
             }
         }
         Ok(())
+    }
+
+    /// `"id" integer GENERATED BY DEFAULT AS IDENTITY NOT NULL`, as CREATE TABLE and ADD
+    /// COLUMN take it, with the type resolved on the target and the expressions checked.
+    async fn column_definition(&mut self, c: &ColumnDef) -> Result<String, DdlFailed> {
+        let ty = self.target_type(&c.type_name, c.type_modifier).await?;
+        let collation = c.collation.as_deref().map(|coll| checked::collation(coll).or_failed(coll)).transpose()?;
+        let generated = c.generated.as_deref().map(|g| checked::expression(g).or_failed(g)).transpose()?;
+        let default = c.default.as_deref().map(|d| checked::expression(d).or_failed(d)).transpose()?;
+        Ok(column_sql(
+            &c.name,
+            &ty,
+            collation.as_deref(),
+            generated.as_deref(),
+            c.identity,
+            default.as_deref(),
+            c.not_null,
+        ))
     }
 
     async fn table(&mut self, before: Option<&TableDef>, after: Option<&TableDef>) -> Result<(), DdlFailed> {
@@ -132,15 +217,21 @@ impl Replay<'_> {
             return Box::pin(self.alter_table(a, a)).await;
         }
         self.default_sequences(&a.columns.iter().collect::<Vec<_>>()).await?;
-        let partition_by = a.partition_key.as_deref().map(|k| format!(" PARTITION BY {k}")).unwrap_or_default();
+        let partition_by = match a.partition_key.as_deref() {
+            Some(k) => format!(" PARTITION BY {}", checked::partition_key(k).or_failed(k)?),
+            None => String::new(),
+        };
         let sql = match &a.partition_of {
             Some(p) => format!(
                 "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {} {}{partition_by}",
                 qualified(&p.schema, &p.name),
-                p.bound
+                checked::partition_bound(&p.bound).or_failed(&p.bound)?
             ),
             None => {
-                let mut parts: Vec<String> = a.columns.iter().map(column_definition).collect();
+                let mut parts = Vec::with_capacity(a.columns.len() + 1);
+                for c in &a.columns {
+                    parts.push(self.column_definition(c).await?);
+                }
                 if let Some(pk) = &a.primary_key {
                     parts.push(format!(
                         "CONSTRAINT {} PRIMARY KEY ({})",
@@ -197,7 +288,8 @@ impl Replay<'_> {
         let added: Vec<&ColumnDef> = a.columns.iter().filter(|c| !has(&target, &c.name)).collect();
         self.default_sequences(&added).await?;
         for c in &added {
-            self.run(alter(format!("ADD COLUMN IF NOT EXISTS {}", column_definition(c)))).await?;
+            let definition = self.column_definition(c).await?;
+            self.run(alter(format!("ADD COLUMN IF NOT EXISTS {definition}"))).await?;
         }
 
         // What stands in the way goes first: a primary key that changes, defaults that
@@ -226,15 +318,17 @@ impl Replay<'_> {
             }
         }
         for (now, t) in &columns {
-            if t.type_sql != now.type_sql && !t.inherited {
+            let ty = self.target_type(&now.type_name, now.type_modifier).await?;
+            if t.type_sql != ty && !t.inherited {
                 let col = quote_ident(&now.name);
-                self.run(alter(format!("ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}", ty = now.type_sql))).await?;
+                self.run(alter(format!("ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}"))).await?;
             }
         }
         for (now, t) in &columns {
             let col = quote_ident(&now.name);
             if let Some(d) = now.default.as_ref().filter(|d| t.default.as_ref() != Some(*d)) {
                 self.default_sequences(&[now]).await?;
+                let d = checked::expression(d).or_failed(d)?;
                 self.run(alter(format!("ALTER COLUMN {col} SET DEFAULT {d}"))).await?;
             }
             match (t.identity, now.identity) {
@@ -308,8 +402,8 @@ impl Replay<'_> {
             self.run(format!("ALTER TABLE {} DETACH PARTITION {name}", qualified(schema, parent))).await?;
         }
         if let Some(p) = &a.partition_of {
-            self.run(format!("ALTER TABLE {} ATTACH PARTITION {name} {}", qualified(&p.schema, &p.name), p.bound))
-                .await?;
+            let bound = checked::partition_bound(&p.bound).or_failed(&p.bound)?;
+            self.run(format!("ALTER TABLE {} ATTACH PARTITION {name} {bound}", qualified(&p.schema, &p.name))).await?;
         }
         Ok(())
     }
@@ -349,24 +443,26 @@ impl Replay<'_> {
                     "CREATE TYPE {name} AS ENUM ({})",
                     a.labels.iter().map(|l| quote_literal(l)).collect::<Vec<_>>().join(", ")
                 ),
-                TypeKind::Composite => format!(
-                    "CREATE TYPE {name} AS ({})",
-                    a.attributes
-                        .iter()
-                        .map(|at| format!("{} {}", quote_ident(&at.name), at.type_sql))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                TypeKind::Composite => {
+                    let mut attributes = Vec::with_capacity(a.attributes.len());
+                    for at in &a.attributes {
+                        let ty = self.target_type(&at.type_name, at.type_modifier).await?;
+                        attributes.push(format!("{} {ty}", quote_ident(&at.name)));
+                    }
+                    format!("CREATE TYPE {name} AS ({})", attributes.join(", "))
+                }
                 _ => {
-                    let mut sql = format!("CREATE DOMAIN {name} AS {}", a.base_type.as_deref().unwrap_or("text"));
+                    let base = a.base_type_name.as_deref().unwrap_or("text");
+                    let mut sql =
+                        format!("CREATE DOMAIN {name} AS {}", self.target_type(base, a.base_type_modifier).await?);
                     if let Some(d) = &a.default {
-                        sql += &format!(" DEFAULT {d}");
+                        sql += &format!(" DEFAULT {}", checked::expression(d).or_failed(d)?);
                     }
                     if a.not_null {
                         sql += " NOT NULL";
                     }
                     for check in &a.checks {
-                        sql += &format!(" CONSTRAINT {} {}", quote_ident(&check.name), check.definition);
+                        sql += &format!(" CONSTRAINT {} {}", quote_ident(&check.name), domain_check(check)?);
                     }
                     sql
                 }
@@ -380,7 +476,10 @@ impl Replay<'_> {
                 if let Some(b) = before {
                     if b.default != a.default {
                         match &a.default {
-                            Some(d) => self.run(format!("ALTER DOMAIN {name} SET DEFAULT {d}")).await?,
+                            Some(d) => {
+                                let d = checked::expression(d).or_failed(d)?;
+                                self.run(format!("ALTER DOMAIN {name} SET DEFAULT {d}")).await?
+                            }
                             None => self.run(format!("ALTER DOMAIN {name} DROP DEFAULT")).await?,
                         }
                     }
@@ -393,10 +492,10 @@ impl Replay<'_> {
                             .await?;
                     }
                     for check in a.checks.iter().filter(|c| !b.checks.contains(c)) {
+                        let condition = domain_check(check)?;
                         self.run(format!(
-                            "ALTER DOMAIN {name} ADD CONSTRAINT {} {}",
-                            quote_ident(&check.name),
-                            check.definition
+                            "ALTER DOMAIN {name} ADD CONSTRAINT {} {condition}",
+                            quote_ident(&check.name)
                         ))
                         .await?;
                     }
@@ -443,16 +542,13 @@ impl Replay<'_> {
             have = read(self.query(attrs_sql, name).await?);
         }
         for now in &a.attributes {
+            let want = self.target_type(&now.type_name, now.type_modifier).await?;
             match have.iter().find(|(h, _)| *h == now.name) {
-                None => {
-                    self.run(format!("ALTER TYPE {name} ADD ATTRIBUTE {} {}", quote_ident(&now.name), now.type_sql))
-                        .await?
-                }
-                Some((_, ty)) if *ty != now.type_sql => {
+                None => self.run(format!("ALTER TYPE {name} ADD ATTRIBUTE {} {want}", quote_ident(&now.name))).await?,
+                Some((_, ty)) if *ty != want => {
                     self.run(format!(
-                        "ALTER TYPE {name} ALTER ATTRIBUTE {} TYPE {} CASCADE",
-                        quote_ident(&now.name),
-                        now.type_sql
+                        "ALTER TYPE {name} ALTER ATTRIBUTE {} TYPE {want} CASCADE",
+                        quote_ident(&now.name)
                     ))
                     .await?
                 }
@@ -512,25 +608,41 @@ impl Replay<'_> {
     }
 }
 
-/// `"id" integer GENERATED BY DEFAULT AS IDENTITY NOT NULL`, as CREATE TABLE and ADD COLUMN
-/// take it.
-fn column_definition(c: &ColumnDef) -> String {
-    let mut sql = format!("{} {}", quote_ident(&c.name), c.type_sql);
-    if let Some(coll) = &c.collation {
+/// A column's definition from its checked pieces: the type as the target spells it, the
+/// collation quoted, expressions parenthesised by [`checked`].
+fn column_sql(
+    name: &str,
+    ty: &str,
+    collation: Option<&str>,
+    generated_as: Option<&str>,
+    identity: Identity,
+    default: Option<&str>,
+    not_null: bool,
+) -> String {
+    let mut sql = format!("{} {ty}", quote_ident(name));
+    if let Some(coll) = collation {
         sql += &format!(" COLLATE {coll}");
     }
-    match (&c.generated, c.identity, &c.default) {
-        (Some(expr), _, _) => sql += &format!(" GENERATED ALWAYS AS ({expr}) STORED"),
+    match (generated_as, identity, default) {
+        (Some(expr), _, _) => sql += &format!(" GENERATED ALWAYS AS {expr} STORED"),
         (None, Identity::Always | Identity::ByDefault, _) => {
-            sql += &format!(" GENERATED {} AS IDENTITY", generated(c.identity))
+            sql += &format!(" GENERATED {} AS IDENTITY", generated(identity))
         }
         (None, Identity::None, Some(d)) => sql += &format!(" DEFAULT {d}"),
         (None, Identity::None, None) => {}
     }
-    if c.not_null {
+    if not_null {
         sql += " NOT NULL";
     }
     sql
+}
+
+/// A domain's CHECK from its condition alone (the definition text is for information).
+fn domain_check(check: &pgdms_proto::ddl::DomainCheck) -> Result<String, DdlFailed> {
+    let Some(condition) = check.expression.as_deref() else {
+        return Err(DdlFailed::refused(&check.definition, Refused::missing("a domain check's condition")));
+    };
+    Ok(format!("CHECK {}", checked::expression(condition).or_failed(condition)?))
 }
 
 /// The GENERATED clause of an identity column.
@@ -546,39 +658,32 @@ fn key_names(t: &TableDef, attnums: &[i16]) -> Vec<String> {
     attnums.iter().filter_map(|n| t.column(*n)).map(|c| quote_ident(&c.name)).collect()
 }
 
-/// The sequence of a `nextval('public."t_id_seq"'::regclass)` default, as SQL names it.
-fn nextval_sequence(default: &str) -> Option<String> {
-    let inner = default.strip_prefix("nextval('")?.strip_suffix("'::regclass)")?;
-    Some(inner.replace("''", "'"))
-}
-
 /// Creates a table the target lacks from its relation record: for rows that arrive before
 /// their table's DDL record (CREATE TABLE AS, SELECT INTO, in a transaction too large to
 /// reorder). The DDL record that follows completes the definition. Returns whether it
 /// created the table.
 pub async fn ensure_table(client: &Client, rel: &RelInfo) -> Result<bool, DdlFailed> {
-    let r = Replay { client, done: Replayed::default() };
+    let mut r = Replay::new(client);
     let name = qualified(&rel.schema, &rel.name);
     if r.exists("to_regclass", &name).await? {
         return Ok(false);
     }
-    let mut parts: Vec<String> = rel
-        .columns
-        .iter()
-        .map(|c| format!("{} {}{}", quote_ident(&c.name), c.type_sql, if c.not_null { " NOT NULL" } else { "" }))
-        .collect();
+    let mut parts = Vec::with_capacity(rel.columns.len() + 1);
+    for c in &rel.columns {
+        let ty = r.target_type(&c.type_name, c.type_modifier).await?;
+        parts.push(column_sql(&c.name, &ty, None, None, Identity::None, None, c.not_null));
+    }
     let pk: Vec<String> = rel.columns.iter().filter(|c| c.primary_key).map(|c| quote_ident(&c.name)).collect();
     if !pk.is_empty() {
         parts.push(format!("PRIMARY KEY ({})", pk.join(", ")));
     }
-    let sql = format!("CREATE TABLE IF NOT EXISTS {name} ({})", parts.join(", "));
-    client.batch_execute(&sql).await.map_err(|error| DdlFailed { statement: sql, error })?;
+    r.run(format!("CREATE TABLE IF NOT EXISTS {name} ({})", parts.join(", "))).await?;
     Ok(true)
 }
 
 /// Replays one DDL record on the target, inside the open transaction.
 pub async fn replay(client: &Client, ddl: &Ddl) -> Result<Replayed, DdlFailed> {
-    let mut r = Replay { client, done: Replayed::default() };
+    let mut r = Replay::new(client);
     match &ddl.object {
         DdlObject::Table { before, after } => r.table(before.as_ref(), after.as_ref()).await?,
         DdlObject::Type { before, after } => r.type_(before.as_ref(), after.as_ref()).await?,
@@ -597,33 +702,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serial_defaults_name_their_sequence() {
+    fn column_definitions() {
         assert_eq!(
-            nextval_sequence("nextval('public.\"Mixed Case_id_seq\"'::regclass)").as_deref(),
-            Some("public.\"Mixed Case_id_seq\"")
+            column_sql("Id", "integer", None, None, Identity::ByDefault, None, true),
+            "\"Id\" integer GENERATED BY DEFAULT AS IDENTITY NOT NULL"
         );
-        assert_eq!(nextval_sequence("nextval('s.o''brien_seq'::regclass)").as_deref(), Some("s.o'brien_seq"));
-        assert_eq!(nextval_sequence("now()"), None);
+        assert_eq!(
+            column_sql("g", "numeric(10,2)", None, Some("((a * 2))"), Identity::None, None, false),
+            "\"g\" numeric(10,2) GENERATED ALWAYS AS ((a * 2)) STORED"
+        );
+        assert_eq!(
+            column_sql("t", "text", Some("\"pg_catalog\".\"C\""), None, Identity::None, Some("('x'::text)"), false),
+            "\"t\" text COLLATE \"pg_catalog\".\"C\" DEFAULT ('x'::text)"
+        );
     }
 
     #[test]
-    fn column_definitions() {
-        let c = ColumnDef {
-            attnum: 1,
-            name: "Id".into(),
-            type_sql: "integer".into(),
-            not_null: true,
-            identity: Identity::ByDefault,
-            ..Default::default()
-        };
-        assert_eq!(column_definition(&c), "\"Id\" integer GENERATED BY DEFAULT AS IDENTITY NOT NULL");
-        let g = ColumnDef {
-            name: "g".into(),
-            type_sql: "numeric(10,2)".into(),
-            generated: Some("(a * 2)".into()),
-            collation: None,
-            ..Default::default()
-        };
-        assert_eq!(column_definition(&g), "\"g\" numeric(10,2) GENERATED ALWAYS AS ((a * 2)) STORED");
+    fn a_domain_check_without_its_condition_is_refused() {
+        let check =
+            pgdms_proto::ddl::DomainCheck { name: "c".into(), definition: "CHECK (true)".into(), expression: None };
+        assert!(domain_check(&check).is_err());
+        let check = pgdms_proto::ddl::DomainCheck { expression: Some("(VALUE > 0)".into()), ..check };
+        assert_eq!(domain_check(&check).unwrap(), "CHECK ((VALUE > 0))");
     }
 }

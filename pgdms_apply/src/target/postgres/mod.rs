@@ -10,12 +10,16 @@
 //! or names the change that cannot be applied.
 //!
 //! The session runs with `session_replication_role = replica`, as PostgreSQL's own apply
-//! worker does: triggers and foreign keys of the target do not fire for replicated changes.
+//! worker does: triggers and foreign keys of the target do not fire for replicated changes
+//! (those marked ENABLE ALWAYS or REPLICA do). It acts as the target role, and writes each
+//! table and replays each object's DDL as the object's owner (see [`roles`]), so that the
+//! source's owners' code never runs with more than their rights.
 
 mod copy;
 mod ddl;
 mod plan;
 mod report;
+pub mod roles;
 
 use super::{OnError, SourceSettings, Target, TargetError};
 use crate::apply::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
@@ -32,6 +36,7 @@ use plan::{
     change_statement, column_list, net_statements, split_net, unnest_safe, written_columns, NetSplit, NoIdentity,
     Planned,
 };
+use roles::{set_role, Object, RoleError, Roles};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -63,6 +68,10 @@ pub struct PostgresTarget {
     batch_savepoint: bool,
     statements: HashMap<String, Statement>,
     staging: HashSet<String>,
+    /// `--target-role`: the role to act as, if not the login role.
+    target_role: Option<String>,
+    /// Who the session acts as (set up by `start`).
+    roles: Option<Roles>,
 }
 
 fn connection_error(e: tokio_postgres::Error) -> TargetError {
@@ -87,8 +96,59 @@ fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
     }
 }
 
+/// A SQL session on the target that acts as the target role (`role`, or the login role;
+/// never a superuser), for the migration's own work: its control tables, the full load
+/// (with `replica`: `session_replication_role = replica` first, set with the login's
+/// right), sequences, validation.
+pub async fn open_session(
+    info: &ConnInfo,
+    role: Option<&str>,
+    application: &str,
+    replica: bool,
+) -> Result<(SqlConnection, Roles), TargetError> {
+    let conn = crate::stream::client::connect(info, application).await.map_err(|e| match e {
+        crate::stream::client::ConnectError::Tls(t) => TargetError::Other(t),
+        other => TargetError::Connection(other.to_string()),
+    })?;
+    if replica {
+        conn.client.batch_execute("SET session_replication_role = replica").await.map_err(|e| match classify(e) {
+            Ok(m) => TargetError::Other(format!(
+                "{m}: the target login must be allowed to set session_replication_role \
+                 (on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <role>)"
+            )),
+            Err(c) => c,
+        })?;
+    }
+    let roles = Roles::assume(&conn.client, role).await.map_err(role_error)?;
+    Ok((conn, roles))
+}
+
+/// Why a DDL replay failed, or the connection error that ended it.
+fn ddl_error(e: ddl::DdlError) -> Result<String, TargetError> {
+    match e {
+        ddl::DdlError::Target(e) => classify(e),
+        other => Ok(other.to_string()),
+    }
+}
+
+/// A session's role could not be taken on: a superuser target role is refused outright.
+pub fn role_error(e: RoleError) -> TargetError {
+    match e {
+        RoleError::Superuser(_) => TargetError::Other(e.to_string()),
+        RoleError::Sql(e) => match classify(e) {
+            Ok(m) => TargetError::Other(format!("could not take on the target role: {m}")),
+            Err(c) => c,
+        },
+    }
+}
+
 impl PostgresTarget {
-    pub async fn connect(info: &ConnInfo, on_error: OnError, synchronous_commit: &str) -> Result<Self, TargetError> {
+    pub async fn connect(
+        info: &ConnInfo,
+        on_error: OnError,
+        synchronous_commit: &str,
+        target_role: Option<&str>,
+    ) -> Result<Self, TargetError> {
         let conn = crate::stream::client::connect(info, "pgdms-apply").await.map_err(|e| match e {
             crate::stream::client::ConnectError::Tls(t) => TargetError::Other(t),
             other => TargetError::Connection(other.to_string()),
@@ -102,7 +162,63 @@ impl PostgresTarget {
             batch_savepoint: false,
             statements: HashMap::new(),
             staging: HashSet::new(),
+            target_role: target_role.map(str::to_string),
+            roles: None,
         })
+    }
+
+    fn roles(&mut self) -> Result<&mut Roles, TargetError> {
+        self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))
+    }
+
+    /// The role to write `rel` as (None: the target role), looked up once per table.
+    async fn table_role(&mut self, qualified: &str) -> Result<Option<String>, TargetError> {
+        let client = &self.conn.client;
+        let roles =
+            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+        roles.owner(client, Object::Table, qualified).await.map_err(connection_error)
+    }
+
+    /// The role a DDL record is replayed as: the owner of the object it changes (of the
+    /// partitioned table, for a partition it creates), when the target role may become it.
+    async fn ddl_role(&mut self, record: &Ddl) -> Result<Option<String>, TargetError> {
+        let q = |schema: &str, name: &str| format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let objects: Vec<(Object, String)> = match &record.object {
+            DdlObject::Table { before, after } => {
+                let mut v: Vec<(Object, String)> =
+                    [before, after].into_iter().flatten().map(|d| (Object::Table, q(&d.schema, &d.name))).collect();
+                if let Some(p) = after.as_ref().and_then(|a| a.partition_of.as_ref()) {
+                    v.push((Object::Table, q(&p.schema, &p.name)));
+                }
+                v
+            }
+            DdlObject::Type { before, after } => {
+                [before, after].into_iter().flatten().map(|d| (Object::Type, q(&d.schema, &d.name))).collect()
+            }
+            DdlObject::Schema { before, after } => {
+                [before, after].into_iter().flatten().map(|d| (Object::Schema, quote_ident(&d.name))).collect()
+            }
+            DdlObject::Rewrite { .. } | DdlObject::CaptureFailed { .. } => Vec::new(),
+        };
+        let client = &self.conn.client;
+        let roles =
+            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+        for (kind, name) in objects {
+            if let Some(role) = roles.lookup(client, kind, &name).await.map_err(connection_error)? {
+                return Ok(role);
+            }
+        }
+        Ok(None)
+    }
+
+    /// `steps` run as `role` (when it is not the target role), and back.
+    fn as_role(&self, role: Option<&str>, steps: Vec<Planned>) -> Vec<Planned> {
+        let (Some(role), Some(roles)) = (role, self.roles.as_ref()) else { return steps };
+        let mut wrapped = Vec::with_capacity(steps.len() + 2);
+        wrapped.push(Planned::utility(&set_role(role)));
+        wrapped.extend(steps);
+        wrapped.push(Planned::utility(&roles.back()));
+        wrapped
     }
 
     async fn open_group(&mut self) -> Result<(), TargetError> {
@@ -300,7 +416,13 @@ impl PostgresTarget {
             }
             let outcome = match change_statement(c) {
                 Ok(None) => Ok(()),
-                Ok(Some(stmt)) => self.pipeline(&[stmt]).await.map_err(|(_, why)| why),
+                Ok(Some(stmt)) => {
+                    // As the table's owner, and back: a failure rolls back to where the
+                    // session was the target role.
+                    let role = self.roles()?.known_table_owner(&table).map(str::to_string);
+                    let steps = self.as_role(role.as_deref(), vec![stmt]);
+                    self.pipeline(&steps).await.map_err(|(_, why)| why)
+                }
                 Err(NoIdentity) if !log => return Err(TargetError::NoIdentity { table, operation, lsn }),
                 Err(NoIdentity) => {
                     Err("the source logs no key for this table's rows: set REPLICA IDENTITY FULL or add a primary key"
@@ -378,23 +500,34 @@ impl PostgresTarget {
     }
 
     /// The statements of a batch's set-wise form, except tables that go through COPY.
+    /// The role a table of the batch is written as (looked up by `apply` before).
+    fn known_role(&self, rel: &RelInfo) -> Option<String> {
+        self.roles.as_ref().and_then(|r| r.known_table_owner(&rel.qualified())).map(str::to_string)
+    }
+
     fn plan_batch<'b>(&self, batch: &'b Batch) -> Result<(Vec<Planned>, CopiedTables<'b>), NoIdentity> {
         let mut steps = Vec::new();
         let mut copied = Vec::new();
         for t in &batch.tables {
-            match &t.mode {
+            let table_steps = match &t.mode {
                 TableMode::Net(net)
                     if unnest_safe(&t.rel) && net.ops().count() + net.appended().len() <= UNNEST_MAX_ROWS =>
                 {
-                    steps.extend(net_statements(t, net))
+                    net_statements(t, net)
                 }
-                TableMode::Net(net) => copied.push((t, net)),
+                TableMode::Net(net) => {
+                    copied.push((t, net));
+                    continue;
+                }
                 TableMode::Sequential => {
+                    let mut v = Vec::new();
                     for c in batch.raw_of(t.rel.oid) {
-                        steps.extend(change_statement(c)?);
+                        v.extend(change_statement(c)?);
                     }
+                    v
                 }
-            }
+            };
+            steps.extend(self.as_role(self.known_role(&t.rel).as_deref(), table_steps));
         }
         Ok((steps, copied))
     }
@@ -405,7 +538,14 @@ impl PostgresTarget {
             return Err("a change without a key".into());
         };
         for (t, net) in &copied {
+            let role = self.known_role(&t.rel);
+            if let Some(role) = &role {
+                self.conn.client.batch_execute(&set_role(role)).await.map_err(|e| error_text(&e))?;
+            }
             self.apply_net_copy(t, net).await?;
+            if let (Some(_), Some(roles)) = (&role, &self.roles) {
+                self.conn.client.batch_execute(&roles.back()).await.map_err(|e| error_text(&e))?;
+            }
         }
         self.pipeline(&steps).await.map_err(|(_, why)| why)
     }
@@ -414,15 +554,31 @@ impl PostgresTarget {
 impl Target for PostgresTarget {
     async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         self.slot = slot.to_string();
-        let setup = format!(
-            "SET session_replication_role = replica;
+        // What the statements' texts depend on, then the one right beyond the owners' the
+        // apply needs, then the role everything else runs as.
+        let settings = format!(
+            "SET standard_conforming_strings = on;
              SET client_min_messages = warning;
              SET TimeZone = 'UTC';
              SET extra_float_digits = 3;
              SET bytea_output = hex;
              SET lc_monetary = 'C';
              SET synchronous_commit = {};
-             CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
+             SET session_replication_role = replica;",
+            quote_literal(&self.synchronous_commit)
+        );
+        self.conn.client.batch_execute(&settings).await.map_err(|e| match classify(e) {
+            Ok(m) if m.contains("session_replication_role") => TargetError::Other(format!(
+                "{m}: pgdms-apply needs a target login that may set session_replication_role \
+                 (on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <role>; before 15, a superuser \
+                 login with --target-role)"
+            )),
+            Ok(m) => TargetError::Other(m),
+            Err(c) => c,
+        })?;
+        self.roles = Some(Roles::assume(&self.conn.client, self.target_role.as_deref()).await.map_err(role_error)?);
+        let setup = format!(
+            "CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
              CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_reload_needed (
                  id bigserial PRIMARY KEY,
                  slot_name text NOT NULL,
@@ -445,15 +601,10 @@ impl Target for PostgresTarget {
                  lsn pg_lsn NOT NULL,
                  xid bigint,
                  error text NOT NULL,
-                 change jsonb);",
-            quote_literal(&self.synchronous_commit)
+                 change jsonb);"
         );
         self.conn.client.batch_execute(&setup).await.map_err(|e| match classify(e) {
-            Ok(m) if m.contains("session_replication_role") => TargetError::Other(format!(
-                "{m}: pgdms-apply needs a target role that may set session_replication_role \
-                 (a superuser, or on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <role>)"
-            )),
-            Ok(m) => TargetError::Other(m),
+            Ok(m) => TargetError::Other(format!("could not create pgdms's tables on the target: {m}")),
             Err(c) => c,
         })?;
         let rows = self
@@ -482,6 +633,10 @@ impl Target for PostgresTarget {
     async fn apply(&mut self, batch: &Batch) -> Result<(), TargetError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        // Who writes each table (looked up once per table and session).
+        for t in &batch.tables {
+            self.table_role(&t.rel.qualified()).await?;
         }
         // Staging tables of the tables going through COPY exist before the savepoint.
         for t in &batch.tables {
@@ -521,8 +676,11 @@ impl Target for PostgresTarget {
             self.run("RELEASE SAVEPOINT pgdms_batch").await?;
             self.batch_savepoint = false;
         }
-        // Prepared statements name columns and types that may be gone now.
+        // Prepared statements name columns and types that may be gone now, and objects may
+        // have come, gone or been renamed.
         self.statements.clear();
+        let acting = self.ddl_role(record).await?;
+        self.roles()?.forget();
         let what = || format!("{} {}", record.command_tag, record.object_identity);
         let failure = match &record.object {
             DdlObject::CaptureFailed { error } => Some(format!(
@@ -538,11 +696,19 @@ impl Target for PostgresTarget {
                 let previous = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
                 let previous: String = previous.map_err(|e| TargetError::Connection(e.to_string()))?.get(0);
                 self.run("SELECT set_config('search_path', 'pg_catalog, pg_temp', false)").await?;
+                // As the object's owner; rolling back to the savepoint restores the role too.
+                if let Some(role) = &acting {
+                    self.run(&set_role(role)).await?;
+                }
                 match ddl::replay(&self.conn.client, record).await {
                     Ok(done) => {
                         let restore =
                             self.conn.client.execute("SELECT set_config('search_path', $1, false)", &[&previous]).await;
                         restore.map_err(|e| TargetError::Connection(e.to_string()))?;
+                        if acting.is_some() {
+                            let back = self.roles()?.back();
+                            self.run(&back).await?;
+                        }
                         self.run("RELEASE SAVEPOINT pgdms_ddl").await?;
                         for statement in &done.statements {
                             tracing::info!(%lsn, ddl = %what(), %statement, "DDL replayed");
@@ -562,9 +728,10 @@ impl Target for PostgresTarget {
                         None
                     }
                     Err(failed) => {
-                        let why = classify(failed.error)?;
+                        let why = ddl_error(failed.error)?;
                         self.run("ROLLBACK TO SAVEPOINT pgdms_ddl").await?;
-                        Some(format!("{why}; statement: {}", failed.statement))
+                        let who = acting.as_deref().unwrap_or(self.roles()?.target()).to_string();
+                        Some(format!("{why}; statement (as role {}): {}", quote_ident(&who), failed.statement))
                     }
                 }
             }
@@ -606,25 +773,35 @@ impl Target for PostgresTarget {
                 operation: "ddl",
                 lsn,
                 key: "CREATE TABLE".into(),
-                error: format!("{}; statement: {}", classify(failed.error)?, failed.statement),
+                error: format!("{}; statement: {}", ddl_error(failed.error)?, failed.statement),
             }),
         }
     }
 
     async fn truncate(&mut self, rels: &[Arc<RelInfo>], restart_identity: bool, lsn: Lsn) -> Result<(), TargetError> {
         self.open_group().await?;
-        let list: Vec<String> = rels.iter().map(|r| r.qualified()).collect();
+        // One statement (tables referencing each other go together), as their owner when
+        // they have one owner, else as the target role.
+        let mut owners = HashSet::new();
+        for r in rels {
+            owners.insert(self.table_role(&r.qualified()).await?);
+        }
+        let role = if owners.len() == 1 { owners.into_iter().next().flatten() } else { None };
+        let list: Vec<String> = rels.iter().map(|r| format!("ONLY {}", r.qualified())).collect();
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
-        let list: Vec<String> = list.iter().map(|t| format!("ONLY {t}")).collect();
-        let sql = format!("TRUNCATE {}{restart}", list.join(", "));
-        match self.conn.client.batch_execute(&sql).await {
+        let steps =
+            self.as_role(role.as_deref(), vec![Planned::utility(&format!("TRUNCATE {}{restart}", list.join(", ")))]);
+        match self.pipeline(&steps).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(TargetError::Change {
+            Err(_) if self.conn.client.is_closed() => {
+                Err(TargetError::Connection("the target closed the connection".into()))
+            }
+            Err((_, why)) => Err(TargetError::Change {
                 table: list.join(", "),
                 operation: "truncate",
                 lsn,
                 key: "(all rows)".into(),
-                error: classify(e)?,
+                error: why,
             }),
         }
     }
