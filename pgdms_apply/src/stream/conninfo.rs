@@ -31,7 +31,8 @@ pub enum SslMode {
     VerifyFull,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where and how to connect. Its `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
     pub host: Host,
     pub port: u16,
@@ -44,6 +45,29 @@ pub struct ConnInfo {
     /// Command-line options for the server (`-c name=value ...`).
     pub options: Option<String>,
     pub connect_timeout: Option<u64>,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("application_name", &self.application_name)
+            .field("options", &self.options)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 /// The keys we accept, each with its environment variable.
@@ -230,7 +254,9 @@ fn parse_keywords(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::Syntax(format!("missing \"=\" after \"{key}\"")));
+            // A word that is not a key may be a password typed on its own: not shown.
+            let word = if KEYS.iter().any(|(k, _)| *k == key) { format!("\"{key}\"") } else { "a word".into() };
+            return Err(ConnInfoError::Syntax(format!("missing \"=\" after {word}: write key=value pairs")));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -314,9 +340,9 @@ fn parse_uri(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
     };
     let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
         // [v6addr]:port
-        let (h, after) = stripped
-            .split_once(']')
-            .ok_or_else(|| ConnInfoError::Syntax(format!("unterminated IPv6 address in \"{s}\"")))?;
+        let (h, after) = stripped.split_once(']').ok_or_else(|| {
+            ConnInfoError::Syntax("unterminated IPv6 address (a \"[\" without \"]\") in the URI".into())
+        })?;
         (h.to_string(), after.strip_prefix(':').map(str::to_string))
     } else {
         match hostport.rsplit_once(':') {
@@ -334,8 +360,9 @@ fn parse_uri(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
         out.insert("dbname".into(), percent_decode(db)?);
     }
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) =
-            pair.split_once('=').ok_or_else(|| ConnInfoError::Syntax(format!("missing \"=\" in \"{pair}\"")))?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| ConnInfoError::Syntax("a URI parameter without \"=\": write ?key=value&key=value".into()))?;
         let k = percent_decode(k)?;
         check_key(&k)?;
         out.insert(k, percent_decode(v)?);
@@ -394,6 +421,18 @@ mod tests {
         assert_eq!(c.port, 1);
         assert_eq!(c.user, "envuser");
         assert_eq!(c.dbname, "envuser");
+    }
+
+    #[test]
+    fn passwords_are_never_shown() {
+        let c = ConnInfo::parse_with_env("postgresql://bob:s3cret@db/app", no_env).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        assert!(!format!("{c}").contains("s3cret"), "{c}");
+        assert!(!format!("{c:#?}").contains("s3cret"));
+        for bad in ["postgresql://bob:s3cret@[::1/app", "host=db s3cret", "postgresql://bob:s3cret@db/app?s3cret"] {
+            let e = ConnInfo::parse_with_env(bad, no_env).unwrap_err();
+            assert!(!e.to_string().contains("s3cret"), "{bad}: {e}");
+        }
     }
 
     #[test]
