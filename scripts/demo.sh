@@ -50,8 +50,12 @@ insert into events (at, kind) select date '2025-01-01' + i % 700, 'signup' from 
 SQL
 echo "demo: SELECT name, status, finding FROM pgdms.preflight()" >&2
 psql_ -c "select name, status, finding from pgdms.preflight()" >&2
-psql_ -q -c "create database demo_target"
-TARGET="host=$DIR port=$PORT user=postgres dbname=demo_target"
+# The target is written as a role without superuser (pgdms-apply refuses a superuser: the
+# source's owners' defaults, checks and triggers run while it writes).
+psql_ -q -c "create role demo_target login" \
+      -c "grant set on parameter session_replication_role to demo_target" \
+      -c "create database demo_target owner demo_target"
+TARGET="host=$DIR port=$PORT user=demo_target dbname=demo_target"
 psql_ -At -c "select 'demo: a second slot, for printing the records, at ' || lsn from pg_create_logical_replication_slot('pgdms_demo', 'pgdms')" >&2
 
 echo "demo: pgdms-apply migrate: schema, full load, then CDC (running in the background)" >&2

@@ -30,6 +30,10 @@ PSQL=("$PG_BIN/psql" -X -q -At -h "$WORK" -p "$PORT" -U postgres -v ON_ERROR_STO
 sql() { local db=$1; shift; "${PSQL[@]}" -d "$db" -c "$*"; }
 now() { date +%s.%N; }
 conn() { echo "host=$WORK port=$PORT user=postgres dbname=$1"; }
+# pgdms-apply writes its target as a role without superuser, which owns the target's tables.
+TARGET_ROLE=bench_target
+target_conn() { echo "host=$WORK port=$PORT user=$TARGET_ROLE dbname=$1"; }
+sql postgres "create role $TARGET_ROLE login; grant set on parameter session_replication_role to $TARGET_ROLE" >/dev/null
 
 prepare() { # round: fresh source + 2 targets + pgdms slot + disabled subscription, then the backlog
     local r=$1
@@ -46,7 +50,11 @@ prepare() { # round: fresh source + 2 targets + pgdms slot + disabled subscripti
     sql postgres "create database src" >/dev/null
     "$PG_BIN/pgbench" -q -i -s 10 -h "$WORK" -p "$PORT" -U postgres src >/dev/null 2>&1
     sql src "create table bench_marker (round int primary key)" >/dev/null
-    sql postgres "create database tgt_pgdms template src" >/dev/null
+    sql postgres "create database tgt_pgdms template src owner $TARGET_ROLE" >/dev/null
+    sql tgt_pgdms "do \$\$ declare t text; begin
+        for t in select tablename from pg_tables where schemaname = 'public' loop
+            execute format('alter table %I owner to $TARGET_ROLE', t);
+        end loop; end \$\$" >/dev/null
     sql postgres "create database tgt_native template src" >/dev/null
     sql src "create publication bench_pub for all tables" >/dev/null
     sql src "select pg_create_logical_replication_slot('bench_pgdms', 'pgdms')" >/dev/null
@@ -62,7 +70,7 @@ prepare() { # round: fresh source + 2 targets + pgdms slot + disabled subscripti
 run_pgdms() {
     local t0 t1
     t0=$(now)
-    PGDMS_LOG=warn "$APPLY" cdc --source "$(conn src)" --target "$(conn tgt_pgdms)" --slot bench_pgdms \
+    PGDMS_LOG=warn "$APPLY" cdc --source "$(conn src)" --target "$(target_conn tgt_pgdms)" --slot bench_pgdms \
         --synchronous-commit off --until "$END"
     t1=$(now)
     [ "$(sql tgt_pgdms "select count(*) from bench_marker")" = 1 ] || { echo "pgdms-apply missed the marker" >&2; exit 1; }
@@ -106,12 +114,14 @@ printf '  speed-up: %.2fx\n' "$(echo "$MN / $MP" | bc -l)"
 
 # Lag under a steady load: source commit time to target commit time, per group.
 echo "lag: ${LAG_TPS} tps for ${LAG_SECONDS}s..." >&2
-sql tgt_pgdms "create table if not exists lag_samples (source_commit timestamptz, target_commit timestamptz)" >/dev/null
+# The trigger fires as the target role, which writes apply_progress: its table is the role's.
+sql tgt_pgdms "create table if not exists lag_samples (source_commit timestamptz, target_commit timestamptz);
+    alter table lag_samples owner to $TARGET_ROLE" >/dev/null
 sql tgt_pgdms "create or replace function lag_sample() returns trigger language plpgsql as \$\$
     begin insert into lag_samples select commit_time, clock_timestamp() from pgdms.apply_progress; return null; end \$\$;
     create trigger lag_sample after insert or update on pgdms.apply_progress for each row execute function lag_sample();
     alter table pgdms.apply_progress enable always trigger lag_sample;" >/dev/null
-PGDMS_LOG=warn "$APPLY" cdc --source "$(conn src)" --target "$(conn tgt_pgdms)" --slot bench_pgdms --synchronous-commit off &
+PGDMS_LOG=warn "$APPLY" cdc --source "$(conn src)" --target "$(target_conn tgt_pgdms)" --slot bench_pgdms --synchronous-commit off &
 APPLY_PID=$!
 sleep 1
 "$PG_BIN/pgbench" -n -c 4 -j 2 -R "$LAG_TPS" -T "$LAG_SECONDS" -h "$WORK" -p "$PORT" -U postgres src >/dev/null 2>&1

@@ -40,6 +40,9 @@ sql() { local db=$1; shift; PGOPTIONS="-c client_min_messages=warning" "${PSQL[@
 conn() { echo "host=$WORK port=$PORT user=postgres dbname=$1"; }
 uri() { echo "postgresql://postgres@:$PORT/$1?host=$WORK"; }
 now() { date +%s.%N; }
+# pgdms-apply writes its target as a role without superuser: the owner of the target database.
+TARGET_ROLE=bench_target
+sql postgres "create role $TARGET_ROLE login; grant set on parameter session_replication_role to $TARGET_ROLE"
 
 echo "pgbench -i -s $SCALE (source)..." >&2
 sql postgres "create database src"
@@ -59,13 +62,14 @@ fresh_target() {
     sql postgres "select pg_drop_replication_slot(slot_name) from pg_replication_slots where not active" >/dev/null
     sql src "drop publication if exists bench_pub"
     sql postgres "drop database if exists tgt with (force)"
-    sql postgres "create database tgt"
+    sql postgres "create database tgt owner $TARGET_ROLE"
     sql postgres "checkpoint"
     rm -rf "$WORK/dump" "$WORK/pgcopydb"
 }
 
 run_pgdms() {
-    "$APPLY" --log warn migrate --mode full-load --jobs 2 --source "$(conn src)" --target "$(conn tgt)" \
+    "$APPLY" --log warn migrate --mode full-load --jobs 2 --source "$(conn src)" \
+        --target "host=$WORK port=$PORT user=$TARGET_ROLE dbname=tgt" \
         --slot bench_load >/dev/null
 }
 

@@ -70,7 +70,7 @@ fn mixed_workload(source: &Cluster) {
 
 #[test]
 fn a_mixed_workload_of_every_type_ends_with_target_equal_to_source() {
-    let (source, target, one_by_one) = (Cluster::start(), Cluster::start(), Cluster::start());
+    let (source, target, one_by_one) = (Cluster::start(), Cluster::start_target(), Cluster::start_target());
     mixed_schema(&source);
     source.copy_schema_to(&target);
     source.copy_schema_to(&one_by_one);
@@ -118,7 +118,7 @@ fn kill_schema(source: &Cluster) {
 
 #[test]
 fn kill_9_at_any_point_loses_and_repeats_nothing() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     kill_schema(&source);
     source.copy_schema_to(&target);
     target.execute("insert into t select i, 0, 'p' from generate_series(0, 2000) i");
@@ -154,7 +154,7 @@ fn spawn_cdc(source: &Cluster, target: &Cluster, slot: &str) -> Child {
 
 #[test]
 fn a_terminated_walsender_and_restarted_servers_are_survived_and_sigterm_stops_cleanly() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     kill_schema(&source);
     source.copy_schema_to(&target);
     target.execute("insert into t select i, 0, 'p' from generate_series(0, 2000) i");
@@ -189,7 +189,7 @@ fn a_terminated_walsender_and_restarted_servers_are_survived_and_sigterm_stops_c
 
 #[test]
 fn a_change_the_target_rejects_stops_with_its_table_lsn_and_key_or_goes_to_the_exceptions_table() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table t (id int primary key, v text); create table nokey (v int)");
     source.copy_schema_to(&target);
     target.execute("insert into t values (5, 'already here')");
@@ -280,7 +280,7 @@ fn tls_verify_full_and_a_scram_replication_role_that_is_not_a_superuser() {
             "hostssl all repl 127.0.0.1/32 scram-sha-256",
         ])
         .start();
-    let target = Cluster::start();
+    let target = Cluster::start_target();
     source.execute("create role repl login replication password 'secret'; create table t (id int primary key, v text)");
     source.copy_schema_to(&target);
     source.create_slot("tls");
@@ -299,7 +299,17 @@ fn tls_verify_full_and_a_scram_replication_role_that_is_not_a_superuser() {
     let run = |src: &str, password: Option<&str>| {
         let until = source.current_lsn();
         let mut c = pgdms_tests::pgdms_apply();
-        c.args(["cdc", "--source", src, "--target", &target.conninfo("postgres"), "--slot", "tls", "--until", &until]);
+        c.args([
+            "cdc",
+            "--source",
+            src,
+            "--target",
+            &target.target_conninfo("postgres"),
+            "--slot",
+            "tls",
+            "--until",
+            &until,
+        ]);
         if let Some(p) = password {
             c.env("PGPASSWORD", p);
         }
@@ -360,7 +370,7 @@ fn password_and_md5_authentication() {
 
 #[test]
 fn a_5m_row_transaction_applies_in_bounded_memory() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table big (id int primary key, v text)");
     source.copy_schema_to(&target);
     source.create_slot("big");
@@ -398,7 +408,7 @@ fn a_5m_row_transaction_applies_in_bounded_memory() {
 fn an_invalidated_slot_is_a_fatal_error_that_says_what_to_do() {
     let source =
         Cluster::builder().setting("max_slot_wal_keep_size", "'1MB'").setting("max_wal_size", "'32MB'").start();
-    let target = Cluster::start();
+    let target = Cluster::start_target();
     source.execute("create table t (id int, pad text)");
     source.copy_schema_to(&target);
     source.create_slot("lost");
@@ -444,7 +454,7 @@ fn slot_commands_create_list_and_drop() {
 
 #[test]
 fn a_row_missing_on_the_target_is_named_and_the_group_undone() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table t (id int primary key, v text); insert into t values (1, 'old'), (2, 'old')");
     source.copy_schema_to(&target);
     target.execute("insert into t values (2, 'old')"); // row 1 is missing on the target
@@ -467,9 +477,9 @@ fn a_row_missing_on_the_target_is_named_and_the_group_undone() {
 
 #[test]
 fn with_on_error_log_a_table_missing_on_the_target_loses_no_other_change() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table a (id int primary key); create table b (id int primary key)");
-    target.execute("create table a (id int primary key)");
+    target.execute_as_target("create table a (id int primary key)");
     source.create_slot("l");
     source.execute("begin; insert into a values (1); insert into b values (1); insert into a values (2); commit");
     let until = source.current_lsn();

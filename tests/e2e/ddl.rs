@@ -181,7 +181,7 @@ fn run_steps(source: &Cluster, s: &str, in_function: bool) {
 
 #[test]
 fn every_ddl_form_replays_in_order_with_the_data_plain_and_inside_functions() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute(
         "create extension citext; create table base (id int primary key, v text); insert into base values (1, 'a')",
     );
@@ -225,7 +225,7 @@ fn every_ddl_form_replays_in_order_with_the_data_plain_and_inside_functions() {
 
 #[test]
 fn a_rewrite_the_stream_cannot_carry_flags_the_table_for_reload() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table r (id int primary key); insert into r select generate_series(1, 100)");
     source.copy_schema_to(&target);
     target.execute("insert into r select generate_series(1, 100)");
@@ -259,11 +259,11 @@ fn a_rewrite_the_stream_cannot_carry_flags_the_table_for_reload() {
 
 #[test]
 fn a_ddl_the_target_refuses_stops_the_apply_or_is_logged() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table t (id int primary key, v text)");
     source.copy_schema_to(&target);
     // The target has something the source's DDL collides with.
-    target.execute("create view t_v as select v from t");
+    target.execute_as_target("create view t_v as select v from t");
     source.execute("create extension pgdms");
     source.create_slot("refuse");
     source.execute("alter table t alter column v type int using length(v); insert into t values (1, 5)");
@@ -285,15 +285,16 @@ fn a_ddl_the_target_refuses_stops_the_apply_or_is_logged() {
 
 #[test]
 fn a_failed_capture_lets_the_ddl_through_and_stops_the_apply() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table t (id int primary key)");
     source.copy_schema_to(&target);
     source.execute("create extension pgdms");
     source.create_slot("broken");
-    // Break the audit table: capture fails, and so does recording the failure there.
-    source.execute("alter table pgdms_ddl_audit add constraint broken check (c_key < 0) not valid");
+    // Break the audit table: capture fails, and is recorded as failed.
+    source.execute("alter table pgdms.ddl_audit add constraint broken check (c_key < 0) not valid");
     source.execute("alter table t add column v text; insert into t values (1, 'kept')");
     assert_eq!(source.value("select v from t"), "kept", "the user's DDL must go through");
+    assert_eq!(source.value("select c_tag from pgdms.capture_failures"), "ALTER TABLE");
 
     let until = source.current_lsn();
     let out = cdc(&source, &target, "broken", &["--until", &until]).output().unwrap();
@@ -301,6 +302,14 @@ fn a_failed_capture_lets_the_ddl_through_and_stops_the_apply() {
     assert!(!out.status.success(), "the apply must not go on as if nothing happened");
     assert!(stderr.contains("could not capture a DDL command") && stderr.contains("ALTER TABLE"), "{stderr}");
     assert_eq!(target.value("select count(*) from t"), "0");
+
+    // With the failure not recordable either, the command is refused: going on would leave
+    // the migration behind without a word.
+    source.execute("alter table pgdms.capture_failures add constraint broken check (c_key < 0) not valid");
+    let err = source.connect("postgres").batch_execute("alter table t add column w text").unwrap_err();
+    let err = format!("{err:?}");
+    assert!(err.contains("nor record that it could not") && err.contains("The command was not run"), "{err}");
+    assert_eq!(source.value("select count(*) from pg_attribute where attrelid = 't'::regclass and attname = 'w'"), "0");
 }
 
 #[test]

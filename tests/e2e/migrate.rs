@@ -15,7 +15,7 @@ fn migrate(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Co
         "--source",
         &source.conninfo("postgres"),
         "--target",
-        &target.conninfo("postgres"),
+        &target.target_conninfo("postgres"),
         "--slot",
         slot,
     ]);
@@ -25,7 +25,7 @@ fn migrate(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Co
 
 fn cutover(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> std::process::Output {
     pgdms_apply()
-        .args(["cutover", "--source", &source.conninfo("postgres"), "--target", &target.conninfo("postgres")])
+        .args(["cutover", "--source", &source.conninfo("postgres"), "--target", &target.target_conninfo("postgres")])
         .args(["--slot", slot, "--drop-slot"])
         .args(extra)
         .output()
@@ -95,7 +95,7 @@ fn start_workload(source: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinH
 
 #[test]
 fn a_live_database_migrates_with_no_gap_and_no_duplicate() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     setup_matrix(&source);
     for row in ROWS {
         source.execute(&format!("insert into matrix values ({row})"));
@@ -176,7 +176,7 @@ fn a_live_database_migrates_with_no_gap_and_no_duplicate() {
     // validate on its own, after a change made only on the target, names the row.
     target.execute("update \"Mixed Case\" set \"Value\" = 'tampered' where \"Id\" = 999999");
     let out = pgdms_apply()
-        .args(["validate", "--source", &source.conninfo("postgres"), "--target", &target.conninfo("postgres")])
+        .args(["validate", "--source", &source.conninfo("postgres"), "--target", &target.target_conninfo("postgres")])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
@@ -189,7 +189,7 @@ fn a_live_database_migrates_with_no_gap_and_no_duplicate() {
 
 #[test]
 fn a_full_load_killed_midway_resumes_with_only_the_unfinished_tables() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create extension pgdms");
     for i in 0..6 {
         source.execute(&format!(
@@ -238,7 +238,7 @@ fn a_full_load_killed_midway_resumes_with_only_the_unfinished_tables() {
 
 #[test]
 fn cdc_starts_where_asked_and_refuses_what_decoding_cannot_give() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table t (id int primary key)");
     source.copy_schema_to(&target);
     source.create_slot("s");
@@ -263,7 +263,7 @@ fn cdc_starts_where_asked_and_refuses_what_decoding_cannot_give() {
 
 #[test]
 fn table_mappings_select_rename_and_remove_in_full_load_and_cdc() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute(
         "create extension pgdms;
          create table \"Orders\" (id int primary key, qty int, ssn text, note text);

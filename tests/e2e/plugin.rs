@@ -87,7 +87,7 @@ fn pg_recvlogical_decodes_with_the_plugin() {
     let endpos = db.current_lsn();
     let file = tempfile::NamedTempFile::new().unwrap();
     let path = file.path().to_str().unwrap();
-    run(&["--start", "--no-loop", "-o", "proto_version=1", "-o", "origin=any", "--endpos", &endpos, "-f", path]);
+    run(&["--start", "--no-loop", "-o", "proto_version=2", "-o", "origin=any", "--endpos", &endpos, "-f", path]);
 
     // pg_recvlogical writes each message followed by a newline. A message holds a
     // transaction's records, which delimit themselves and end with its Commit.
@@ -513,7 +513,7 @@ fn sessions_that_end_or_fail_in_one_backend_leave_the_server_healthy() {
         }
         kinds
     };
-    let changes = "select data from pg_logical_slot_get_binary_changes('s', null, null, 'proto_version', '1')";
+    let changes = "select data from pg_logical_slot_get_binary_changes('s', null, null, 'proto_version', '2')";
     for round in 0..20 {
         client
             .batch_execute(&format!("insert into t values ({round}, 'v'); alter table t add column c{round} int"))

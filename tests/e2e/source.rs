@@ -60,6 +60,7 @@ const CHECKS: &[&str] = &[
     "prepared transactions",
     "database encoding",
     "DDL capture",
+    "capture schemas",
 ];
 
 #[test]
@@ -101,7 +102,8 @@ fn preflight_finds_every_problem_and_says_how_to_fix_it() {
          select lo_create(0);
          create materialized view mv as select 1 as one;
          create sequence sq;
-         alter event trigger pgdms_intercept_ddl disable;",
+         alter event trigger pgdms_intercept_ddl disable;
+         grant create on schema public to weak;",
     )
     .unwrap();
     db.batch_execute("begin; create table prepared_one (id int); prepare transaction 'px'").unwrap();
@@ -136,8 +138,10 @@ fn preflight_finds_every_problem_and_says_how_to_fix_it() {
             ("prepared transactions", "warn"),
             ("database encoding", "fail"),
             ("DDL capture", "fail"),
+            ("capture schemas", "fail"),
         ],
     );
+    assert!(got["capture schemas"].1.contains("open to CREATE by weak"), "{:?}", got["capture schemas"]);
     assert!(got["tables without a key"].1.contains("public.nokey"), "{:?}", got["tables without a key"]);
     assert!(
         got["names differing only by case"].1.contains("public.\"Case\""),
@@ -167,7 +171,7 @@ fn source_conninfo_as(source: &Cluster, user: &str) -> String {
 
 #[test]
 fn a_role_with_only_replication_and_select_runs_the_migration() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute(
         "create table acct (id int primary key, v text); insert into acct values (1, 'a');
          create role mig login; create role app login; create schema appschema authorization app;",
@@ -213,7 +217,7 @@ fn a_role_with_only_replication_and_select_runs_the_migration() {
         "--source",
         &source_conninfo_as(&source, "mig"),
         "--target",
-        &target.conninfo("postgres"),
+        &target.target_conninfo("postgres"),
         "--slot",
         "least",
         "--until",
@@ -273,9 +277,10 @@ fn drop_extension_removes_everything_it_created_and_names_its_slots() {
     let installed = catalog(&source, "plain");
     for expected in [
         "relation pgdms_ddl_audit",
+        "relation pgdms.ddl_audit",
         "schema pgdms",
         "function pgdms.preflight(interval)",
-        "function pgdms_intercept_ddl()",
+        "function pgdms.intercept_ddl()",
         "event trigger pgdms_intercept_ddl",
     ] {
         assert!(installed.iter().any(|o| o == expected), "{expected} missing: {installed:#?}");
@@ -292,14 +297,15 @@ fn drop_extension_removes_everything_it_created_and_names_its_slots() {
     assert_eq!(catalog(&source, "plain"), before, "DROP EXTENSION left objects behind");
     source.execute("select pg_drop_replication_slot('left_behind')");
 
-    // CREATE EXTENSION ... SCHEMA x: the artifacts go to x, which stays (pgdms made it not).
+    // CREATE EXTENSION ... SCHEMA x: the audit view goes to x, which stays (pgdms made it
+    // not); what the capture writes stays in "pgdms".
     let mut elsewhere = source.connect("elsewhere");
     elsewhere.batch_execute("create schema x").unwrap();
     let before = catalog(&source, "elsewhere");
     elsewhere.batch_execute("create extension pgdms schema x; create table t (id int)").unwrap();
     let installed = catalog(&source, "elsewhere");
     assert!(installed.iter().any(|o| o == "relation x.pgdms_ddl_audit"), "{installed:#?}");
-    assert!(installed.iter().any(|o| o == "function x.pgdms_intercept_ddl()"), "{installed:#?}");
+    assert!(installed.iter().any(|o| o == "function pgdms.intercept_ddl()"), "{installed:#?}");
     assert_eq!(
         query_text(&mut elsewhere, "select count(*) from x.pgdms_ddl_audit where c_name = 't'")[0][0].as_deref(),
         Some("1")
@@ -317,7 +323,7 @@ fn drop_extension_removes_everything_it_created_and_names_its_slots() {
 
 #[test]
 fn pgdms_slots_are_listed_dropped_and_never_left_behind() {
-    let (source, target) = (Cluster::start(), Cluster::start());
+    let (source, target) = (Cluster::start(), Cluster::start_target());
     source.execute("create table t (id int primary key)");
     source.copy_schema_to(&target);
     source.execute("create extension pgdms");

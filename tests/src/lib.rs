@@ -231,6 +231,11 @@ impl ClusterBuilder {
     }
 }
 
+/// The role targets are written as in the tests: no superuser, as pgdms-apply requires.
+/// It owns the target's `postgres` database (so the schema `public` there too), may set
+/// `session_replication_role`, and owns what the tests create on the target for it.
+pub const TARGET_ROLE: &str = "pgdms_target";
+
 /// A running throwaway cluster.
 pub struct Cluster {
     root: tempfile::TempDir,
@@ -246,6 +251,34 @@ impl Cluster {
 
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
+    }
+
+    /// A running cluster to migrate into: `TARGET_ROLE` set up as a target role needs.
+    pub fn start_target() -> Cluster {
+        let cluster = Cluster::start();
+        cluster.make_target();
+        cluster
+    }
+
+    /// Sets `TARGET_ROLE` up: a login without superuser that may set
+    /// session_replication_role and owns the `postgres` database.
+    pub fn make_target(&self) {
+        self.execute(&format!(
+            "create role {TARGET_ROLE} login;
+             grant set on parameter session_replication_role to {TARGET_ROLE};
+             alter database postgres owner to {TARGET_ROLE};"
+        ));
+    }
+
+    /// The connection string pgdms-apply writes a target with: `TARGET_ROLE`.
+    pub fn target_conninfo(&self, dbname: &str) -> String {
+        self.conninfo_as(dbname, TARGET_ROLE)
+    }
+
+    /// Runs SQL in the `postgres` database as `TARGET_ROLE`: objects of the target that
+    /// pgdms-apply writes or alters are that role's, as they would be in a migration.
+    pub fn execute_as_target(&self, sql: &str) {
+        self.connect_as("postgres", TARGET_ROLE).batch_execute(sql).unwrap_or_else(|e| panic!("{sql}\nfailed: {e:?}"));
     }
 
     fn pg_ctl_start(&self) {
@@ -296,6 +329,12 @@ impl Cluster {
     pub fn connect(&self, dbname: &str) -> postgres::Client {
         postgres::Client::connect(&self.conninfo(dbname), postgres::NoTls)
             .unwrap_or_else(|e| panic!("connect to the test cluster: {e}\n{}", self.log()))
+    }
+
+    /// A connection to `dbname` as `user`.
+    pub fn connect_as(&self, dbname: &str, user: &str) -> postgres::Client {
+        postgres::Client::connect(&self.conninfo_as(dbname, user), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}\n{}", self.log()))
     }
 
     /// Runs SQL (several statements allowed) in the `postgres` database.
@@ -352,15 +391,16 @@ impl Cluster {
         records
     }
 
-    /// Copies the schema of this cluster's `postgres` database to `target`'s (pg_dump -s).
+    /// Copies the schema of this cluster's `postgres` database to `target`'s (pg_dump -s),
+    /// restored as `TARGET_ROLE`, whose objects they become.
     pub fn copy_schema_to(&self, target: &Cluster) {
         let dump = Command::new(pg_bindir().join("pg_dump"))
-            .args(["-s", "-d", &self.conninfo("postgres")])
+            .args(["-s", "--no-owner", "--no-privileges", "-d", &self.conninfo("postgres")])
             .output()
             .expect("run pg_dump");
         assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
         let mut psql = Command::new(pg_bindir().join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target.conninfo("postgres")])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target.target_conninfo("postgres")])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -438,10 +478,19 @@ pub fn pgdms_apply() -> Command {
     c
 }
 
-/// `pgdms-apply cdc` from `source`'s slot into `target`, both `postgres` databases.
+/// `pgdms-apply cdc` from `source`'s slot into `target`, both `postgres` databases, the
+/// target written as `TARGET_ROLE`.
 pub fn cdc(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Command {
     let mut c = pgdms_apply();
-    c.args(["cdc", "--source", &source.conninfo("postgres"), "--target", &target.conninfo("postgres"), "--slot", slot]);
+    c.args([
+        "cdc",
+        "--source",
+        &source.conninfo("postgres"),
+        "--target",
+        &target.target_conninfo("postgres"),
+        "--slot",
+        slot,
+    ]);
     c.args(extra);
     c
 }

@@ -1,0 +1,454 @@
+//! The security model, attack by attack, on real clusters: each test performs an attack a
+//! source role (an application, a table owner, the database owner) could try, and checks it
+//! gains nothing on the target or on the source.
+
+use pgdms_tests::{cdc, of_type, pgdms_apply, Cluster, TARGET_ROLE};
+use serde_json::json;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// A DDL message as pgdms's capture would write it: CREATE TABLE public.`name` (a `ty`),
+/// the column's default `default`.
+fn create_table_message(name: &str, ty: &str, default: Option<&str>) -> String {
+    json!({
+        "command_tag": "CREATE TABLE", "object_identity": format!("public.{name}"), "query": "",
+        "object": {"Table": {"before": null, "after": {
+            "oid": 1, "schema": "public", "name": name, "kind": "Table", "persistence": "p",
+            "replica_identity": "Default", "primary_key": null, "partition_key": null, "partition_of": null,
+            "columns": [{"attnum": 1, "name": "a", "type_oid": 23, "type_sql": ty, "type_name": ty,
+                         "type_modifier": -1, "not_null": false, "default": default, "generated": null,
+                         "identity": "None", "collation": null}]}}}
+    })
+    .to_string()
+}
+
+fn table_def(name: &str) -> serde_json::Value {
+    json!({"oid": 2, "schema": "public", "name": name, "kind": "Table", "persistence": "p",
+           "replica_identity": "Default", "columns": [], "primary_key": null, "partition_key": null,
+           "partition_of": null})
+}
+
+fn is_superuser(c: &Cluster, role: &str) -> String {
+    c.value(&format!("select rolsuper from pg_roles where rolname = '{role}'"))
+}
+
+fn exists(c: &Cluster, table: &str) -> bool {
+    c.value(&format!("select to_regclass('{table}') is not null")) == "t"
+}
+
+#[test]
+fn forged_ddl_messages_are_dropped_reported_and_change_nothing() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    source.execute(
+        "create table t (id int primary key, v text);
+         create table secret (id int primary key);
+         create role mallory login; create schema ms authorization mallory;",
+    );
+    target.execute("create role mallory login");
+    source.copy_schema_to(&target);
+    source.execute("create extension pgdms");
+    source.create_slot("forged");
+    source.create_slot("seen");
+
+    // mallory may connect, and nothing else: no REPLICATION, no right on t or secret. Anyone
+    // may call pg_logical_emit_message.
+    let mut mallory = source.connect_as("postgres", "mallory");
+    let emit = "select pg_logical_emit_message(true, 'pgdms.ddl', $1::text)";
+    let injected = create_table_message("evil", "int); ALTER ROLE mallory SUPERUSER; --", None);
+    let mut tx = mallory.transaction().unwrap();
+    let xid: i64 = tx.query_one("select txid_current()", &[]).unwrap().get(0);
+    tx.execute(emit, &[&injected]).unwrap();
+    tx.commit().unwrap();
+    let drop_secret = json!({"command_tag": "DROP TABLE", "object_identity": "public.secret", "query": "",
+                             "object": {"Table": {"before": table_def("secret"), "after": null}}});
+    mallory.execute(emit, &[&drop_secret.to_string()]).unwrap();
+    let rewrite = json!({"command_tag": "ALTER TABLE", "object_identity": "public.t", "query": "",
+                         "object": {"Rewrite": {"oid": 3, "schema": "public", "name": "t", "reason": 4}}});
+    let failed = json!({"command_tag": "ALTER TABLE", "object_identity": "", "query": "",
+                        "object": {"CaptureFailed": {"error": "forged"}}});
+    mallory
+        .batch_execute(&format!(
+            "begin; select pg_logical_emit_message(true, 'pgdms.ddl', '{rewrite}');
+             select pg_logical_emit_message(true, 'pgdms.ddl', '{failed}'); commit"
+        ))
+        .unwrap();
+    // Next to a genuine capture of her own DDL, in the same transaction: that one passes,
+    // the forged one does not.
+    let mut tx = mallory.transaction().unwrap();
+    tx.batch_execute("create table ms.m (id int primary key)").unwrap();
+    tx.execute(emit, &[&create_table_message("evil2", "int); DROP TABLE public.secret; --", None)]).unwrap();
+    tx.commit().unwrap();
+    mallory.execute("select pg_logical_emit_message(false, 'pgdms.ddl', $1::text)", &[&injected]).unwrap();
+    source.execute("insert into t values (1, 'after')");
+
+    let until = source.current_lsn();
+    let out = cdc(&source, &target, "forged", &["--until", &until]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!exists(&target, "public.evil") && !exists(&target, "public.evil2"), "a forged CREATE was applied");
+    assert!(exists(&target, "public.secret"), "a forged DROP was applied");
+    assert_eq!(is_superuser(&target, "mallory"), "f");
+    assert_eq!(target.value("select count(*) from pgdms.apply_reload_needed"), "0", "a forged rewrite was taken");
+    assert!(exists(&target, "ms.m"), "the genuine DDL must still replicate");
+    assert_eq!(target.rows("t"), ["(1,after)"]);
+
+    // Reported by the apply, with the transaction that sent it, and on the source.
+    let reports: Vec<&str> = stderr.lines().filter(|l| l.contains("dropped a forged record")).collect();
+    assert_eq!(reports.len(), 6, "{stderr}");
+    assert!(reports[0].contains(&format!("xid={xid}")) && reports[0].contains("public.evil"), "{}", reports[0]);
+    assert!(reports.iter().any(|l| l.contains("xid=none")), "the non-transactional one: {stderr}");
+    assert!(source.log().contains("dropped a forged logical message with prefix \"pgdms.ddl\""));
+    // And to any consumer of the stream.
+    let records = source.dump("seen", &[]);
+    assert_eq!(of_type(&records, "rejected").len(), 6, "{records:#?}");
+    let ddl = of_type(&records, "ddl");
+    assert_eq!(ddl.len(), 1, "only the genuine capture: {ddl:#?}");
+    assert_eq!(ddl[0]["object_identity"], "ms.m");
+}
+
+#[test]
+fn a_vouched_for_message_still_gets_no_sql_past_the_apply() {
+    // Even a message the plugin passes on (a superuser on the source wrote its audit row)
+    // cannot steer the apply: type names are resolved on the target, expressions checked.
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    source.execute("create table t (id int primary key); create role mallory login");
+    target.execute("create role mallory login");
+    source.copy_schema_to(&target);
+    source.execute("create extension pgdms");
+    source.create_slot("vouched");
+    let vouch = |message: &str| {
+        source.execute(&format!(
+            "do $do$ declare m bytea := convert_to($m${message}$m$, 'UTF8'); begin
+               insert into pgdms.ddl_audit (c_tag, c_object_type, c_digest) values ('CREATE TABLE', 'table', sha256(m));
+               perform pg_logical_emit_message(true, 'pgdms.ddl', m);
+             end $do$"
+        ))
+    };
+    vouch(&create_table_message("evil_type", "int); ALTER ROLE mallory SUPERUSER; --", None));
+    vouch(&create_table_message("evil_default", "integer", Some("1) , b int DEFAULT (pg_read_file('/etc/passwd')")));
+    source.execute("insert into t values (1)");
+    let until = source.current_lsn();
+
+    let out = cdc(&source, &target, "vouched", &["--until", &until]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a refused DDL stops the apply");
+    assert!(stderr.contains("the source sent a type name that is not one"), "{stderr}");
+    let out = cdc(&source, &target, "vouched", &["--until", &until, "--on-error", "log"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let errors = target.query("select error from pgdms.apply_exceptions where operation = 'ddl' order by id");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0][0].as_deref().unwrap().contains("a type name that is not one"), "{errors:?}");
+    assert!(errors[1][0].as_deref().unwrap().contains("an expression that is not one"), "{errors:?}");
+    assert!(!exists(&target, "public.evil_type") && !exists(&target, "public.evil_default"));
+    assert_eq!(is_superuser(&target, "mallory"), "f");
+    assert_eq!(target.rows("t"), ["(1)"]);
+}
+
+/// alice owns schema app on the source; on the target the same role exists and the target
+/// role may become it.
+fn alice_setup(source: &Cluster, target: &Cluster, extra_source: &str) {
+    source.execute("create role alice login; create schema app authorization alice");
+    let mut alice = source.connect_as("postgres", "alice");
+    alice.batch_execute(extra_source).unwrap();
+    target.execute(&format!("create role alice; grant alice to {TARGET_ROLE}"));
+}
+
+#[test]
+fn ddl_is_replayed_as_the_owner_and_never_as_a_superuser() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    alice_setup(
+        &source,
+        &target,
+        "create table app.t (id int primary key); insert into app.t values (1);
+         -- Takes back the login's rights if it can, and uses them if they are a superuser's.
+         create function app.probe() returns text language plpgsql as $$
+         begin
+             begin reset role; exception when others then null; end;
+             if (select rolsuper from pg_roles where rolname = current_user) then
+                 execute 'alter role alice superuser';
+             end if;
+             return current_user;
+         end $$;",
+    );
+    source.copy_schema_to(&target);
+    target.execute(
+        "alter schema app owner to alice; alter table app.t owner to alice; alter function app.probe() owner to alice;
+         insert into app.t values (1)",
+    );
+    source.execute("create extension pgdms");
+    source.create_slot("owner");
+    // Defaults the source evaluated as alice; a superuser would give other values.
+    source
+        .connect_as("postgres", "alice")
+        .batch_execute(
+            "alter table app.t add column who text default current_user;
+             alter table app.t add column su text default current_setting('is_superuser');
+             insert into app.t (id) values (2);",
+        )
+        .unwrap();
+    let until = source.current_lsn();
+
+    // A superuser login is refused, saying why and what to do...
+    let superuser = target.conninfo("postgres");
+    let run = |target_conninfo: &str, extra: &[&str]| {
+        pgdms_apply()
+            .args(["cdc", "--source", &source.conninfo("postgres"), "--target", target_conninfo, "--slot", "owner"])
+            .args(["--until", &until])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&superuser, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the target role \"postgres\" is a superuser") && stderr.contains("--target-role"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = run(&superuser, &["--target-role", "postgres"]);
+    assert!(!out.status.success(), "--target-role may not name a superuser either");
+
+    // ...and with --target-role the DDL runs as the table's owner, alice.
+    let out = run(&superuser, &["--target-role", TARGET_ROLE]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pgdms_tests::assert_same_rows(&source, &target, &["app.t"]);
+    assert_eq!(target.rows("app.t"), ["(1,alice,off)", "(2,alice,off)"]);
+
+    // Code that takes back the login's rights gets a role without superuser.
+    source
+        .connect_as("postgres", "alice")
+        .batch_execute("alter table app.t add column p text default app.probe(); insert into app.t (id) values (3)")
+        .unwrap();
+    pgdms_tests::catch_up(&source, &target, "owner", &[]);
+    assert_eq!(is_superuser(&target, "alice"), "f");
+    assert_eq!(is_superuser(&target, TARGET_ROLE), "f");
+    assert_eq!(target.value("select p from app.t where id = 1"), TARGET_ROLE);
+}
+
+#[test]
+fn an_always_trigger_runs_with_its_owners_rights_only() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    alice_setup(
+        &source,
+        &target,
+        "create table app.t (id int primary key, v text);
+         create unlogged table app.seen (who text, su boolean);
+         create function app.trig() returns trigger language plpgsql as $$
+         begin
+             insert into app.seen values (current_user, (select rolsuper from pg_roles where rolname = current_user));
+             if (select rolsuper from pg_roles where rolname = current_user) then
+                 execute 'alter role alice superuser';
+             end if;
+             begin reset role; exception when others then null; end;
+             insert into app.seen values (current_user, (select rolsuper from pg_roles where rolname = current_user));
+             return new;
+         end $$;
+         create trigger tr after insert on app.t for each row execute function app.trig();
+         alter table app.t enable always trigger tr;
+         insert into app.t values (1, 'loaded');",
+    );
+    source.execute("create extension pgdms");
+    let mut migrate = pgdms_tests::Running::spawn(
+        pgdms_apply()
+            .args([
+                "migrate",
+                "--source",
+                &source.conninfo("postgres"),
+                "--target",
+                &target.target_conninfo("postgres"),
+            ])
+            .args(["--slot", "always"])
+            .stderr(Stdio::piped()),
+    );
+    pgdms_tests::wait_until(Duration::from_secs(60), "the migration to reach CDC", || {
+        target.value("select to_regclass('pgdms.migration') is not null") == "t"
+            && target
+                .query("select phase from pgdms.migration where slot_name = 'always'")
+                .first()
+                .and_then(|r| r[0].clone())
+                == Some("cdc".into())
+    });
+    source.connect_as("postgres", "alice").batch_execute("insert into app.t values (2, 'streamed')").unwrap();
+    pgdms_tests::wait_until(Duration::from_secs(30), "the row on the target", || {
+        target.value("select count(*) from app.t") == "2"
+    });
+    migrate.kill().unwrap();
+
+    // pg_dump carried the trigger's state; the table is alice's on the target too.
+    assert_eq!(target.value("select tgenabled from pg_trigger where tgname = 'tr'"), "A");
+    assert_eq!(target.value("select relowner::regrole from pg_class where oid = 'app.t'::regclass"), "alice");
+    // The trigger fired for the replicated row as alice, and what it took back was no
+    // superuser either.
+    let seen = target.query("select who, su::text from app.seen");
+    assert_eq!(
+        seen,
+        vec![vec![Some("alice".into()), Some("false".into())], vec![Some(TARGET_ROLE.into()), Some("false".into())]]
+    );
+    assert_eq!(is_superuser(&target, "alice"), "f");
+}
+
+#[test]
+fn enum_labels_with_backslashes_replicate_intact_under_standard_conforming_strings_off() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    target.execute("alter database postgres set standard_conforming_strings = off");
+    target.execute_as_target("create table canary (id int primary key)");
+    source.execute("create extension pgdms");
+    source.create_slot("labels");
+    source.execute(
+        r#"create type lbl as enum ('plain', 'a\', 'b''\c');
+           create table e (id int primary key, l lbl);
+           alter type lbl add value 'x\''); drop table canary; --';
+           alter type lbl add value 'back\slash' before 'plain';"#,
+    );
+    source.execute(r#"insert into e values (1, 'a\'), (2, 'x\''); drop table canary; --'), (3, 'back\slash')"#);
+    pgdms_tests::catch_up(&source, &target, "labels", &[]);
+    let labels =
+        "select string_agg(enumlabel, '|' order by enumsortorder) from pg_enum where enumtypid = 'lbl'::regtype";
+    assert_eq!(target.value(labels), source.value(labels));
+    assert_eq!(source.value(labels), r#"back\slash|plain|a\|b'\c|x\'); drop table canary; --"#);
+    pgdms_tests::assert_same_rows(&source, &target, &["e"]);
+    assert!(exists(&target, "public.canary"));
+}
+
+/// What CREATE EXTENSION says, as `user` in `db`.
+fn install_error(source: &Cluster, db: &str, sql: &str) -> String {
+    let err = source.connect(db).batch_execute(sql).expect_err(sql);
+    let db_error = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    format!("{} {}", db_error.message(), db_error.hint().unwrap_or_default())
+}
+
+#[test]
+fn the_capture_cannot_be_redirected_by_a_schema_its_owner_controls() {
+    let source = Cluster::start();
+    source.execute("create role dbo login");
+    source.execute("create database app owner dbo");
+
+    // PostgreSQL 15 gives "public" to the database owner: installing there is refused, and
+    // so is any schema a role other than a superuser owns or may create in.
+    let err = install_error(&source, "app", "create extension pgdms");
+    assert!(err.contains("schema public is not safe") && err.contains("owned by dbo"), "{err}");
+    assert!(err.contains("CREATE SCHEMA pgdms; CREATE EXTENSION pgdms SCHEMA pgdms"), "{err}");
+    source
+        .connect("app")
+        .batch_execute("create schema x authorization dbo; create schema y; grant create on schema y to public")
+        .unwrap();
+    assert!(install_error(&source, "app", "create extension pgdms schema x").contains("owned by dbo"));
+    assert!(install_error(&source, "app", "create extension pgdms schema y").contains("open to CREATE by PUBLIC"));
+    source.connect("app").batch_execute("create schema pgdms authorization dbo").unwrap();
+    let err = install_error(&source, "app", "create extension pgdms schema y");
+    assert!(err.contains("the schema \"pgdms\" that exists here is not safe"), "{err}");
+    source.connect("app").batch_execute("drop schema pgdms").unwrap();
+
+    // In a schema only superusers control, it installs; the database owner then tries the
+    // swap: rename the schemas, put look-alike tables with a trigger in their place.
+    source.connect("app").batch_execute("create schema pgdms; create extension pgdms schema pgdms").unwrap();
+    let mut dbo = source.connect_as("app", "dbo");
+    for attempt in ["alter schema pgdms rename to old_pgdms", "create table pgdms.ddl_state_x (id int)"] {
+        let err = dbo.batch_execute(attempt).expect_err(attempt);
+        assert!(
+            format!("{err:?}").contains("must be owner") || format!("{err:?}").contains("permission denied"),
+            "{err:?}"
+        );
+    }
+    dbo.batch_execute(
+        "alter schema public rename to old_public; create schema public; create schema pgdms_x;
+         create function public.escalate() returns trigger language plpgsql as $$
+         begin
+             if (select rolsuper from pg_roles where rolname = current_user) then execute 'alter role dbo superuser'; end if;
+             return new;
+         end $$;
+         create table public.pgdms_ddl_state (kind text, objid oid, definition jsonb, primary key (kind, objid));
+         create table public.pgdms_ddl_audit (c_key bigserial primary key, c_tag text, c_object_type text, c_digest bytea);
+         create trigger t before insert on public.pgdms_ddl_state for each row execute function public.escalate();
+         create trigger t before insert on public.pgdms_ddl_audit for each row execute function public.escalate();
+         create table public.captured (id int);",
+    )
+    .unwrap();
+    assert_eq!(is_superuser(&source, "dbo"), "f");
+    let audited =
+        source.connect("app").query_one("select count(*) from pgdms.ddl_audit where c_name = 'captured'", &[]);
+    assert_eq!(audited.unwrap().get::<_, i64>(0), 1, "the DDL is captured where the extension keeps it");
+}
+
+/// Every member of the pgdms extension with what defines it.
+const MEMBERS: &str = r#"
+select pg_describe_object(d.classid, d.objid, 0) || ' ' || coalesce(
+    (select md5(p.prosrc || coalesce(p.proconfig::text, '') || p.prosecdef::text || pg_get_function_arguments(p.oid)
+                || pg_get_function_result(p.oid) || coalesce(obj_description(p.oid, 'pg_proc'), ''))
+       from pg_proc p where d.classid = 'pg_proc'::regclass and p.oid = d.objid),
+    (select c.relkind::text || coalesce(pg_get_viewdef(c.oid), '') || coalesce(obj_description(c.oid, 'pg_class'), '')
+            || coalesce((select string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || a.attnotnull::text
+                                           || coalesce(pg_get_expr(ad.adbin, ad.adrelid), ''), ', ' order by a.attnum)
+                           from pg_attribute a left join pg_attrdef ad on ad.adrelid = a.attrelid and ad.adnum = a.attnum
+                          where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped), '')
+            || coalesce((select string_agg(conname || ' ' || pg_get_constraintdef(k.oid), ', ' order by conname)
+                           from pg_constraint k where k.conrelid = c.oid), '')
+            || coalesce(c.relacl, acldefault(case c.relkind when 'S' then 's' else 'r' end::"char", c.relowner))::text
+       from pg_class c where d.classid = 'pg_class'::regclass and c.oid = d.objid),
+    (select e.evtevent || ' ' || e.evtfoid::regproc::text || ' ' || e.evtenabled::text || coalesce(e.evttags::text, '')
+       from pg_event_trigger e where d.classid = 'pg_event_trigger'::regclass and e.oid = d.objid),
+    (select coalesce(nspacl::text, '') from pg_namespace n where d.classid = 'pg_namespace'::regclass and n.oid = d.objid),
+    '')
+  from pg_depend d
+ where d.refclassid = 'pg_extension'::regclass and d.deptype = 'e'
+   and d.refobjid = (select oid from pg_extension where extname = 'pgdms')
+order by 1"#;
+
+#[test]
+fn an_install_of_0_1_0_is_fixed_by_alter_extension_update() {
+    let source = Cluster::start();
+    source.execute("create database fresh");
+    source.execute("create role mig login; create table t (id int primary key)");
+    source.create_slot("across");
+    source.execute(
+        "create extension pgdms version '0.1.0';
+         select pgdms.grant_migration_role('mig');
+         alter table t add column before_update text;
+         alter extension pgdms update;
+         alter table t add column after_update text;",
+    );
+    assert_eq!(source.value("select pgdms.version()"), "0.2.0");
+    assert_eq!(source.value("select extversion from pg_extension where extname = 'pgdms'"), "0.2.0");
+    let mut fresh = source.connect("fresh");
+    fresh
+        .batch_execute(
+            "create table t (id int primary key); create extension pgdms; select pgdms.grant_migration_role('mig')",
+        )
+        .unwrap();
+    let members = |db: &mut pgdms_tests::postgres::Client| pgdms_tests::query_text(db, MEMBERS);
+    assert_eq!(
+        members(&mut source.connect("postgres")),
+        members(&mut fresh),
+        "the update must give what a new install has"
+    );
+
+    // The capture writes where the extension keeps it now, and vouches for its messages: a
+    // DDL message of 0.1.0 (no digest) is dropped, one captured since is passed on.
+    assert_eq!(source.value("select count(*) from pgdms.ddl_audit where c_digest is not null"), "1");
+    let records = source.dump("across", &[]);
+    let ddl = of_type(&records, "ddl");
+    assert_eq!(ddl.len(), 1, "{ddl:#?}");
+    assert!(ddl[0]["query"].as_str().unwrap().contains("after_update"), "{ddl:#?}");
+    assert_eq!(of_type(&records, "rejected").len(), 1, "the 0.1.0 message, unvouched");
+}
+
+#[test]
+fn no_password_is_shown_in_help_errors_or_logs() {
+    let secret = "s3cr3t-pw";
+    let url = format!("postgresql://bob:{secret}@127.0.0.1:1/db?connect_timeout=2");
+    let help =
+        pgdms_apply().args(["cdc", "--help"]).env("PGDMS_TARGET", &url).env("PGDMS_SOURCE", &url).output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success() && text.contains("--target"), "{text}");
+    assert!(!text.contains(secret), "{text}");
+    for target in [url.clone(), format!("postgresql://bob:{secret}@[::1/db"), format!("host=db {secret}")] {
+        let out = pgdms_apply()
+            .args(["cdc", "--source", &url, "--target", &target, "--slot", "s", "--log", "debug"])
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{all}");
+        assert!(!all.contains(secret) && !all.contains("panicked"), "{target}: {all}");
+    }
+}
