@@ -321,6 +321,20 @@ impl RelationHandle {
     }
 }
 
+/// Has this database, at the point decoding has reached, a pgdms install whose capture
+/// vouches for its messages (0.2 and later: the table `pgdms.ddl_audit`)? `None`: there is
+/// no pgdms extension at all.
+pub fn capture_vouches() -> Option<bool> {
+    // SAFETY: catalog lookups by name inside the decoding transaction (its historic snapshot).
+    unsafe {
+        if pg_sys::get_extension_oid(c"pgdms".as_ptr(), true) == pg_sys::InvalidOid {
+            return None;
+        }
+        let nsp = pg_sys::get_namespace_oid(c"pgdms".as_ptr(), true);
+        Some(nsp != pg_sys::InvalidOid && pg_sys::get_relname_relid(c"ddl_audit".as_ptr(), nsp) != pg_sys::InvalidOid)
+    }
+}
+
 /// A setting's current value (`SHOW name`), empty when unknown.
 pub fn setting(name: &CStr) -> String {
     // SAFETY: GetConfigOption with missing_ok returns NULL or a string owned by the GUC system.

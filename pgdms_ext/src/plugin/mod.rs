@@ -290,6 +290,31 @@ impl Session {
     /// Drops a forged message: says so in the server log and to the consumer.
     fn reject(&mut self, out: &Output, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
         let xid = self.writer.pending_begin.filter(|_| transactional).map(|b| b.xid);
+        if transactional && prefix == DDL_MESSAGE_PREFIX && catalog::capture_vouches() == Some(false) {
+            // Written while the database still had pgdms 0.1 (before ALTER EXTENSION pgdms
+            // UPDATE), whose capture vouched for nothing: it may be genuine DDL, and it may be
+            // forged. Neither replayed nor passed over without a word: the consumer stops.
+            pgrx::warning!(
+                "pgdms: a DDL message at {:X}/{:X} was written before pgdms 0.2 and cannot be told from a forged one; \
+                 the consumer is told that capture failed",
+                lsn >> 32,
+                lsn & 0xffff_ffff
+            );
+            self.writer.ensure_begin();
+            self.writer.push(&Record::Ddl(Ddl {
+                command_tag: "DDL".into(),
+                object_identity: String::new(),
+                query: String::from_utf8_lossy(&content[..content.len().min(REJECTED_PREVIEW)]).into_owned(),
+                object: DdlObject::CaptureFailed {
+                    error:
+                        "a DDL message written before pgdms 0.2 (before ALTER EXTENSION pgdms UPDATE), which cannot \
+                            be told from a forged one"
+                            .into(),
+                },
+            }));
+            self.writer.flush_if_large(out);
+            return;
+        }
         pgrx::warning!(
             "pgdms: dropped a forged logical message with prefix \"{}\" ({} bytes) at {:X}/{:X}{}: pgdms's DDL capture did not write it",
             prefix.escape_default(),
