@@ -9,6 +9,9 @@
 //! would close the element and go on (`int); ALTER ROLE ...`, `1) , extra int DEFAULT (2`)
 //! is refused. Names are taken apart and quoted again by us rather than passed on.
 //!
+//! A piece may not hold a comment either: `integer --` is one type name to the parser, but
+//! pasted into a statement it would swallow the rest of the line.
+//!
 //! The statements built from these pieces are also sent one at a time through the extended
 //! protocol, which runs exactly one statement per message whatever the text holds.
 
@@ -40,6 +43,16 @@ fn refused(what: &'static str, text: &str, why: impl std::fmt::Display) -> Refus
     Refused { what, text, why }
 }
 
+/// Refuses text with a comment in it (what PostgreSQL's own scanner calls one).
+fn no_comment(what: &'static str, text: &str) -> Result<(), Refused> {
+    use pg_query::protobuf::Token;
+    let tokens = pg_query::scan(text).map_err(|e| refused(what, text, e))?.tokens;
+    if tokens.iter().any(|t| t.token == Token::SqlComment as i32 || t.token == Token::CComment as i32) {
+        return Err(refused(what, text, "it holds a comment"));
+    }
+    Ok(())
+}
+
 /// The one statement `sql` parses to (an error for anything else).
 fn one_statement(sql: &str) -> Result<N, String> {
     let parsed = pg_query::parse(sql, ParserOptions::DEFAULT).map_err(|e| e.to_string())?;
@@ -57,6 +70,7 @@ pub fn type_name(text: &str) -> Result<&str, Refused> {
     if text.trim().is_empty() {
         return Err(refused(WHAT, text, "empty"));
     }
+    no_comment(WHAT, text)?;
     // What PostgreSQL's parseTypeString (behind to_regtype) accepts: SELECT NULL::<text>
     // must be that cast and nothing else, to one plain type.
     let cast = lone_target(&format!("SELECT NULL::{text}")).map_err(|why| refused(WHAT, text, why))?;
@@ -75,6 +89,7 @@ pub fn type_name(text: &str) -> Result<&str, Refused> {
 /// in parentheses, ready to stand wherever SQL takes an expression.
 pub fn expression(text: &str) -> Result<String, Refused> {
     const WHAT: &str = "an expression";
+    no_comment(WHAT, text)?;
     let wrapped = format!("({text})");
     match one_expression(&wrapped) {
         Ok(_) => Ok(wrapped),
@@ -118,6 +133,7 @@ fn lone_target(sql: &str) -> Result<Node, String> {
 /// "FOR VALUES IN (1, 2)", "DEFAULT"), as `pg_get_expr(relpartbound)` writes it.
 pub fn partition_bound(text: &str) -> Result<&str, Refused> {
     const WHAT: &str = "a partition bound";
+    no_comment(WHAT, text)?;
     let prefix = "CREATE TABLE \"t\" PARTITION OF \"p\" ";
     same_create_stmt(&format!("{prefix}{text}"), &format!("{prefix}DEFAULT"), |c| c.partbound = None)
         .map_err(|why| refused(WHAT, text, why))?;
@@ -128,6 +144,7 @@ pub fn partition_bound(text: &str) -> Result<&str, Refused> {
 /// `pg_get_partkeydef` writes it.
 pub fn partition_key(text: &str) -> Result<&str, Refused> {
     const WHAT: &str = "a partition key";
+    no_comment(WHAT, text)?;
     let prefix = "CREATE TABLE \"t\" () PARTITION BY ";
     same_create_stmt(&format!("{prefix}{text}"), &format!("{prefix}LIST (a)"), |c| c.partspec = None)
         .map_err(|why| refused(WHAT, text, why))?;
@@ -155,6 +172,7 @@ fn same_create_stmt(
 /// Exactly one collation name ("pg_catalog.\"C\"", "\"de-x-icu\""), quoted again.
 pub fn collation(text: &str) -> Result<String, Refused> {
     const WHAT: &str = "a collation name";
+    no_comment(WHAT, text)?;
     let names = lone_target(&format!("SELECT NULL COLLATE {text}"))
         .and_then(|node| match node.node {
             Some(N::CollateClause(c)) if c.arg.as_deref().and_then(|a| a.node.as_ref()).is_some_and(is_null) => {
@@ -187,6 +205,7 @@ fn strings(list: &[Node]) -> Result<Vec<String>, String> {
 /// A relation name, schema-qualified or not: (schema, name).
 pub fn qualified_name(text: &str) -> Result<(Option<String>, String), Refused> {
     const WHAT: &str = "a relation name";
+    no_comment(WHAT, text)?;
     let parse = || -> Result<(Option<String>, String), String> {
         let (N::CreateSeqStmt(mut got), N::CreateSeqStmt(mut want)) =
             (one_statement(&format!("CREATE SEQUENCE {text}"))?, one_statement("CREATE SEQUENCE \"s\"")?)
@@ -206,6 +225,7 @@ pub fn qualified_name(text: &str) -> Result<(Option<String>, String), Refused> {
 /// The sequence a `nextval('seq'::regclass)` default draws from (serial columns), quoted
 /// again; `None` for any other default (an expression that is not one is refused).
 pub fn nextval_sequence(default: &str) -> Result<Option<String>, Refused> {
+    no_comment("an expression", default)?;
     let expr = one_expression(&format!("({default})")).map_err(|why| refused("an expression", default, why))?;
     let Some(N::FuncCall(call)) = expr.node else { return Ok(None) };
     let func = strings(&call.funcname).unwrap_or_default();
@@ -239,6 +259,7 @@ pub enum Constant {
 /// The constant a default is (a number, a string with or without a cast, a boolean), or
 /// `None` when it is anything else.
 pub fn constant(default: &str) -> Option<Constant> {
+    no_comment("a constant", default).ok()?;
     let expr = one_expression(&format!("({default})")).ok()?;
     let node = match expr.node? {
         N::TypeCast(cast) => cast.arg?.node?,
@@ -265,9 +286,16 @@ mod tests {
         {
             assert_eq!(type_name(ok), Ok(ok), "{ok}");
         }
-        for bad in
-            ["int); ALTER ROLE mallory SUPERUSER; --", "int default 1", "int, b int", "", "int; select 1", "setof int"]
-        {
+        for bad in [
+            "int); ALTER ROLE mallory SUPERUSER; --",
+            "int default 1",
+            "int, b int",
+            "",
+            "int; select 1",
+            "setof int",
+            "integer --",
+            "int /* */",
+        ] {
             assert!(type_name(bad).is_err(), "{bad}");
         }
     }
@@ -286,6 +314,9 @@ mod tests {
             "1) AS x, (2",
             "",
             "1) UNION SELECT (2",
+            "1) --",
+            "1 -- what\n",
+            "1 /* c */ + 2",
         ] {
             assert!(expression(bad).is_err(), "{bad}");
         }
@@ -300,6 +331,8 @@ mod tests {
         assert!(partition_bound("DEFAULT PARTITION BY LIST (a)").is_err());
         assert!(partition_bound("DEFAULT TABLESPACE pg_default").is_err());
         assert!(partition_bound("DEFAULT; DROP TABLE t").is_err());
+        assert!(partition_bound("DEFAULT --").is_err());
+        assert!(partition_key("RANGE (a) --").is_err());
         assert!(partition_key("RANGE (created)").is_ok());
         assert!(partition_key("LIST (lower(name))").is_ok());
         assert!(partition_key("RANGE (a) WITH (fillfactor = 10)").is_err());
@@ -337,5 +370,8 @@ mod tests {
         assert_eq!(constant("now()"), None);
         assert_eq!(constant("nextval('s'::regclass)"), None);
         assert_eq!(constant("1); DROP TABLE t; --"), None);
+        assert_eq!(constant("1 --"), None);
+        // A comment-like text inside a string is a string, not a comment.
+        assert_eq!(constant("'a -- b'::text"), Some(Constant::Text("a -- b".into())));
     }
 }
