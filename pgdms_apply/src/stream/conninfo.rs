@@ -8,7 +8,9 @@ use std::path::PathBuf;
 pub enum ConnInfoError {
     #[error("invalid connection string: {0}")]
     Syntax(String),
-    #[error("invalid connection option \"{0}\"; see libpq's list of parameter key words")]
+    /// Shown only as a near miss of a key: an unquoted value with a space in it
+    /// (`password=ab cd=x`) makes part of a password look like a key.
+    #[error("{}", unknown_key_message(.0))]
     UnknownKey(String),
     #[error("invalid {key} value \"{value}\": {why}")]
     BadValue { key: &'static str, value: String, why: &'static str },
@@ -223,6 +225,15 @@ impl ConnInfo {
     }
 }
 
+fn unknown_key_message(key: &str) -> String {
+    match KEYS.iter().map(|(k, _)| *k).find(|k| strsim::levenshtein(key, k) <= 2) {
+        Some(near) => format!("invalid connection option \"{key}\" (did you mean \"{near}\"?)"),
+        None => "invalid connection option (not shown: it may be part of an unquoted value, write password='a b'); \
+                 see libpq's list of parameter key words"
+            .into(),
+    }
+}
+
 fn check_key(key: &str) -> Result<(), ConnInfoError> {
     if KEYS.iter().any(|(k, _)| *k == key) {
         Ok(())
@@ -299,7 +310,13 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
             let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(b) => out.push(b),
-                None => return Err(ConnInfoError::Syntax(format!("invalid percent-encoding in \"{s}\""))),
+                // The text may be a password: not shown.
+                None => {
+                    return Err(ConnInfoError::Syntax(
+                        "invalid percent-encoding in the URI (a \"%\" not followed by two hex digits; write %25 for %)"
+                            .into(),
+                    ))
+                }
             }
             i += 3;
         } else {
@@ -307,7 +324,7 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ConnInfoError::Syntax(format!("\"{s}\" is not UTF-8 once decoded")))
+    String::from_utf8(out).map_err(|_| ConnInfoError::Syntax("a part of the URI is not UTF-8 once decoded".into()))
 }
 
 /// `postgresql://[user[:password]@][host][:port][/dbname][?key=value&...]`
@@ -429,10 +446,18 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
         assert!(!format!("{c}").contains("s3cret"), "{c}");
         assert!(!format!("{c:#?}").contains("s3cret"));
-        for bad in ["postgresql://bob:s3cret@[::1/app", "host=db s3cret", "postgresql://bob:s3cret@db/app?s3cret"] {
+        for bad in [
+            "postgresql://bob:s3cret@[::1/app",
+            "host=db s3cret",
+            "postgresql://bob:s3cret@db/app?s3cret",
+            "postgresql://bob:50%s3cret@db/app",
+            "password=ab s3cret=x",
+        ] {
             let e = ConnInfo::parse_with_env(bad, no_env).unwrap_err();
             assert!(!e.to_string().contains("s3cret"), "{bad}: {e}");
         }
+        let typo = ConnInfo::parse_with_env("hots=db", no_env).unwrap_err().to_string();
+        assert!(typo.contains("\"hots\"") && typo.contains("did you mean \"host\""), "{typo}");
     }
 
     #[test]
