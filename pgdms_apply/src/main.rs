@@ -109,11 +109,13 @@ struct ApplyArgs {
     #[arg(long, env = "PGDMS_TARGET", hide_env_values = true)]
     target: String,
     /// PostgreSQL target: the role to act as (SET ROLE after connecting), if not the login
-    /// role. It must not be a superuser: the source's owners' defaults, checks and triggers
-    /// run while pgdms-apply writes. Each table is written, and each object's DDL replayed,
-    /// as its owner on the target when this role may become it (as PostgreSQL 16's
-    /// subscriptions do). A superuser login with --target-role still has superuser rights
-    /// that such code could take back (RESET ROLE): for a hard boundary, log in as the role.
+    /// role. It must not be a superuser, nor able to become one or to run programs or read
+    /// and write files on the server: the source's owners' defaults, checks and triggers run
+    /// while pgdms-apply writes. Each table is written, and each object's DDL replayed, as
+    /// its owner on the target when this role may become it (through the owner's gate, a
+    /// SECURITY DEFINER function in schema pgdms_gate, where the owner's code cannot change
+    /// role), as PostgreSQL 16's subscriptions do. With a superuser login, code on tables this
+    /// role owns could take the login's rights back (RESET ROLE): log in as the role itself.
     #[arg(long, env = "PGDMS_TARGET_ROLE")]
     target_role: Option<String>,
     /// The logical replication slot to stream from (plugin pgdms).

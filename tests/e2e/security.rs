@@ -208,6 +208,11 @@ fn ddl_is_replayed_as_the_owner_and_never_as_a_superuser() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let out = run(&superuser, &["--target-role", "postgres"]);
     assert!(!out.status.success(), "--target-role may not name a superuser either");
+    // Nor a role that may run programs on the server (COPY ... TO PROGRAM).
+    target.execute("create role powerful; grant pg_execute_server_program to powerful");
+    let out = run(&superuser, &["--target-role", "powerful"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("may become pg_execute_server_program"), "{stderr}");
 
     // ...and with --target-role the DDL runs as the table's owner, alice.
     let out = run(&superuser, &["--target-role", TARGET_ROLE]);
@@ -215,15 +220,21 @@ fn ddl_is_replayed_as_the_owner_and_never_as_a_superuser() {
     pgdms_tests::assert_same_rows(&source, &target, &["app.t"]);
     assert_eq!(target.rows("app.t"), ["(1,alice,off)", "(2,alice,off)"]);
 
-    // Code that takes back the login's rights gets a role without superuser.
+    // Code that tries to take back the login's rights cannot: it runs in alice's gate.
+    // A table created during CDC in alice's schema is hers.
     source
         .connect_as("postgres", "alice")
-        .batch_execute("alter table app.t add column p text default app.probe(); insert into app.t (id) values (3)")
+        .batch_execute(
+            "alter table app.t add column p text default app.probe(); insert into app.t (id) values (3);
+             create table app.t2 (id int primary key); insert into app.t2 values (1);",
+        )
         .unwrap();
     pgdms_tests::catch_up(&source, &target, "owner", &[]);
     assert_eq!(is_superuser(&target, "alice"), "f");
     assert_eq!(is_superuser(&target, TARGET_ROLE), "f");
-    assert_eq!(target.value("select p from app.t where id = 1"), TARGET_ROLE);
+    assert_eq!(target.value("select p from app.t where id = 1"), "alice");
+    assert_eq!(target.value("select relowner::regrole from pg_class where oid = 'app.t2'::regclass"), "alice");
+    pgdms_tests::assert_same_rows(&source, &target, &["app.t", "app.t2"]);
 }
 
 #[test]
@@ -240,14 +251,22 @@ fn an_always_trigger_runs_with_its_owners_rights_only() {
              if (select rolsuper from pg_roles where rolname = current_user) then
                  execute 'alter role alice superuser';
              end if;
+             -- Back to the login's rights, and through them to another owner's table.
              begin reset role; exception when others then null; end;
+             begin perform set_config('role', 'none', false); exception when others then null; end;
              insert into app.seen values (current_user, (select rolsuper from pg_roles where rolname = current_user));
+             begin
+                 insert into public.bobs values (new.id);
+             exception when others then null;
+             end;
              return new;
          end $$;
          create trigger tr after insert on app.t for each row execute function app.trig();
          alter table app.t enable always trigger tr;
          insert into app.t values (1, 'loaded');",
     );
+    // bob's table on the target only: the target role may write it (it may become bob).
+    target.execute("create role bob; grant bob to pgdms_target; create table public.bobs (id int); alter table public.bobs owner to bob");
     source.execute("create extension pgdms");
     let mut migrate = pgdms_tests::Running::spawn(
         pgdms_apply()
@@ -278,14 +297,47 @@ fn an_always_trigger_runs_with_its_owners_rights_only() {
     // pg_dump carried the trigger's state; the table is alice's on the target too.
     assert_eq!(target.value("select tgenabled from pg_trigger where tgname = 'tr'"), "A");
     assert_eq!(target.value("select relowner::regrole from pg_class where oid = 'app.t'::regclass"), "alice");
-    // The trigger fired for the replicated row as alice, and what it took back was no
-    // superuser either.
+    // The trigger fired for the replicated row as alice, and stayed alice: it could neither
+    // take the target role's rights back nor reach bob's table through them.
     let seen = target.query("select who, su::text from app.seen");
-    assert_eq!(
-        seen,
-        vec![vec![Some("alice".into()), Some("false".into())], vec![Some(TARGET_ROLE.into()), Some("false".into())]]
-    );
+    assert_eq!(seen, vec![vec![Some("alice".into()), Some("false".into())]; 2]);
     assert_eq!(is_superuser(&target, "alice"), "f");
+    assert_eq!(target.value("select count(*) from public.bobs"), "0");
+}
+
+#[test]
+fn an_owner_cannot_turn_its_gate_into_a_function_that_runs_as_the_caller() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    alice_setup(&source, &target, "create table app.t (id int primary key)");
+    source.copy_schema_to(&target);
+    // On the target, alice's table has a trigger (the target's own, say) that tries to make
+    // her gate SECURITY INVOKER, so that what goes through it would run as the target role.
+    target.execute(
+        "alter schema app owner to alice; alter table app.t owner to alice;
+         create function app.tamper() returns trigger language plpgsql as $$
+         begin
+             execute format('alter function pgdms_gate.%I(text, text[]) security invoker',
+                            'as_' || (select oid from pg_roles where rolname = current_user));
+             return new;
+         end $$;
+         alter function app.tamper() owner to alice;
+         create trigger tamper after insert on app.t for each row execute function app.tamper();
+         alter table app.t enable always trigger tamper;",
+    );
+    source.execute("create extension pgdms");
+    source.create_slot("tamper");
+    source.execute("insert into app.t values (1)");
+    source.execute("insert into app.t values (2)");
+    let until = source.current_lsn();
+    // One change per group: the first goes through the gate (which the trigger then
+    // alters), the second is refused before it runs: nothing ever runs through an altered
+    // gate (a new session makes the gate again, and checks it at every call).
+    let one_by_one = ["--until", &until, "--batch-max-rows", "1", "--group-max-rows", "1"];
+    let out = cdc(&source, &target, "tamper", &one_by_one).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("was altered"), "{stderr}");
+    assert_eq!(target.rows("app.t"), ["(1)"], "the refused change's group is not committed");
 }
 
 #[test]
@@ -423,14 +475,18 @@ fn an_install_of_0_1_0_is_fixed_by_alter_extension_update() {
         "the update must give what a new install has"
     );
 
-    // The capture writes where the extension keeps it now, and vouches for its messages: a
-    // DDL message of 0.1.0 (no digest) is dropped, one captured since is passed on.
+    // The capture writes where the extension keeps it now, and vouches for its messages. A
+    // DDL message of 0.1.0 (no digest) cannot be told from a forged one: it is neither
+    // replayed nor passed over silently, but reported as a capture failure, which stops a
+    // consumer; one captured since is passed on.
     assert_eq!(source.value("select count(*) from pgdms.ddl_audit where c_digest is not null"), "1");
     let records = source.dump("across", &[]);
     let ddl = of_type(&records, "ddl");
-    assert_eq!(ddl.len(), 1, "{ddl:#?}");
-    assert!(ddl[0]["query"].as_str().unwrap().contains("after_update"), "{ddl:#?}");
-    assert_eq!(of_type(&records, "rejected").len(), 1, "the 0.1.0 message, unvouched");
+    assert_eq!(ddl.len(), 2, "{ddl:#?}");
+    let failed = ddl[0]["object"]["CaptureFailed"]["error"].as_str().unwrap_or_default();
+    assert!(failed.contains("before pgdms 0.2"), "{ddl:#?}");
+    assert!(ddl[1]["query"].as_str().unwrap().contains("after_update"), "{ddl:#?}");
+    assert!(of_type(&records, "rejected").is_empty());
 }
 
 #[test]

@@ -191,12 +191,24 @@ async fn worker(
         let name = table.qualified();
         progress.unit_started(&name, table.bytes);
         let freeze = opts.freeze && unit.blocks.is_none();
-        // The rows go in as the table's owner (its checks and generated columns run then).
+        // The rows go in as the table's owner (its checks and generated columns run then):
+        // through the owner's gate when that is not the target role (see target::postgres::roles).
         let owner = roles
             .owner(target, Object::Table, &table.target_qualified())
             .await
             .map_err(sql_error(format!("could not look up the owner of {}", table.target_qualified())))?;
-        let rows = copy_unit(source, target, table, owner.as_deref(), unit.blocks, freeze, progress)
+        let gate = match &owner {
+            Some(owner) => Some((
+                owner.as_str(),
+                roles
+                    .gate(target, owner, true)
+                    .await
+                    .map_err(sql_error(format!("could not make the gate of role {owner}")))?,
+            )),
+            None => None,
+        };
+        let gate = gate.as_ref().map(|(owner, call)| (*owner, call.as_str()));
+        let rows = copy_unit(source, target, table, gate, unit.blocks, freeze, progress)
             .await
             .map_err(|error| LoadError::Table { table: name.clone(), error })?;
         if let Some(table_rows) = progress.unit_finished(&name, rows) {
@@ -205,20 +217,31 @@ async fn worker(
     }
 }
 
+/// Runs `statement` through an owner's gate (see target::postgres::roles).
+async fn through_gate(target: &tokio_postgres::Client, call: &str, statement: &str) -> Result<(), String> {
+    match target.query(call, &[&statement, &"{}"]).await {
+        Ok(rows) if rows.is_empty() => Err("the gate that writes as the table's owner was altered: refused".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("target: {}", error_text(&e))),
+    }
+}
+
 /// Streams one unit from the source into the target, in a target transaction of its own.
-#[allow(clippy::too_many_arguments)]
+/// With `gate` (the table's owner and its gate), COPY cannot run as the owner: the rows go
+/// into a temporary table, and from it into the table through the gate (no FREEZE then).
 async fn copy_unit(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
     table: &SourceTable,
-    owner: Option<&str>,
+    gate: Option<(&str, &str)>,
     blocks: Option<(u64, u64)>,
     freeze: bool,
     progress: &Progress,
 ) -> Result<u64, String> {
     let name = table.qualified();
     let out_format = if table.binary { " (FORMAT binary)" } else { "" };
-    let in_format = match (table.binary, freeze) {
+    let copy_freeze = freeze && gate.is_none();
+    let in_format = match (table.binary, copy_freeze) {
         (true, true) => " (FORMAT binary, FREEZE)",
         (true, false) => " (FORMAT binary)",
         (false, true) => " (FREEZE)",
@@ -226,16 +249,27 @@ async fn copy_unit(
     };
     let out_sql = format!("COPY ({}) TO STDOUT{out_format}", unit_query(table, blocks));
     let target_name = table.target_qualified();
-    let in_sql = format!("COPY {target_name} ({}) FROM STDIN{in_format}", table.target_column_list());
+    let columns = table.target_column_list();
+    let stage = format!("pg_temp.{}", crate::sql::quote_ident(&format!("pgdms_load_{}", table.oid)));
+    let copy_into = if gate.is_some() { &stage } else { &target_name };
+    let in_sql = format!("COPY {copy_into} ({columns}) FROM STDIN{in_format}");
     let mut begin = "BEGIN".to_string();
-    if let Some(owner) = owner {
-        begin += &format!("; SET LOCAL ROLE {}", crate::sql::quote_ident(owner));
-    }
-    if freeze {
-        begin += &format!("; TRUNCATE ONLY {target_name}");
+    match gate {
+        None if freeze => begin += &format!("; TRUNCATE ONLY {target_name}"),
+        None => {}
+        Some((owner, _)) => {
+            begin += &format!(
+                "; CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {target_name} WITH NO DATA; \
+                 GRANT SELECT ON {stage} TO {}",
+                crate::sql::quote_ident(owner)
+            )
+        }
     }
     target.batch_execute(&begin).await.map_err(|e| error_text(&e))?;
     let result = async {
+        if let (Some((_, call)), true) = (gate, freeze) {
+            through_gate(target, call, &format!("TRUNCATE ONLY {target_name}")).await?;
+        }
         let rows_out = source.copy_out(&out_sql).await.map_err(|e| format!("source: {}", error_text(&e)))?;
         let sink = target.copy_in(&in_sql).await.map_err(|e| format!("target: {}", error_text(&e)))?;
         futures_util::pin_mut!(rows_out);
@@ -255,7 +289,13 @@ async fn copy_unit(
             progress.advance(&name, buf.len() as u64);
             sink.feed(buf.freeze()).await.map_err(|e| format!("target: {}", error_text(&e)))?;
         }
-        sink.as_mut().finish().await.map_err(|e| format!("target: {}", error_text(&e)))
+        let rows = sink.as_mut().finish().await.map_err(|e| format!("target: {}", error_text(&e)))?;
+        if let Some((_, call)) = gate {
+            let insert =
+                format!("INSERT INTO {target_name} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM {stage}");
+            through_gate(target, call, &insert).await?;
+        }
+        Ok(rows)
     }
     .await;
     match result {

@@ -47,6 +47,11 @@ pub enum DdlError {
     Refused(#[from] Refused),
     #[error("type {0} does not exist on the target: create it there (or its extension), then run again")]
     NoSuchType(String),
+    #[error(
+        "the gate that replays DDL as the object's owner was altered (it is no longer that owner's SECURITY DEFINER \
+         function with pgdms's settings): refused"
+    )]
+    GateAltered,
 }
 
 impl DdlFailed {
@@ -85,24 +90,36 @@ struct TargetColumn {
 
 struct Replay<'c> {
     client: &'c Client,
+    /// The gate of the object's owner to run statements through (see `roles`), if not the
+    /// target role.
+    gate: Option<&'c str>,
     done: Replayed,
     /// Source type (name, modifier) → the target's spelling of it.
     types: HashMap<(String, i32), String>,
 }
 
 impl<'c> Replay<'c> {
-    fn new(client: &'c Client) -> Self {
-        Replay { client, done: Replayed::default(), types: HashMap::new() }
+    fn new(client: &'c Client, gate: Option<&'c str>) -> Self {
+        Replay { client, gate, done: Replayed::default(), types: HashMap::new() }
     }
 
-    /// Runs one statement: the extended protocol runs exactly one, whatever the text holds.
+    /// Runs one statement: the extended protocol runs exactly one, whatever the text holds
+    /// (and so does a gate's EXECUTE).
     async fn run(&mut self, sql: String) -> Result<(), DdlFailed> {
-        match self.client.execute(sql.as_str(), &[]).await {
-            Ok(_) => {
+        let outcome = match self.gate {
+            None => self.client.execute(sql.as_str(), &[]).await.map(drop).map_err(DdlError::from),
+            Some(gate) => match self.client.query(gate, &[&sql, &"{}"]).await {
+                Ok(rows) if rows.is_empty() => Err(DdlError::GateAltered),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        };
+        match outcome {
+            Ok(()) => {
                 self.done.statements.push(sql);
                 Ok(())
             }
-            Err(error) => Err(DdlFailed { statement: sql, error: error.into() }),
+            Err(error) => Err(DdlFailed { statement: sql, error }),
         }
     }
 
@@ -663,7 +680,7 @@ fn key_names(t: &TableDef, attnums: &[i16]) -> Vec<String> {
 /// reorder). The DDL record that follows completes the definition. Returns whether it
 /// created the table.
 pub async fn ensure_table(client: &Client, rel: &RelInfo) -> Result<bool, DdlFailed> {
-    let mut r = Replay::new(client);
+    let mut r = Replay::new(client, None);
     let name = qualified(&rel.schema, &rel.name);
     if r.exists("to_regclass", &name).await? {
         return Ok(false);
@@ -681,9 +698,10 @@ pub async fn ensure_table(client: &Client, rel: &RelInfo) -> Result<bool, DdlFai
     Ok(true)
 }
 
-/// Replays one DDL record on the target, inside the open transaction.
-pub async fn replay(client: &Client, ddl: &Ddl) -> Result<Replayed, DdlFailed> {
-    let mut r = Replay::new(client);
+/// Replays one DDL record on the target, inside the open transaction; its statements run
+/// through `gate` (as the object's owner) when given.
+pub async fn replay(client: &Client, ddl: &Ddl, gate: Option<&str>) -> Result<Replayed, DdlFailed> {
+    let mut r = Replay::new(client, gate);
     match &ddl.object {
         DdlObject::Table { before, after } => r.table(before.as_ref(), after.as_ref()).await?,
         DdlObject::Type { before, after } => r.type_(before.as_ref(), after.as_ref()).await?,

@@ -36,7 +36,7 @@ use plan::{
     change_statement, column_list, net_statements, split_net, unnest_safe, written_columns, NetSplit, NoIdentity,
     Planned,
 };
-use roles::{set_role, Object, RoleError, Roles};
+use roles::{Object, RoleError, Roles};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -70,6 +70,9 @@ pub struct PostgresTarget {
     staging: HashSet<String>,
     /// `--target-role`: the role to act as, if not the login role.
     target_role: Option<String>,
+    /// The session's search_path as set up, restored before each batch and commit (code of
+    /// the source's owners may have changed it, and the statements' names resolve through it).
+    search_path: String,
     /// Who the session acts as (set up by `start`).
     roles: Option<Roles>,
 }
@@ -80,7 +83,10 @@ fn connection_error(e: tokio_postgres::Error) -> TargetError {
 
 /// A tokio-postgres error: a lost connection is transient, anything else is the statement's.
 fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
-    if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
+    // Lost: closed, or failing on the socket. A client-side error (a value that does not
+    // serialize) is no reason to reconnect and try again forever.
+    let io = std::error::Error::source(&e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+    if e.is_closed() || io {
         return Err(connection_error(e));
     }
     match e.as_db_error() {
@@ -123,6 +129,16 @@ pub async fn open_session(
     Ok((conn, roles))
 }
 
+/// The rows a gate call says its statement affected; no row: the gate is not what pgdms made.
+fn gate_count(row: Option<&tokio_postgres::Row>) -> Result<u64, String> {
+    match row {
+        Some(row) => row.try_get::<_, i64>(0).map(|n| n as u64).map_err(|e| e.to_string()),
+        None => Err("the gate that writes as the table's owner was altered (it is no longer that owner's \
+                     SECURITY DEFINER function with pgdms's settings): refused; see README, \"Target role\""
+            .into()),
+    }
+}
+
 /// Why a DDL replay failed, or the connection error that ended it.
 fn ddl_error(e: ddl::DdlError) -> Result<String, TargetError> {
     match e {
@@ -134,7 +150,9 @@ fn ddl_error(e: ddl::DdlError) -> Result<String, TargetError> {
 /// A session's role could not be taken on: a superuser target role is refused outright.
 pub fn role_error(e: RoleError) -> TargetError {
     match e {
-        RoleError::Superuser(_) => TargetError::Other(e.to_string()),
+        RoleError::Superuser(_) | RoleError::Powerful { .. } | RoleError::CreateRole(_) => {
+            TargetError::Other(e.to_string())
+        }
         RoleError::Sql(e) => match classify(e) {
             Ok(m) => TargetError::Other(format!("could not take on the target role: {m}")),
             Err(c) => c,
@@ -164,6 +182,7 @@ impl PostgresTarget {
             staging: HashSet::new(),
             target_role: target_role.map(str::to_string),
             roles: None,
+            search_path: String::new(),
         })
     }
 
@@ -179,21 +198,29 @@ impl PostgresTarget {
         roles.owner(client, Object::Table, qualified).await.map_err(connection_error)
     }
 
-    /// The role a DDL record is replayed as: the owner of the object it changes (of the
-    /// partitioned table, for a partition it creates), when the target role may become it.
+    /// The role a DDL record is replayed as: the owner of the object it changes (for an
+    /// object it creates, of the partitioned table or the schema it goes into), when the
+    /// target role may become it.
     async fn ddl_role(&mut self, record: &Ddl) -> Result<Option<String>, TargetError> {
         let q = |schema: &str, name: &str| format!("{}.{}", quote_ident(schema), quote_ident(name));
         let objects: Vec<(Object, String)> = match &record.object {
             DdlObject::Table { before, after } => {
                 let mut v: Vec<(Object, String)> =
                     [before, after].into_iter().flatten().map(|d| (Object::Table, q(&d.schema, &d.name))).collect();
-                if let Some(p) = after.as_ref().and_then(|a| a.partition_of.as_ref()) {
-                    v.push((Object::Table, q(&p.schema, &p.name)));
+                // A new table: as the partitioned table's owner, or the schema's.
+                if let Some(a) = after {
+                    if let Some(p) = &a.partition_of {
+                        v.push((Object::Table, q(&p.schema, &p.name)));
+                    }
+                    v.push((Object::Schema, quote_ident(&a.schema)));
                 }
                 v
             }
             DdlObject::Type { before, after } => {
-                [before, after].into_iter().flatten().map(|d| (Object::Type, q(&d.schema, &d.name))).collect()
+                let mut v: Vec<(Object, String)> =
+                    [before, after].into_iter().flatten().map(|d| (Object::Type, q(&d.schema, &d.name))).collect();
+                v.extend(after.iter().map(|a| (Object::Schema, quote_ident(&a.schema))));
+                v
             }
             DdlObject::Schema { before, after } => {
                 [before, after].into_iter().flatten().map(|d| (Object::Schema, quote_ident(&d.name))).collect()
@@ -211,14 +238,53 @@ impl PostgresTarget {
         Ok(None)
     }
 
-    /// `steps` run as `role` (when it is not the target role), and back.
-    fn as_role(&self, role: Option<&str>, steps: Vec<Planned>) -> Vec<Planned> {
-        let (Some(role), Some(roles)) = (role, self.roles.as_ref()) else { return steps };
-        let mut wrapped = Vec::with_capacity(steps.len() + 2);
-        wrapped.push(Planned::utility(&set_role(role)));
-        wrapped.extend(steps);
-        wrapped.push(Planned::utility(&roles.back()));
-        wrapped
+    /// The session settings the statements depend on, set again: code of the source's owners
+    /// that ran in an earlier statement (a trigger, a check) may have changed them, and a
+    /// search_path of its choosing would resolve the names of later statements, a
+    /// standard_conforming_strings = off would change how their texts parse, a
+    /// synchronous_commit = off would make the commit that the source is told of not durable.
+    fn settings_pinned(&self) -> Planned {
+        Planned {
+            gated: false,
+            sql: "SELECT pg_catalog.set_config('search_path', $1, false), \
+                         pg_catalog.set_config('standard_conforming_strings', 'on', false), \
+                         pg_catalog.set_config('synchronous_commit', $2, false)"
+                .into(),
+            params: vec![Some(self.search_path.clone()), Some(self.synchronous_commit.clone())],
+            expect: None,
+        }
+    }
+
+    /// `steps` as they run for a table written as `role`: through its gate when that is
+    /// another owner (made by `ensure_gate` before), as they are otherwise.
+    fn as_role(&self, role: Option<&str>, steps: Vec<Planned>) -> Result<Vec<Planned>, String> {
+        let Some(role) = role else { return Ok(steps) };
+        let call = self.known_gate(role)?;
+        steps.into_iter().map(|s| s.through_gate(&call)).collect()
+    }
+
+    /// The gate of `owner` made before in this transaction's lifetime.
+    fn known_gate(&self, owner: &str) -> Result<String, String> {
+        self.roles
+            .as_ref()
+            .and_then(|r| r.known_gate(owner))
+            .ok_or_else(|| format!("no gate for role {} was made", quote_ident(owner)))
+    }
+
+    /// Makes `owner`'s gate if this session has not (see `roles`).
+    async fn ensure_gate(&mut self, owner: &str) -> Result<String, TargetError> {
+        let own_transaction = !self.in_group;
+        let client = &self.conn.client;
+        let roles =
+            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+        roles.gate(client, owner, own_transaction).await.map_err(|e| match classify(e) {
+            Ok(m) => TargetError::Other(format!(
+                "could not make the gate that writes as role {}: {m} (the target role must be able to SET ROLE to it \
+                 and to create schema pgdms_gate)",
+                quote_ident(owner)
+            )),
+            Err(c) => c,
+        })
     }
 
     async fn open_group(&mut self) -> Result<(), TargetError> {
@@ -268,8 +334,21 @@ impl PostgresTarget {
         let stmts: Vec<&Statement> = steps.iter().map(|s| &self.statements[&s.sql]).collect();
         let params: Vec<Vec<&(dyn ToSql + Sync)>> =
             steps.iter().map(|s| s.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()).collect();
-        let results = join_all(stmts.iter().zip(&params).map(|(st, p)| self.conn.client.execute(*st, p))).await;
+        let client = &self.conn.client;
+        let results = join_all(stmts.iter().zip(&params).zip(steps).map(|((st, p), s)| async move {
+            if s.gated {
+                Ok(gate_count(client.query(*st, p).await?.first()))
+            } else {
+                client.execute(*st, p).await.map(Ok)
+            }
+        }))
+        .await;
         for (i, (r, s)) in results.into_iter().zip(steps).enumerate() {
+            let r = match r {
+                Ok(Err(refused)) => return Err((i, refused)),
+                Ok(Ok(n)) => Ok(n),
+                Err(e) => Err(e),
+            };
             match r {
                 Ok(n) if s.expect.is_none_or(|e| e == n) => {}
                 Ok(0) if s.expect == Some(1) => return Err((i, "the row was not found on the target".into())),
@@ -289,21 +368,26 @@ impl PostgresTarget {
         let layout: Vec<(&String, &String)> =
             cols.iter().map(|&i| (&rel.columns[i].name, &rel.columns[i].type_sql)).collect();
         std::hash::Hash::hash(&(rel.oid, layout), &mut h);
-        let name = format!("pgdms_stage_{}_{:x}", rel.oid, std::hash::Hasher::finish(&h));
+        // Named in pg_temp: a search_path set by the owners' code cannot put a look-alike first.
+        let name =
+            format!("pg_temp.{}", quote_ident(&format!("pgdms_stage_{}_{:x}", rel.oid, std::hash::Hasher::finish(&h))));
         if !self.staging.contains(&name) {
             let list = column_list(rel, &cols);
             // Outside a group, created in a transaction of its own; inside one, it is gone if
-            // the group rolls back, which is why `rollback` forgets the names.
-            let sql = format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {list} FROM {} WITH NO DATA",
-                quote_ident(&name),
+            // the group rolls back, which is why `rollback` forgets the names. The table's
+            // owner, who writes the table from it, may read it.
+            let mut steps = vec![Planned::utility(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT {list} FROM {} WITH NO DATA",
                 rel.qualified()
-            );
-            if self.in_group {
-                self.run(&sql).await?;
-            } else {
-                self.run(&format!("BEGIN; {sql}; COMMIT")).await?;
+            ))];
+            if let Some(owner) = self.known_role(rel) {
+                steps.push(Planned::utility(&format!("GRANT SELECT ON {name} TO {}", quote_ident(&owner))));
             }
+            if !self.in_group {
+                steps.insert(0, Planned::utility("BEGIN"));
+                steps.push(Planned::utility("COMMIT"));
+            }
+            self.pipeline(&steps).await.map_err(|(_, why)| TargetError::Other(why))?;
             self.staging.insert(name.clone());
         }
         Ok(name)
@@ -331,7 +415,24 @@ impl PostgresTarget {
     }
 
     /// The set-wise form of a table with many net changes, through COPY.
+    /// Runs a statement on a table as `role` (through its gate), or as the target role; the
+    /// rows it affected.
+    async fn execute_as(&self, role: Option<&str>, sql: &str) -> Result<u64, String> {
+        let [step] = <[Planned; 1]>::try_from(self.as_role(role, vec![Planned::utility(sql)])?)
+            .map_err(|_| "one statement".to_string())?;
+        if !step.gated {
+            return self.conn.client.execute(sql, &[]).await.map_err(|e| error_text(&e));
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = step.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self.conn.client.query(step.sql.as_str(), &params).await.map_err(|e| error_text(&e))?;
+        gate_count(rows.first())
+    }
+
+    /// The set-wise form of a table with many net changes, through COPY: the staging table
+    /// filled as the target role, the table written as `role`.
     async fn apply_net_copy(&mut self, t: &TableBatch, net: &NetTable) -> Result<(), String> {
+        let role = self.known_role(&t.rel);
+        let role = role.as_deref();
         let rel = &t.rel;
         let written = written_columns(rel);
         let target = rel.qualified();
@@ -344,15 +445,15 @@ impl PostgresTarget {
             .join(" AND ");
         if !deletes.is_empty() || !updates.is_empty() {
             let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
-            let qstage = quote_ident(&stage);
+            let qstage = stage;
             if !deletes.is_empty() {
-                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
+                self.conn.client.execute(&format!("TRUNCATE {qstage}"), &[]).await.map_err(|e| error_text(&e))?;
                 let key_list = column_list(rel, &t.key_cols);
                 self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect()))
                     .await
                     .map_err(|e| error_text(&e))?;
                 let sql = format!("DELETE FROM ONLY {target} t USING {qstage} s WHERE {key_match}");
-                let n = self.conn.client.execute(&sql, &[]).await.map_err(|e| error_text(&e))?;
+                let n = self.execute_as(role, &sql).await?;
                 if n != deletes.len() as u64 {
                     return Err(format!(
                         "{} of {} rows to delete were not found",
@@ -362,7 +463,7 @@ impl PostgresTarget {
                 }
             }
             for (set, rows) in &updates {
-                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
+                self.conn.client.execute(&format!("TRUNCATE {qstage}"), &[]).await.map_err(|e| error_text(&e))?;
                 let list = column_list(rel, &written);
                 // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
                 // every column that kept its value, keys included, as unchanged.
@@ -377,7 +478,7 @@ impl PostgresTarget {
                     set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
                 let sql =
                     format!("UPDATE ONLY {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
-                let n = self.conn.client.execute(&sql, &[]).await.map_err(|e| error_text(&e))?;
+                let n = self.execute_as(role, &sql).await?;
                 if n != rows.len() as u64 {
                     return Err(format!("{n} rows updated where {} were expected", rows.len()));
                 }
@@ -385,9 +486,20 @@ impl PostgresTarget {
         }
         if !inserts.is_empty() {
             let list = column_list(rel, &written);
-            self.copy_rows(&target, &list, inserts.iter().map(|r| written.iter().map(|&i| &r[i]).collect()))
-                .await
-                .map_err(|e| error_text(&e))?;
+            let rows = inserts.iter().map(|r| written.iter().map(|&i| &r[i]).collect());
+            if role.is_none() {
+                self.copy_rows(&target, &list, rows).await.map_err(|e| error_text(&e))?;
+            } else {
+                // COPY cannot go through a gate: into the staging table, then from it.
+                let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
+                self.conn.client.execute(&format!("TRUNCATE {stage}"), &[]).await.map_err(|e| error_text(&e))?;
+                let copied = self.copy_rows(&stage, &list, rows).await.map_err(|e| error_text(&e))?;
+                let sql = format!("INSERT INTO {target} ({list}){} SELECT {list} FROM {stage}", plan::overriding(rel));
+                let n = self.execute_as(role, &sql).await?;
+                if n != copied {
+                    return Err(format!("{n} rows inserted where {copied} were expected"));
+                }
+            }
         }
         Ok(())
     }
@@ -417,11 +529,12 @@ impl PostgresTarget {
             let outcome = match change_statement(c) {
                 Ok(None) => Ok(()),
                 Ok(Some(stmt)) => {
-                    // As the table's owner, and back: a failure rolls back to where the
-                    // session was the target role.
+                    // As the table's owner.
                     let role = self.roles()?.known_table_owner(&table).map(str::to_string);
-                    let steps = self.as_role(role.as_deref(), vec![stmt]);
-                    self.pipeline(&steps).await.map_err(|(_, why)| why)
+                    match self.as_role(role.as_deref(), vec![stmt]) {
+                        Ok(steps) => self.pipeline(&steps).await.map_err(|(_, why)| why),
+                        Err(why) => Err(why),
+                    }
                 }
                 Err(NoIdentity) if !log => return Err(TargetError::NoIdentity { table, operation, lsn }),
                 Err(NoIdentity) => {
@@ -478,6 +591,7 @@ impl PostgresTarget {
         change_json: String,
     ) -> Result<(), TargetError> {
         let step = Planned {
+            gated: false,
             sql: format!(
                 "INSERT INTO {CONTROL_SCHEMA}.apply_exceptions (slot_name, table_name, operation, key, lsn, xid, error, change) \
                  VALUES ($1, $2, $3, $4::jsonb, $5::pg_lsn, $6::bigint, $7, $8::jsonb)"
@@ -505,7 +619,7 @@ impl PostgresTarget {
         self.roles.as_ref().and_then(|r| r.known_table_owner(&rel.qualified())).map(str::to_string)
     }
 
-    fn plan_batch<'b>(&self, batch: &'b Batch) -> Result<(Vec<Planned>, CopiedTables<'b>), NoIdentity> {
+    fn plan_batch<'b>(&self, batch: &'b Batch) -> Result<(Vec<Planned>, CopiedTables<'b>), String> {
         let mut steps = Vec::new();
         let mut copied = Vec::new();
         for t in &batch.tables {
@@ -522,30 +636,21 @@ impl PostgresTarget {
                 TableMode::Sequential => {
                     let mut v = Vec::new();
                     for c in batch.raw_of(t.rel.oid) {
-                        v.extend(change_statement(c)?);
+                        v.extend(change_statement(c).map_err(|NoIdentity| "a change without a key".to_string())?);
                     }
                     v
                 }
             };
-            steps.extend(self.as_role(self.known_role(&t.rel).as_deref(), table_steps));
+            steps.extend(self.as_role(self.known_role(&t.rel).as_deref(), table_steps)?);
         }
         Ok((steps, copied))
     }
 
     /// The set-wise pass of a batch, inside its savepoint.
     async fn apply_set_wise(&mut self, batch: &Batch) -> Result<(), String> {
-        let Ok((steps, copied)) = self.plan_batch(batch) else {
-            return Err("a change without a key".into());
-        };
+        let (steps, copied) = self.plan_batch(batch)?;
         for (t, net) in &copied {
-            let role = self.known_role(&t.rel);
-            if let Some(role) = &role {
-                self.conn.client.batch_execute(&set_role(role)).await.map_err(|e| error_text(&e))?;
-            }
             self.apply_net_copy(t, net).await?;
-            if let (Some(_), Some(roles)) = (&role, &self.roles) {
-                self.conn.client.batch_execute(&roles.back()).await.map_err(|e| error_text(&e))?;
-            }
         }
         self.pipeline(&steps).await.map_err(|(_, why)| why)
     }
@@ -577,6 +682,8 @@ impl Target for PostgresTarget {
             Err(c) => c,
         })?;
         self.roles = Some(Roles::assume(&self.conn.client, self.target_role.as_deref()).await.map_err(role_error)?);
+        let path = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
+        self.search_path = path.map_err(connection_error)?.get(0);
         let setup = format!(
             "CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
              CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_reload_needed (
@@ -634,9 +741,12 @@ impl Target for PostgresTarget {
         if batch.is_empty() {
             return Ok(());
         }
-        // Who writes each table (looked up once per table and session).
+        // Who writes each table (looked up once per table and session), and the gates of
+        // owners other than the target role (made before the batch's savepoint).
         for t in &batch.tables {
-            self.table_role(&t.rel.qualified()).await?;
+            if let Some(owner) = self.table_role(&t.rel.qualified()).await? {
+                self.ensure_gate(&owner).await?;
+            }
         }
         // Staging tables of the tables going through COPY exist before the savepoint.
         for t in &batch.tables {
@@ -653,6 +763,8 @@ impl Target for PostgresTarget {
         } else if self.batch_savepoint {
             opening.push(Planned::utility("RELEASE SAVEPOINT pgdms_batch"));
         }
+        // Pinned before the savepoint, so that a rollback to it keeps them pinned.
+        opening.push(self.settings_pinned());
         opening.push(Planned::utility("SAVEPOINT pgdms_batch"));
         if let Err((_, why)) = self.pipeline(&opening).await {
             return Err(TargetError::Connection(why));
@@ -680,6 +792,10 @@ impl Target for PostgresTarget {
         // have come, gone or been renamed.
         self.statements.clear();
         let acting = self.ddl_role(record).await?;
+        let gate = match &acting {
+            Some(owner) => Some(self.ensure_gate(owner).await?),
+            None => None,
+        };
         self.roles()?.forget();
         let what = || format!("{} {}", record.command_tag, record.object_identity);
         let failure = match &record.object {
@@ -695,20 +811,17 @@ impl Target for PostgresTarget {
                 self.run("SAVEPOINT pgdms_ddl").await?;
                 let previous = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
                 let previous: String = previous.map_err(|e| TargetError::Connection(e.to_string()))?.get(0);
-                self.run("SELECT set_config('search_path', 'pg_catalog, pg_temp', false)").await?;
-                // As the object's owner; rolling back to the savepoint restores the role too.
-                if let Some(role) = &acting {
-                    self.run(&set_role(role)).await?;
-                }
-                match ddl::replay(&self.conn.client, record).await {
+                self.run(
+                    "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false), \
+                            pg_catalog.set_config('standard_conforming_strings', 'on', false)",
+                )
+                .await?;
+                // As the object's owner: through its gate.
+                match ddl::replay(&self.conn.client, record, gate.as_deref()).await {
                     Ok(done) => {
                         let restore =
                             self.conn.client.execute("SELECT set_config('search_path', $1, false)", &[&previous]).await;
                         restore.map_err(|e| TargetError::Connection(e.to_string()))?;
-                        if acting.is_some() {
-                            let back = self.roles()?.back();
-                            self.run(&back).await?;
-                        }
                         self.run("RELEASE SAVEPOINT pgdms_ddl").await?;
                         for statement in &done.statements {
                             tracing::info!(%lsn, ddl = %what(), %statement, "DDL replayed");
@@ -719,6 +832,7 @@ impl Target for PostgresTarget {
                         if let Some((table, reason)) = done.reload {
                             tracing::warn!(%lsn, %table, %reason, "the source rewrote the table; its rows on the target may differ: flagged for reload in {CONTROL_SCHEMA}.apply_reload_needed");
                             let step = Planned {
+                                gated: false,
                                 sql: format!("INSERT INTO {CONTROL_SCHEMA}.apply_reload_needed (slot_name, table_name, lsn, reason) VALUES ($1, $2, $3::pg_lsn, $4)"),
                                 params: vec![Some(self.slot.clone()), Some(table), Some(lsn.to_string()), Some(reason)],
                                 expect: Some(1),
@@ -787,11 +901,17 @@ impl Target for PostgresTarget {
             owners.insert(self.table_role(&r.qualified()).await?);
         }
         let role = if owners.len() == 1 { owners.into_iter().next().flatten() } else { None };
+        if let Some(owner) = &role {
+            self.ensure_gate(owner).await?;
+        }
         let list: Vec<String> = rels.iter().map(|r| format!("ONLY {}", r.qualified())).collect();
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
-        let steps =
-            self.as_role(role.as_deref(), vec![Planned::utility(&format!("TRUNCATE {}{restart}", list.join(", ")))]);
-        match self.pipeline(&steps).await {
+        let truncate = vec![Planned::utility(&format!("TRUNCATE {}{restart}", list.join(", ")))];
+        let outcome = match self.as_role(role.as_deref(), truncate) {
+            Ok(steps) => self.pipeline(&steps).await,
+            Err(why) => Err((0, why)),
+        };
+        match outcome {
             Ok(()) => Ok(()),
             Err(_) if self.conn.client.is_closed() => {
                 Err(TargetError::Connection("the target closed the connection".into()))
@@ -812,6 +932,7 @@ impl Target for PostgresTarget {
         }
         let commit_time = pgdms_proto::Value::TimestampTz(commit_time).to_pg_text().map(|c| c.into_owned());
         let progress = Planned {
+            gated: false,
             sql: format!(
                 "INSERT INTO {CONTROL_SCHEMA}.apply_progress (slot_name, end_lsn, commit_time, updated_at) \
                  VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) \
@@ -820,7 +941,7 @@ impl Target for PostgresTarget {
             params: vec![Some(self.slot.clone()), Some(end_lsn.to_string()), commit_time],
             expect: Some(1),
         };
-        let result = self.pipeline(&[progress, Planned::utility("COMMIT")]).await;
+        let result = self.pipeline(&[self.settings_pinned(), progress, Planned::utility("COMMIT")]).await;
         self.in_group = false;
         self.batch_savepoint = false;
         result.map_err(|(_, why)| {
@@ -833,8 +954,11 @@ impl Target for PostgresTarget {
     }
 
     async fn rollback(&mut self) -> Result<(), TargetError> {
-        // Staging tables created inside the group went with it; they are created again.
+        // Staging tables and gates made inside the group went with it; they are made again.
         self.staging.clear();
+        if let Some(roles) = self.roles.as_mut() {
+            roles.forget_gates();
+        }
         if self.in_group {
             self.in_group = false;
             self.batch_savepoint = false;

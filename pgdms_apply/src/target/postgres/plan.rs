@@ -18,11 +18,24 @@ pub struct Planned {
     pub sql: String,
     pub params: Vec<Option<String>>,
     pub expect: Option<u64>,
+    /// A call of an owner's gate: the rows affected are the value it returns, and no row
+    /// means the gate was altered (see `roles`).
+    pub gated: bool,
 }
 
 impl Planned {
     pub fn utility(sql: &str) -> Planned {
-        Planned { sql: sql.to_string(), params: Vec::new(), expect: None }
+        Planned { sql: sql.to_string(), params: Vec::new(), expect: None, gated: false }
+    }
+
+    /// This statement run through the gate `call` (as the gate's owner).
+    pub fn through_gate(self, call: &str) -> Result<Planned, String> {
+        Ok(Planned {
+            sql: call.to_string(),
+            params: vec![Some(super::roles::for_gate(&self.sql)?), Some(text_array(self.params.into_iter()))],
+            expect: self.expect,
+            gated: true,
+        })
     }
 }
 
@@ -39,7 +52,7 @@ pub fn column_list(rel: &RelInfo, cols: &[usize]) -> String {
     cols.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect::<Vec<_>>().join(", ")
 }
 
-fn overriding(rel: &RelInfo) -> &'static str {
+pub fn overriding(rel: &RelInfo) -> &'static str {
     if rel.columns.iter().any(|c| c.identity == Identity::Always) {
         " OVERRIDING SYSTEM VALUE"
     } else {
@@ -61,12 +74,17 @@ pub fn unnest_safe(rel: &RelInfo) -> bool {
 
 /// An array literal of `vals` (text elements, double-quoted and escaped; NULL bare).
 fn array_literal<'v>(vals: impl Iterator<Item = &'v Val>) -> String {
+    text_array(vals.map(Val::to_pg_text))
+}
+
+/// A text array literal (elements double-quoted and escaped; NULL bare).
+pub fn text_array(items: impl Iterator<Item = Option<String>>) -> String {
     let mut s = String::from("{");
-    for (i, v) in vals.enumerate() {
+    for (i, v) in items.enumerate() {
         if i > 0 {
             s.push(',');
         }
-        match v.to_pg_text() {
+        match v {
             None => s.push_str("NULL"),
             Some(t) => {
                 s.push('"');
@@ -144,6 +162,7 @@ pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
     if !deletes.is_empty() {
         let params = (0..t.key_cols.len()).map(|k| Some(array_literal(deletes.iter().map(|key| &key[k])))).collect();
         out.push(Planned {
+            gated: false,
             sql: format!(
                 "DELETE FROM ONLY {target} t USING {} WHERE {}",
                 unnest_source(rel, &t.key_cols, 1),
@@ -161,6 +180,7 @@ pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
         let assignments: Vec<String> =
             set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
         out.push(Planned {
+            gated: false,
             sql: format!(
                 "UPDATE ONLY {target} t SET {} FROM {} WHERE {}",
                 assignments.join(", "),
@@ -173,6 +193,7 @@ pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
     }
     if !inserts.is_empty() {
         out.push(Planned {
+            gated: false,
             sql: format!(
                 "INSERT INTO {target} ({}){} SELECT * FROM {}",
                 column_list(rel, &written),
@@ -237,6 +258,7 @@ pub fn change_statement(c: &Change) -> Result<Option<Planned>, NoIdentity> {
         ChangeKind::Insert { new } => {
             let values: Vec<String> = written.iter().enumerate().map(|(n, &i)| cast(i, n + 1)).collect();
             Planned {
+                gated: false,
                 sql: format!(
                     "INSERT INTO {target} ({}){} VALUES ({})",
                     column_list(rel, &written),
@@ -261,6 +283,7 @@ pub fn change_statement(c: &Change) -> Result<Option<Planned>, NoIdentity> {
             let (cond, cond_params) = row_condition(c, old, Some(new), params.len())?;
             params.extend(cond_params);
             Planned {
+                gated: false,
                 sql: format!("UPDATE ONLY {target} SET {} WHERE {cond}", assignments.join(", ")),
                 params,
                 expect: Some(1),
@@ -268,7 +291,7 @@ pub fn change_statement(c: &Change) -> Result<Option<Planned>, NoIdentity> {
         }
         ChangeKind::Delete { old } => {
             let (cond, params) = row_condition(c, old, None, 0)?;
-            Planned { sql: format!("DELETE FROM ONLY {target} WHERE {cond}"), params, expect: Some(1) }
+            Planned { sql: format!("DELETE FROM ONLY {target} WHERE {cond}"), params, expect: Some(1), gated: false }
         }
     }))
 }
