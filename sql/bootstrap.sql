@@ -73,7 +73,7 @@ BEGIN
                   DETAIL = 'The view pgdms_ddl_audit goes there, and superusers read it: a role that may rename that schema '
                            'or create objects in it could put a look-alike there, whose functions would run as the reader.',
                   HINT = 'Install pgdms into a schema only superusers control, as a superuser: '
-                         'CREATE SCHEMA pgdms; CREATE EXTENSION pgdms SCHEMA pgdms;';
+                         'CREATE SCHEMA pgdms_audit; CREATE EXTENSION pgdms SCHEMA pgdms_audit;';
     END IF;
 END
 $$;

@@ -61,8 +61,8 @@ BEGIN
     IF why IS NOT NULL THEN
         RAISE WARNING 'pgdms: schema @extschema@, where the view pgdms_ddl_audit stays, is %', why
             USING HINT = 'Superusers reading that view could be given a look-alike; read pgdms.ddl_audit instead, or '
-                         'reinstall pgdms in a schema only superusers control (CREATE SCHEMA pgdms; '
-                         'CREATE EXTENSION pgdms SCHEMA pgdms).';
+                         'reinstall pgdms in a schema only superusers control (CREATE SCHEMA pgdms_audit; '
+                         'CREATE EXTENSION pgdms SCHEMA pgdms_audit).';
     END IF;
 END
 $$;

@@ -47,7 +47,10 @@ sql postgres "create role $TARGET_ROLE login; grant set on parameter session_rep
 echo "pgbench -i -s $SCALE (source)..." >&2
 sql postgres "create database src"
 "$PG_BIN/pgbench" -q -i -s "$SCALE" -h "$WORK" -p "$PORT" -U postgres src >/dev/null 2>&1
-sql src "create extension pgdms"
+# In a schema of its own: the tools that restore everything (pg_dump | psql...) then restore
+# it into a target database that the target role owns, which the extension's default schema
+# there (public, the database owner's) is refused for.
+sql src "create schema pgdms_audit; create extension pgdms schema pgdms_audit"
 sql src "vacuum analyze"
 echo "source: $(sql src "select pg_size_pretty(pg_database_size('src'))")" >&2
 

@@ -341,6 +341,114 @@ fn an_owner_cannot_turn_its_gate_into_a_function_that_runs_as_the_caller() {
 }
 
 #[test]
+fn a_gate_ends_the_session_when_the_owners_code_leaves_something_in_it() {
+    // What a SECURITY DEFINER function does not undo: a prepared statement made with SQL
+    // (which could replace one of pgdms-apply's by name), a temporary object (which could
+    // stand in for its staging table), a changed setting its statements depend on.
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    let tampers = [
+        ("prepared", "execute 'prepare pgdms_s0 as select 1'"),
+        ("temporary", "create temp table if not exists lookalike (id int)"),
+        ("setting", "perform set_config('extra_float_digits', '0', false)"),
+    ];
+    let tables: String = tampers.iter().map(|(t, _)| format!("create table app.{t} (id int primary key);")).collect();
+    alice_setup(&source, &target, &tables);
+    source.copy_schema_to(&target);
+    let mut setup = String::from("alter schema app owner to alice;");
+    for (t, tamper) in &tampers {
+        setup += &format!(
+            "alter table app.{t} owner to alice;
+             create function app.{t}() returns trigger language plpgsql as $$ begin {tamper}; return new; end $$;
+             alter function app.{t}() owner to alice;
+             create trigger {t} after insert on app.{t} for each row execute function app.{t}();
+             alter table app.{t} enable always trigger {t};"
+        );
+    }
+    target.execute(&setup);
+    source.execute("create extension pgdms");
+    source.create_slot("left");
+    for (t, _) in &tampers {
+        source.execute(&format!("insert into app.{t} values (1)"));
+    }
+    let until = source.current_lsn();
+    for (t, _) in &tampers {
+        // Even with --on-error=log: not a change to pass over, the session is not to be trusted.
+        let out = cdc(&source, &target, "left", &["--until", &until, "--on-error", "log"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{t}: {stderr}");
+        assert!(stderr.contains("the session was tampered with"), "{t}: {stderr}");
+        assert_eq!(target.value(&format!("select count(*) from app.{t}")), "0", "{t}");
+        target.execute(&format!("alter table app.{t} disable trigger {t}"));
+    }
+    pgdms_tests::catch_up(&source, &target, "left", &[]);
+    pgdms_tests::assert_same_rows(&source, &target, &["app.prepared", "app.temporary", "app.setting"]);
+}
+
+#[test]
+fn a_domains_check_runs_as_its_owner_in_a_large_batch_too() {
+    // A batch this large goes through COPY into a staging table, which the target role
+    // fills: the staging table's columns are text, so alice's domain checks run only inside
+    // her gate.
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    alice_setup(
+        &source,
+        &target,
+        "create unlogged table app.seen (who text);
+         create function app.ok(v int) returns boolean language plpgsql as $$
+         begin
+             begin reset role; exception when others then null; end;
+             insert into app.seen values (current_user);
+             return v > 0;
+         end $$;
+         create domain app.positive as int check (app.ok(value));
+         create table app.t (id int primary key, p app.positive);",
+    );
+    source.copy_schema_to(&target);
+    target.execute(
+        "alter schema app owner to alice; alter table app.t owner to alice; alter table app.seen owner to alice;
+         alter function app.ok(int) owner to alice; alter domain app.positive owner to alice",
+    );
+    source.execute("create extension pgdms");
+    source.create_slot("domain");
+    source.execute("insert into app.t select i, i from generate_series(1, 6000) i");
+    source.execute("update app.t set p = p + 1");
+    pgdms_tests::catch_up(&source, &target, "domain", &[]);
+    pgdms_tests::assert_same_rows(&source, &target, &["app.t"]);
+    assert_eq!(target.query("select distinct who from app.seen"), vec![vec![Some("alice".to_string())]]);
+}
+
+#[test]
+fn a_target_role_with_an_open_search_path_or_an_owner_it_cannot_act_as_is_refused() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    source.execute("create table t (id int primary key); create table c (id int primary key)");
+    source.copy_schema_to(&target);
+    source.execute("create extension pgdms");
+    source.create_slot("refused");
+    source.execute("insert into t values (1); insert into c values (1)");
+    let until = source.current_lsn();
+    let run = || cdc(&source, &target, "refused", &["--until", &until]).output().unwrap();
+
+    // Anyone may create functions in public: they could shadow what the apply's statements call.
+    target.execute("grant create on schema public to public");
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("schema public on the target role's search_path"), "{stderr}");
+    assert!(stderr.contains("open to CREATE by PUBLIC"), "{stderr}");
+    target.execute("revoke create on schema public from public");
+
+    // A table whose owner the target role may not become: refused, as PostgreSQL 16 refuses it.
+    target.execute(&format!("create role carol; alter table c owner to carol; grant all on c to {TARGET_ROLE}"));
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("may not act as \"carol\""), "{stderr}");
+    assert_eq!(target.value("select count(*) from c"), "0");
+    target.execute(&format!("grant carol to {TARGET_ROLE}"));
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pgdms_tests::assert_same_rows(&source, &target, &["t", "c"]);
+}
+
+#[test]
 fn enum_labels_with_backslashes_replicate_intact_under_standard_conforming_strings_off() {
     let (source, target) = (Cluster::start(), Cluster::start_target());
     target.execute("alter database postgres set standard_conforming_strings = off");
@@ -380,7 +488,7 @@ fn the_capture_cannot_be_redirected_by_a_schema_its_owner_controls() {
     // so is any schema a role other than a superuser owns or may create in.
     let err = install_error(&source, "app", "create extension pgdms");
     assert!(err.contains("schema public is not safe") && err.contains("owned by dbo"), "{err}");
-    assert!(err.contains("CREATE SCHEMA pgdms; CREATE EXTENSION pgdms SCHEMA pgdms"), "{err}");
+    assert!(err.contains("CREATE SCHEMA pgdms_audit; CREATE EXTENSION pgdms SCHEMA pgdms_audit"), "{err}");
     source
         .connect("app")
         .batch_execute("create schema x authorization dbo; create schema y; grant create on schema y to public")
@@ -394,9 +502,16 @@ fn the_capture_cannot_be_redirected_by_a_schema_its_owner_controls() {
 
     // In a schema only superusers control, it installs; the database owner then tries the
     // swap: rename the schemas, put look-alike tables with a trigger in their place.
-    source.connect("app").batch_execute("create schema pgdms; create extension pgdms schema pgdms").unwrap();
+    source
+        .connect("app")
+        .batch_execute("create schema pgdms_audit; create extension pgdms schema pgdms_audit")
+        .unwrap();
     let mut dbo = source.connect_as("app", "dbo");
-    for attempt in ["alter schema pgdms rename to old_pgdms", "create table pgdms.ddl_state_x (id int)"] {
+    for attempt in [
+        "alter schema pgdms rename to old_pgdms",
+        "alter schema pgdms_audit rename to old_audit",
+        "create table pgdms.ddl_state_x (id int)",
+    ] {
         let err = dbo.batch_execute(attempt).expect_err(attempt);
         assert!(
             format!("{err:?}").contains("must be owner") || format!("{err:?}").contains("permission denied"),

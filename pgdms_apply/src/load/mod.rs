@@ -193,18 +193,10 @@ async fn worker(
         let freeze = opts.freeze && unit.blocks.is_none();
         // The rows go in as the table's owner (its checks and generated columns run then):
         // through the owner's gate when that is not the target role (see target::postgres::roles).
-        let owner = roles
-            .owner(target, Object::Table, &table.target_qualified())
-            .await
-            .map_err(sql_error(format!("could not look up the owner of {}", table.target_qualified())))?;
+        let refused = |e| LoadError::Target(crate::target::postgres::role_error(e).to_string());
+        let owner = roles.owner(target, Object::Table, &table.target_qualified()).await.map_err(refused)?;
         let gate = match &owner {
-            Some(owner) => Some((
-                owner.as_str(),
-                roles
-                    .gate(target, owner, true)
-                    .await
-                    .map_err(sql_error(format!("could not make the gate of role {owner}")))?,
-            )),
+            Some(owner) => Some((owner.as_str(), roles.gate(target, owner, true).await.map_err(refused)?)),
             None => None,
         };
         let gate = gate.as_ref().map(|(owner, call)| (*owner, call.as_str()));
@@ -218,17 +210,37 @@ async fn worker(
 }
 
 /// Runs `statement` through an owner's gate (see target::postgres::roles).
-async fn through_gate(target: &tokio_postgres::Client, call: &str, statement: &str) -> Result<(), String> {
+async fn through_gate(target: &tokio_postgres::Client, call: &str, statement: &str) -> Result<u64, String> {
     match target.query(call, &[&statement, &"{}"]).await {
-        Ok(rows) if rows.is_empty() => Err("the gate that writes as the table's owner was altered: refused".into()),
-        Ok(_) => Ok(()),
+        Ok(rows) => match rows.first() {
+            Some(row) => Ok(row.try_get::<_, i64>(0).map_err(|e| e.to_string())? as u64),
+            None => Err("the gate that writes as the table's owner was altered: refused".into()),
+        },
         Err(e) => Err(format!("target: {}", error_text(&e))),
     }
 }
 
+/// The target's types of `table`'s columns, in the order of its target column list.
+async fn target_column_types(target: &tokio_postgres::Client, table: &SourceTable) -> Result<Vec<String>, String> {
+    let rows = target
+        .query(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM unnest($2::text[]) WITH ORDINALITY c(name, i)
+               JOIN pg_attribute a ON a.attrelid = to_regclass($1) AND a.attname = c.name ORDER BY c.i",
+            &[&table.target_qualified(), &table.target_columns],
+        )
+        .await
+        .map_err(|e| format!("target: {}", error_text(&e)))?;
+    if rows.len() != table.target_columns.len() {
+        return Err(format!("the target's {} lacks columns of the source's", table.target_qualified()));
+    }
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Streams one unit from the source into the target, in a target transaction of its own.
 /// With `gate` (the table's owner and its gate), COPY cannot run as the owner: the rows go
-/// into a temporary table, and from it into the table through the gate (no FREEZE then).
+/// as text into a temporary table (its columns text, so that the owner's types run no code
+/// of theirs as the target role), and from it into the table through the gate, cast to the
+/// table's types there (no FREEZE then).
 async fn copy_unit(
     source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
@@ -239,9 +251,10 @@ async fn copy_unit(
     progress: &Progress,
 ) -> Result<u64, String> {
     let name = table.qualified();
-    let out_format = if table.binary { " (FORMAT binary)" } else { "" };
+    let binary = table.binary && gate.is_none();
+    let out_format = if binary { " (FORMAT binary)" } else { "" };
     let copy_freeze = freeze && gate.is_none();
-    let in_format = match (table.binary, copy_freeze) {
+    let in_format = match (binary, copy_freeze) {
         (true, true) => " (FORMAT binary, FREEZE)",
         (true, false) => " (FORMAT binary)",
         (false, true) => " (FREEZE)",
@@ -258,13 +271,22 @@ async fn copy_unit(
         None if freeze => begin += &format!("; TRUNCATE ONLY {target_name}"),
         None => {}
         Some((owner, _)) => {
+            let text_columns: Vec<String> = table
+                .target_columns
+                .iter()
+                .map(|c| format!("{} pg_catalog.text", crate::sql::quote_ident(c)))
+                .collect();
             begin += &format!(
-                "; CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {target_name} WITH NO DATA; \
-                 GRANT SELECT ON {stage} TO {}",
+                "; CREATE TEMP TABLE {stage} ({}) ON COMMIT DROP; GRANT SELECT ON {stage} TO {}",
+                text_columns.join(", "),
                 crate::sql::quote_ident(owner)
             )
         }
     }
+    let types = match gate {
+        Some(_) => target_column_types(target, table).await?,
+        None => Vec::new(),
+    };
     target.batch_execute(&begin).await.map_err(|e| error_text(&e))?;
     let result = async {
         if let (Some((_, call)), true) = (gate, freeze) {
@@ -291,9 +313,20 @@ async fn copy_unit(
         }
         let rows = sink.as_mut().finish().await.map_err(|e| format!("target: {}", error_text(&e)))?;
         if let Some((_, call)) = gate {
-            let insert =
-                format!("INSERT INTO {target_name} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM {stage}");
-            through_gate(target, call, &insert).await?;
+            let values: Vec<String> = table
+                .target_columns
+                .iter()
+                .zip(&types)
+                .map(|(c, ty)| format!("s.{}::{ty}", crate::sql::quote_ident(c)))
+                .collect();
+            let insert = format!(
+                "INSERT INTO {target_name} ({columns}) OVERRIDING SYSTEM VALUE SELECT {} FROM {stage} s",
+                values.join(", ")
+            );
+            let inserted = through_gate(target, call, &insert).await?;
+            if inserted != rows {
+                return Err(format!("{inserted} rows went into {target_name} where {rows} were copied"));
+            }
         }
         Ok(rows)
     }

@@ -88,12 +88,16 @@ pub async fn dump(bin: &Path, source: &ConnInfo, snapshot: &str, dir: &Path) -> 
     Ok(file)
 }
 
-/// A `pg_restore --list` line of the pgdms extension or its comment:
-/// `2; 3079 16385 EXTENSION - pgdms` / `4021; 0 0 COMMENT - EXTENSION pgdms`.
+/// A `pg_restore --list` line of the pgdms extension or its comment
+/// (`2; 3079 16385 EXTENSION - pgdms` / `4021; 0 0 COMMENT - EXTENSION pgdms`), or of a
+/// schema `pgdms` made for it before CREATE EXTENSION (`5; 2615 16384 SCHEMA - pgdms
+/// postgres`, and its comment and grants): on the target, `pgdms` is pgdms-apply's own.
 fn is_pgdms_entry(line: &str) -> bool {
     let t: Vec<&str> = line.split_whitespace().collect();
     matches!(t.as_slice(), [_, _, _, "EXTENSION", "-", "pgdms", ..])
         || matches!(t.as_slice(), [_, _, _, "COMMENT", "-", "EXTENSION", "pgdms", ..])
+        || matches!(t.as_slice(), [_, _, _, "SCHEMA", "-", "pgdms", ..])
+        || matches!(t.as_slice(), [_, _, _, "COMMENT" | "ACL", "-", "SCHEMA", "pgdms", ..])
 }
 
 /// Restores one section of the archive into the target. Returns what was not migrated
@@ -194,6 +198,9 @@ mod tests {
     fn the_pgdms_extension_stays_on_the_source() {
         assert!(is_pgdms_entry("2; 3079 16385 EXTENSION - pgdms "));
         assert!(is_pgdms_entry("4021; 0 0 COMMENT - EXTENSION pgdms "));
+        assert!(is_pgdms_entry("5; 2615 16384 SCHEMA - pgdms postgres"));
+        assert!(is_pgdms_entry("4022; 0 0 ACL - SCHEMA pgdms postgres"));
+        assert!(!is_pgdms_entry("6; 2615 16390 SCHEMA - pgdms_audit postgres"));
         assert!(!is_pgdms_entry("3; 3079 16390 EXTENSION - hstore "));
         assert!(!is_pgdms_entry("215; 1259 16400 TABLE public pgdms postgres"));
     }

@@ -679,8 +679,8 @@ fn key_names(t: &TableDef, attnums: &[i16]) -> Vec<String> {
 /// their table's DDL record (CREATE TABLE AS, SELECT INTO, in a transaction too large to
 /// reorder). The DDL record that follows completes the definition. Returns whether it
 /// created the table.
-pub async fn ensure_table(client: &Client, rel: &RelInfo) -> Result<bool, DdlFailed> {
-    let mut r = Replay::new(client, None);
+pub async fn ensure_table(client: &Client, rel: &RelInfo, gate: Option<&str>) -> Result<bool, DdlFailed> {
+    let mut r = Replay::new(client, gate);
     let name = qualified(&rel.schema, &rel.name);
     if r.exists("to_regclass", &name).await? {
         return Ok(false);

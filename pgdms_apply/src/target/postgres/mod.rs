@@ -83,6 +83,9 @@ fn connection_error(e: tokio_postgres::Error) -> TargetError {
 
 /// A tokio-postgres error: a lost connection is transient, anything else is the statement's.
 fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
+    if is_alarm(&e) {
+        return Err(TargetError::Other(error_text_marking_alarm(&e)));
+    }
     // Lost: closed, or failing on the socket. A client-side error (a value that does not
     // serialize) is no reason to reconnect and try again forever.
     let io = std::error::Error::source(&e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
@@ -129,6 +132,22 @@ pub async fn open_session(
     Ok((conn, roles))
 }
 
+/// Marks the error text of a gate that found the session tampered with (see `roles`): the
+/// apply must not go on in this session, nor pass over the change.
+const ALARM_MARK: &str = "the session was tampered with: ";
+
+fn is_alarm(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == roles::GATE_ALARM)
+}
+
+fn error_text_marking_alarm(e: &tokio_postgres::Error) -> String {
+    if is_alarm(e) {
+        format!("{ALARM_MARK}{}", error_text(e))
+    } else {
+        error_text(e)
+    }
+}
+
 /// The rows a gate call says its statement affected; no row: the gate is not what pgdms made.
 fn gate_count(row: Option<&tokio_postgres::Row>) -> Result<u64, String> {
     match row {
@@ -147,16 +166,15 @@ fn ddl_error(e: ddl::DdlError) -> Result<String, TargetError> {
     }
 }
 
-/// A session's role could not be taken on: a superuser target role is refused outright.
+/// Who the session acts as could not be settled: a refusal ends the apply (retrying would
+/// not change it); a lost connection is retried.
 pub fn role_error(e: RoleError) -> TargetError {
     match e {
-        RoleError::Superuser(_) | RoleError::Powerful { .. } | RoleError::CreateRole(_) => {
-            TargetError::Other(e.to_string())
-        }
         RoleError::Sql(e) => match classify(e) {
-            Ok(m) => TargetError::Other(format!("could not take on the target role: {m}")),
+            Ok(m) => TargetError::Other(format!("could not settle which role writes the target: {m}")),
             Err(c) => c,
         },
+        refused => TargetError::Other(refused.to_string()),
     }
 }
 
@@ -195,7 +213,7 @@ impl PostgresTarget {
         let client = &self.conn.client;
         let roles =
             self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
-        roles.owner(client, Object::Table, qualified).await.map_err(connection_error)
+        roles.owner(client, Object::Table, qualified).await.map_err(role_error)
     }
 
     /// The role a DDL record is replayed as: the owner of the object it changes (for an
@@ -231,7 +249,7 @@ impl PostgresTarget {
         let roles =
             self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
         for (kind, name) in objects {
-            if let Some(role) = roles.lookup(client, kind, &name).await.map_err(connection_error)? {
+            if let Some(role) = roles.lookup(client, kind, &name).await.map_err(role_error)? {
                 return Ok(role);
             }
         }
@@ -277,13 +295,16 @@ impl PostgresTarget {
         let client = &self.conn.client;
         let roles =
             self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
-        roles.gate(client, owner, own_transaction).await.map_err(|e| match classify(e) {
-            Ok(m) => TargetError::Other(format!(
-                "could not make the gate that writes as role {}: {m} (the target role must be able to SET ROLE to it \
-                 and to create schema pgdms_gate)",
-                quote_ident(owner)
-            )),
-            Err(c) => c,
+        roles.gate(client, owner, own_transaction).await.map_err(|e| match e {
+            RoleError::Sql(e) => match classify(e) {
+                Ok(m) => TargetError::Other(format!(
+                    "could not make the gate that writes as role {}: {m} (the target role must be able to SET ROLE \
+                     to it and to create schema pgdms_gate)",
+                    quote_ident(owner)
+                )),
+                Err(c) => c,
+            },
+            refused => TargetError::Other(refused.to_string()),
         })
     }
 
@@ -353,7 +374,7 @@ impl PostgresTarget {
                 Ok(n) if s.expect.is_none_or(|e| e == n) => {}
                 Ok(0) if s.expect == Some(1) => return Err((i, "the row was not found on the target".into())),
                 Ok(n) => return Err((i, format!("{n} rows affected where {} were expected", s.expect.unwrap_or(0)))),
-                Err(e) => return Err((i, error_text(&e))),
+                Err(e) => return Err((i, error_text_marking_alarm(&e))),
             }
         }
         Ok(())
@@ -368,20 +389,36 @@ impl PostgresTarget {
         let layout: Vec<(&String, &String)> =
             cols.iter().map(|&i| (&rel.columns[i].name, &rel.columns[i].type_sql)).collect();
         std::hash::Hash::hash(&(rel.oid, layout), &mut h);
-        // Named in pg_temp: a search_path set by the owners' code cannot put a look-alike first.
-        let name =
-            format!("pg_temp.{}", quote_ident(&format!("pgdms_stage_{}_{:x}", rel.oid, std::hash::Hasher::finish(&h))));
+        let owner = self.known_role(rel);
+        // Named in pg_temp: no search_path can put a look-alike first. For another owner's
+        // table, the columns are text and its statements cast them: the target role fills the
+        // table, and the owner's types (domains with checks) must not run their code then.
+        let kind = if owner.is_some() { "t" } else { "" };
+        let name = format!(
+            "pg_temp.{}",
+            quote_ident(&format!("pgdms_stage_{}_{:x}{kind}", rel.oid, std::hash::Hasher::finish(&h)))
+        );
         if !self.staging.contains(&name) {
-            let list = column_list(rel, &cols);
             // Outside a group, created in a transaction of its own; inside one, it is gone if
             // the group rolls back, which is why `rollback` forgets the names. The table's
             // owner, who writes the table from it, may read it.
-            let mut steps = vec![Planned::utility(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT {list} FROM {} WITH NO DATA",
-                rel.qualified()
-            ))];
-            if let Some(owner) = self.known_role(rel) {
-                steps.push(Planned::utility(&format!("GRANT SELECT ON {name} TO {}", quote_ident(&owner))));
+            let create = match &owner {
+                None => format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT {} FROM {} WITH NO DATA",
+                    column_list(rel, &cols),
+                    rel.qualified()
+                ),
+                Some(_) => format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {name} ({})",
+                    cols.iter()
+                        .map(|&i| format!("{} pg_catalog.text", quote_ident(&rel.columns[i].name)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let mut steps = vec![Planned::utility(&create)];
+            if let Some(owner) = &owner {
+                steps.push(Planned::utility(&format!("GRANT SELECT ON {name} TO {}", quote_ident(owner))));
             }
             if !self.in_group {
                 steps.insert(0, Planned::utility("BEGIN"));
@@ -424,7 +461,8 @@ impl PostgresTarget {
             return self.conn.client.execute(sql, &[]).await.map_err(|e| error_text(&e));
         }
         let params: Vec<&(dyn ToSql + Sync)> = step.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = self.conn.client.query(step.sql.as_str(), &params).await.map_err(|e| error_text(&e))?;
+        let rows =
+            self.conn.client.query(step.sql.as_str(), &params).await.map_err(|e| error_text_marking_alarm(&e))?;
         gate_count(rows.first())
     }
 
@@ -437,17 +475,26 @@ impl PostgresTarget {
         let written = written_columns(rel);
         let target = rel.qualified();
         let NetSplit { deletes, updates, inserts } = split_net(t, net);
+        // A staged value: cast from text in another owner's staging table (see staging_table).
+        let staged = |i: usize| {
+            let c = quote_ident(&rel.columns[i].name);
+            if role.is_some() {
+                format!("s.{c}::{}", rel.columns[i].type_sql)
+            } else {
+                format!("s.{c}")
+            }
+        };
         let key_match = t
             .key_cols
             .iter()
-            .map(|&i| format!("t.{c} = s.{c}", c = quote_ident(&rel.columns[i].name)))
+            .map(|&i| format!("t.{} = {}", quote_ident(&rel.columns[i].name), staged(i)))
             .collect::<Vec<_>>()
             .join(" AND ");
         if !deletes.is_empty() || !updates.is_empty() {
             let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
             let qstage = stage;
             if !deletes.is_empty() {
-                self.conn.client.execute(&format!("TRUNCATE {qstage}"), &[]).await.map_err(|e| error_text(&e))?;
+                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
                 let key_list = column_list(rel, &t.key_cols);
                 self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect()))
                     .await
@@ -463,19 +510,19 @@ impl PostgresTarget {
                 }
             }
             for (set, rows) in &updates {
-                self.conn.client.execute(&format!("TRUNCATE {qstage}"), &[]).await.map_err(|e| error_text(&e))?;
+                self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
                 let list = column_list(rel, &written);
                 // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
                 // every column that kept its value, keys included, as unchanged.
-                let staged = rows.iter().map(|(key, r)| {
+                let staged_rows = rows.iter().map(|(key, r)| {
                     written
                         .iter()
                         .map(|&i| t.key_cols.iter().position(|&k| k == i).map_or(&r[i], |p| &key[p]))
                         .collect()
                 });
-                self.copy_rows(&qstage, &list, staged).await.map_err(|e| error_text(&e))?;
+                self.copy_rows(&qstage, &list, staged_rows).await.map_err(|e| error_text(&e))?;
                 let assignments: Vec<String> =
-                    set.iter().map(|&i| format!("{c} = s.{c}", c = quote_ident(&rel.columns[i].name))).collect();
+                    set.iter().map(|&i| format!("{} = {}", quote_ident(&rel.columns[i].name), staged(i))).collect();
                 let sql =
                     format!("UPDATE ONLY {target} t SET {} FROM {qstage} s WHERE {key_match}", assignments.join(", "));
                 let n = self.execute_as(role, &sql).await?;
@@ -492,9 +539,14 @@ impl PostgresTarget {
             } else {
                 // COPY cannot go through a gate: into the staging table, then from it.
                 let stage = self.staging_table(rel).await.map_err(|e| e.to_string())?;
-                self.conn.client.execute(&format!("TRUNCATE {stage}"), &[]).await.map_err(|e| error_text(&e))?;
+                self.conn.client.batch_execute(&format!("TRUNCATE {stage}")).await.map_err(|e| error_text(&e))?;
                 let copied = self.copy_rows(&stage, &list, rows).await.map_err(|e| error_text(&e))?;
-                let sql = format!("INSERT INTO {target} ({list}){} SELECT {list} FROM {stage}", plan::overriding(rel));
+                let values: Vec<String> = written.iter().map(|&i| staged(i)).collect();
+                let sql = format!(
+                    "INSERT INTO {target} ({list}){} SELECT {} FROM {stage} s",
+                    plan::overriding(rel),
+                    values.join(", ")
+                );
                 let n = self.execute_as(role, &sql).await?;
                 if n != copied {
                     return Err(format!("{n} rows inserted where {copied} were expected"));
@@ -545,6 +597,10 @@ impl PostgresTarget {
             if let Err(why) = outcome {
                 if self.conn.client.is_closed() {
                     return Err(TargetError::Connection(why));
+                }
+                // Not a change to pass over: the session itself is not to be trusted any more.
+                if why.starts_with(ALARM_MARK) {
+                    return Err(TargetError::Other(why));
                 }
                 if !log {
                     return Err(TargetError::Change {
@@ -752,7 +808,10 @@ impl Target for PostgresTarget {
         for t in &batch.tables {
             if let TableMode::Net(net) = &t.mode {
                 let copied = !unnest_safe(&t.rel) || net.ops().count() + net.appended().len() > UNNEST_MAX_ROWS;
-                if copied && net.ops().any(|(_, op)| !matches!(op, NetOp::Insert(_))) {
+                // Another owner's table takes its inserts through the staging table too.
+                let staged =
+                    net.ops().any(|(_, op)| !matches!(op, NetOp::Insert(_))) || self.known_role(&t.rel).is_some();
+                if copied && staged {
                     self.staging_table(&t.rel).await?;
                 }
             }
@@ -774,6 +833,9 @@ impl Target for PostgresTarget {
         if let Err(why) = self.apply_set_wise(batch).await {
             if self.conn.client.is_closed() {
                 return Err(TargetError::Connection(why));
+            }
+            if why.starts_with(ALARM_MARK) {
+                return Err(TargetError::Other(why));
             }
             tracing::debug!(%why, changes = batch.len(), "set-wise apply failed; replaying the batch change by change");
             self.run("ROLLBACK TO SAVEPOINT pgdms_batch").await?;
@@ -876,7 +938,16 @@ impl Target for PostgresTarget {
 
     async fn ensure_table(&mut self, rel: &RelInfo, lsn: Lsn) -> Result<(), TargetError> {
         self.open_group().await?;
-        match ddl::ensure_table(&self.conn.client, rel).await {
+        // As the owner of the schema it goes into, as a table a DDL record creates.
+        let client = &self.conn.client;
+        let roles =
+            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+        let owner = roles.owner(client, Object::Schema, &quote_ident(&rel.schema)).await.map_err(role_error)?;
+        let gate = match &owner {
+            Some(owner) => Some(self.ensure_gate(owner).await?),
+            None => None,
+        };
+        match ddl::ensure_table(&self.conn.client, rel, gate.as_deref()).await {
             Ok(true) => {
                 tracing::warn!(table = %rel.qualified(), %lsn, "created on the target from its relation record: its rows came before its DDL (CREATE TABLE AS in a large transaction)");
                 Ok(())
@@ -900,11 +971,41 @@ impl Target for PostgresTarget {
         for r in rels {
             owners.insert(self.table_role(&r.qualified()).await?);
         }
-        let role = if owners.len() == 1 { owners.into_iter().next().flatten() } else { None };
+        let list: Vec<String> = rels.iter().map(|r| format!("ONLY {}", r.qualified())).collect();
+        let several = owners.len() > 1;
+        let role = if several { None } else { owners.into_iter().next().flatten() };
         if let Some(owner) = &role {
             self.ensure_gate(owner).await?;
+        } else if several {
+            // Tables of several owners in one TRUNCATE (the source truncated them together,
+            // and foreign keys between them may want that): as the target role, which is only
+            // safe while no trigger of theirs fires for it.
+            let names: Vec<String> = rels.iter().map(|r| r.qualified()).collect();
+            let fired: i64 = self
+                .conn
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = ANY (
+                        SELECT pg_catalog.to_regclass(n) FROM pg_catalog.unnest($1::pg_catalog.text[]) n)
+                       AND tgenabled IN ('A', 'R') AND (tgtype::int & 32) <> 0",
+                    &[&names],
+                )
+                .await
+                .map_err(connection_error)?
+                .get(0);
+            if fired > 0 {
+                return Err(TargetError::Change {
+                    table: list.join(", "),
+                    operation: "truncate",
+                    lsn,
+                    key: "(all rows)".into(),
+                    error: "these tables have several owners, and a trigger of theirs fires for TRUNCATE: pgdms-apply \
+                            does not run it as the target role. Give them one owner on the target, or disable that \
+                            trigger for the replication (ALTER TABLE ... ENABLE TRIGGER, not ALWAYS or REPLICA)"
+                        .into(),
+                });
+            }
         }
-        let list: Vec<String> = rels.iter().map(|r| format!("ONLY {}", r.qualified())).collect();
         let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
         let truncate = vec![Planned::utility(&format!("TRUNCATE {}{restart}", list.join(", ")))];
         let outcome = match self.as_role(role.as_deref(), truncate) {

@@ -1,29 +1,35 @@
 //! Who the apply acts as on a PostgreSQL target.
 //!
 //! The source's owners control code that runs when their tables are written or altered on
-//! the target: defaults, checks and generated columns, triggers they marked `ENABLE ALWAYS`
-//! or `ENABLE REPLICA` (which fire under `session_replication_role = replica`), index
-//! expressions. None of it may run with more than its owner's rights. So, as PostgreSQL 16's
-//! subscriptions do:
+//! the target: defaults, checks and generated columns, domains, triggers they marked
+//! `ENABLE ALWAYS` or `ENABLE REPLICA` (which fire under `session_replication_role =
+//! replica`), index expressions. None of it may run with more than its owner's rights. So,
+//! as PostgreSQL 16's subscriptions do:
 //!
 //! * every session runs as the *target role*: `--target-role`, or else the login role. It
 //!   must not be a superuser, nor able to become one or to run programs or touch files on
 //!   the server (a superuser login sets `session_replication_role`, then `SET ROLE`s to it);
+//!   the schemas on its search_path must be ones only it (or superusers) may create in, and
+//!   `pg_temp` goes last on it;
 //! * a table's rows are written, and an object's DDL replayed, as the object's owner on the
-//!   target when the target role may become it, and as the target role otherwise (also when
-//!   the owner is a superuser: the target role then needs the rights itself).
+//!   target. An owner that is the target role or a superuser: as the target role (which needs
+//!   the rights); any other owner the target role must be able to become, or the apply stops.
 //!
 //! A plain `SET ROLE` would not contain the owner's code: it could `RESET ROLE` (or
 //! `set_config('role', ...)`) back to the target role, and reach every other owner through
 //! it. PostgreSQL 16's apply worker runs such code as a "security-restricted operation";
-//! from outside the server the equivalent is a SECURITY DEFINER function, inside which
-//! PostgreSQL refuses every change of role and undoes every setting the code changes. So
-//! what runs as another owner goes through that owner's *gate*: `pgdms_gate."as_<oid>"
-//! (statement, arguments)`, owned by the owner, executing one statement with `$1[n]` for its
-//! arguments. The gate's schema is the target role's; each call checks, in the same
-//! statement, that the gate is still the owner's SECURITY DEFINER function with its pinned
-//! search_path (the owner's code, which owns the gate, could otherwise make it run as its
-//! caller), and refuses otherwise.
+//! from outside the server the nearest is a SECURITY DEFINER function, inside which
+//! PostgreSQL refuses every change of role. So what runs as another owner goes through that
+//! owner's *gate*: `pgdms_gate."as_<oid>"(statement, arguments)`, owned by the owner,
+//! executing one statement with `$1[n]` for its arguments. What a SECURITY DEFINER function
+//! does not stop, the gate checks after the statement, and fails if the owner's code left
+//! anything in the session that the target role's later statements could pick up: a
+//! prepared statement made with SQL (which could replace one of ours by name), an object in
+//! the session's temporary schema that is not the target role's, or a changed setting our
+//! statements depend on. Such a failure ends the session (`GATE_ALARM`). The gate's schema is
+//! the target role's, and each call checks, in the same statement, that the gate is still
+//! the owner's SECURITY DEFINER function with its body and search_path (the owner owns it),
+//! and refuses otherwise.
 
 use crate::sql::{quote_ident, quote_literal};
 use std::collections::HashMap;
@@ -80,6 +86,24 @@ pub enum RoleError {
          programs and read and write files on the server: use a target role without it (see README, \"Target role\")"
     )]
     CreateRole(String),
+    #[error(
+        "the target role \"{role}\" may not act as \"{owner}\", the owner of {object} on the target: GRANT \"{owner}\" \
+         TO \"{role}\" (pgdms-apply writes each table as its owner, as PostgreSQL 16's subscriptions do), or make \
+         the target role its owner"
+    )]
+    CannotBecome { role: String, owner: String, object: String },
+    #[error(
+        "schema {schema} on the target role's search_path is {why}: code of the source's owners could put functions or \
+         types there that pgdms-apply's statements would pick up. Revoke that (REVOKE CREATE ON SCHEMA {schema} FROM \
+         PUBLIC...), or give the target role a search_path of schemas only it controls (ALTER ROLE ... SET \
+         search_path)"
+    )]
+    UnsafeSearchPath { schema: String, why: String },
+    #[error(
+        "schema pgdms_gate on the target is not the target role's: it holds the functions pgdms-apply writes other \
+         owners' tables through. Drop it (or give it to the target role) and run again"
+    )]
+    GateSchema,
     #[error("{0}")]
     Sql(#[from] tokio_postgres::Error),
 }
@@ -87,8 +111,9 @@ pub enum RoleError {
 /// The roles of one target session.
 #[derive(Debug)]
 pub struct Roles {
-    /// The target role, as it is named.
+    /// The target role, as it is named, and its oid.
     target: String,
+    target_oid: i64,
     /// The privilege pg_has_role checks for SET ROLE.
     may_become: &'static str,
     /// Per object looked up: None when there is no such object, else the role to become
@@ -138,45 +163,91 @@ impl Roles {
                  could take the login's rights back (RESET ROLE); log in as the target role itself for a hard boundary"
             ));
         }
+        // pg_temp last (else it is searched first for types), and no schema on the path that
+        // another role could put objects in.
+        client
+            .batch_execute(
+                "SELECT pg_catalog.set_config('search_path', pg_catalog.current_setting('search_path') || ', pg_temp', false)
+                  WHERE NOT 'pg_temp' = ANY (pg_catalog.string_to_array(pg_catalog.replace(
+                            pg_catalog.current_setting('search_path'), ' ', ''), ','))",
+            )
+            .await?;
+        let unsafe_schema = client
+            .query_opt(
+                "WITH me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user),
+                      db AS (SELECT datdba FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()),
+                      who AS (
+                        SELECT n.nspname, 'owned by' AS how,
+                               CASE WHEN n.nspowner = pg_catalog.to_regrole('pg_database_owner') THEN (SELECT datdba FROM db)
+                                    ELSE n.nspowner END AS role
+                          FROM pg_catalog.pg_namespace n
+                         WHERE n.nspname = ANY (pg_catalog.current_schemas(false)) AND n.nspname <> 'pg_catalog'
+                        UNION ALL
+                        SELECT n.nspname, 'open to CREATE by',
+                               CASE WHEN a.grantee = pg_catalog.to_regrole('pg_database_owner') THEN (SELECT datdba FROM db)
+                                    ELSE a.grantee END
+                          FROM pg_catalog.pg_namespace n,
+                               pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a
+                         WHERE n.nspname = ANY (pg_catalog.current_schemas(false)) AND n.nspname <> 'pg_catalog'
+                           AND a.privilege_type = 'CREATE')
+                 SELECT pg_catalog.quote_ident(w.nspname),
+                        w.how || ' ' || CASE WHEN w.role = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END
+                   FROM who w LEFT JOIN pg_catalog.pg_roles r ON r.oid = w.role
+                  WHERE w.role <> (SELECT oid FROM me) AND (w.role = 0 OR NOT coalesce(r.rolsuper, false))
+                  LIMIT 1",
+                &[],
+            )
+            .await?;
+        if let Some(row) = unsafe_schema {
+            return Err(RoleError::UnsafeSearchPath { schema: row.get(0), why: row.get(1) });
+        }
+        let target_oid: i64 = client
+            .query_one("SELECT oid::bigint FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
+            .await?
+            .get(0);
         let may_become = if version >= 160000 { "SET" } else { "MEMBER" };
-        Ok(Roles { target, may_become, owners: HashMap::new(), gates: HashMap::new() })
+        Ok(Roles { target, target_oid, may_become, owners: HashMap::new(), gates: HashMap::new() })
     }
 
     pub fn target(&self) -> &str {
         &self.target
     }
 
-    /// For the object `name`: None when there is none, else the role to become (None: stay
-    /// the target role, for an owner that is the target role, a superuser, or a role the
-    /// target role may not become).
+    /// For the object `name`: None when there is none, else the role to act as (None: the
+    /// target role, for an owner that is the target role or a superuser). Another owner that
+    /// the target role may not become is refused, as PostgreSQL 16 refuses it.
     pub async fn lookup(
         &mut self,
         client: &Client,
         kind: Object,
         name: &str,
-    ) -> Result<Option<Option<String>>, tokio_postgres::Error> {
+    ) -> Result<Option<Option<String>>, RoleError> {
         if let Some(known) = self.owners.get(&(kind, name.to_string())) {
             return Ok(known.clone());
         }
         let rows = client.query(&kind.owner_query(), &[&name, &self.may_become]).await?;
-        let found = rows.first().map(|r| {
-            let (owner, superuser, may): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
-            if superuser && owner != self.target {
-                tracing::warn!(object = %name, owner = %owner, role = %self.target, "owned by a superuser on the target: written and altered as the target role");
+        let found = match rows.first() {
+            None => None,
+            Some(r) => {
+                let (owner, superuser, may): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+                if owner == self.target {
+                    Some(None)
+                } else if superuser {
+                    tracing::warn!(object = %name, owner = %owner, role = %self.target, "owned by a superuser on the target: written and altered as the target role");
+                    Some(None)
+                } else if may {
+                    Some(Some(owner))
+                } else {
+                    return Err(RoleError::CannotBecome { role: self.target.clone(), owner, object: name.to_string() });
+                }
             }
-            (owner != self.target && !superuser && may).then_some(owner)
-        });
+        };
         self.owners.insert((kind, name.to_string()), found.clone());
         Ok(found)
     }
 
-    /// The role to become for `name` (None: stay the target role, or no such object).
-    pub async fn owner(
-        &mut self,
-        client: &Client,
-        kind: Object,
-        name: &str,
-    ) -> Result<Option<String>, tokio_postgres::Error> {
+    /// The role to act as for `name` (None: the target role, or no such object).
+    pub async fn owner(&mut self, client: &Client, kind: Object, name: &str) -> Result<Option<String>, RoleError> {
         Ok(self.lookup(client, kind, name).await?.flatten())
     }
 
@@ -204,29 +275,34 @@ impl Roles {
     /// text array; it returns the rows the statement affected, and no row at all when the
     /// gate is not what pgdms made). Made or made again when missing or altered, in a
     /// transaction of its own when `own_transaction`, else in the caller's. Its search_path
-    /// is the session's as it is now.
-    pub async fn gate(
-        &mut self,
-        client: &Client,
-        owner: &str,
-        own_transaction: bool,
-    ) -> Result<String, tokio_postgres::Error> {
+    /// is the session's (set by [`Roles::assume`]).
+    pub async fn gate(&mut self, client: &Client, owner: &str, own_transaction: bool) -> Result<String, RoleError> {
         if let Some(call) = self.gates.get(owner) {
             return Ok(call.clone());
         }
-        let row = client.query_one("SELECT oid::bigint FROM pg_roles WHERE rolname = $1", &[&owner]).await?;
+        let row = client.query_one("SELECT oid::bigint FROM pg_catalog.pg_roles WHERE rolname = $1", &[&owner]).await?;
         let owner_oid: i64 = row.get(0);
         let function = format!("pgdms_gate.{}", quote_ident(&format!("as_{owner_oid}")));
         let signature = format!("{function}(text, text[])");
-        // What the gate must be: the owner's SECURITY DEFINER function with the session's
-        // search_path pinned (its proconfig), which nothing else can give it.
+        let body = gate_body(self.target_oid);
+        // What the gate must be: the owner's volatile SECURITY DEFINER function with pgdms's
+        // body and the session's search_path (its proconfig), in the target role's schema.
         let valid = format!(
-            "SELECT p.oid::bigint, p.proconfig::text FROM pg_catalog.pg_proc p \
-              WHERE p.oid = pg_catalog.to_regprocedure({sig}) AND p.prosecdef AND p.proowner = {owner_oid} \
-                AND p.prosrc = {body} AND p.proconfig = ARRAY['search_path=' || pg_catalog.current_setting('search_path')]",
+            "SELECT p.oid::bigint, p.proconfig::text FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+              WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure({sig}) AND p.prosecdef
+                AND p.provolatile OPERATOR(pg_catalog.=) 'v' AND p.proowner OPERATOR(pg_catalog.=) {owner_oid}::pg_catalog.oid
+                AND n.nspowner OPERATOR(pg_catalog.=) {target}::pg_catalog.oid
+                AND p.prosrc OPERATOR(pg_catalog.=) {body}
+                AND p.proconfig OPERATOR(pg_catalog.=) ARRAY['search_path=' OPERATOR(pg_catalog.||) pg_catalog.current_setting('search_path')]",
             sig = quote_literal(&signature),
-            body = quote_literal(GATE_BODY),
+            target = self.target_oid,
+            body = quote_literal(&body),
         );
+        // Made by another session already: nothing to wait for.
+        if let Some(row) = client.query_opt(&valid, &[]).await? {
+            return Ok(self.remember(owner, &function, owner_oid, &body, row));
+        }
         let run = |sql: String| async move { client.batch_execute(&sql).await };
         if own_transaction {
             run("BEGIN".into()).await?;
@@ -240,11 +316,18 @@ impl Roles {
                 let owner_q = quote_ident(owner);
                 let target_q = quote_ident(&self.target);
                 run("CREATE SCHEMA IF NOT EXISTS pgdms_gate".into()).await?;
+                let schema_owner: i64 = client
+                    .query_one("SELECT nspowner::bigint FROM pg_catalog.pg_namespace WHERE nspname = 'pgdms_gate'", &[])
+                    .await?
+                    .get(0);
+                if schema_owner != self.target_oid {
+                    return Ok(None);
+                }
                 run(format!("DROP FUNCTION IF EXISTS {signature}")).await?;
                 run(format!(
-                    "CREATE FUNCTION {function}(statement text, args text[]) RETURNS bigint LANGUAGE plpgsql \
+                    "CREATE FUNCTION {function}(statement text, args text[]) RETURNS bigint LANGUAGE plpgsql VOLATILE \
                      SECURITY DEFINER SET search_path FROM CURRENT AS {}",
-                    quote_literal(GATE_BODY)
+                    quote_literal(&body)
                 ))
                 .await?;
                 run(format!("REVOKE ALL ON FUNCTION {signature} FROM PUBLIC")).await?;
@@ -257,34 +340,83 @@ impl Roles {
                 ))
                 .await?;
             }
-            client.query_one(&valid, &[]).await
+            client.query_opt(&valid, &[]).await
         }
         .await;
         if own_transaction {
-            run(if made.is_ok() { "COMMIT" } else { "ROLLBACK" }.into()).await?;
+            run(if matches!(made, Ok(Some(_))) { "COMMIT" } else { "ROLLBACK" }.into()).await?;
         }
-        let row = made?;
+        let row = made?.ok_or(RoleError::GateSchema)?;
+        Ok(self.remember(owner, &function, owner_oid, &body, row))
+    }
+
+    /// The call of a gate found valid (`row`: its oid and proconfig), kept for the session.
+    fn remember(
+        &mut self,
+        owner: &str,
+        function: &str,
+        owner_oid: i64,
+        body: &str,
+        row: tokio_postgres::Row,
+    ) -> String {
         let (oid, config): (i64, String) = (row.get(0), row.get(1));
+        // Checked again at every call, in the statement that calls it (the owner owns the
+        // gate and could make it run as its caller, or set another search_path on it).
         let call = format!(
-            "SELECT {function}($1::text, $2::text::text[]) FROM pg_catalog.pg_proc p WHERE p.oid = {oid} AND p.prosecdef \
-               AND p.proowner = {owner_oid} AND p.proconfig::text = {}",
-            quote_literal(&config)
+            "SELECT {function}($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.text[]) FROM pg_catalog.pg_proc p
+              WHERE p.oid OPERATOR(pg_catalog.=) {oid}::pg_catalog.oid AND p.prosecdef
+                AND p.provolatile OPERATOR(pg_catalog.=) 'v'
+                AND p.proowner OPERATOR(pg_catalog.=) {owner_oid}::pg_catalog.oid
+                AND p.proconfig::pg_catalog.text OPERATOR(pg_catalog.=) {}
+                AND p.prosrc OPERATOR(pg_catalog.=) {}",
+            quote_literal(&config),
+            quote_literal(body),
         );
         self.gates.insert(owner.to_string(), call.clone());
-        Ok(call)
+        call
     }
 }
 
-/// A gate's body: one statement, its arguments in `$1` (a text array), the rows it affected.
-const GATE_BODY: &str = "
+/// SQLSTATE of a gate that found the session tampered with: the session must end.
+pub const GATE_ALARM: &str = "PGDMS";
+
+/// The settings our statements depend on, whose values the owner's code may not change.
+const PINNED_SETTINGS: &str = "'array_nulls', 'backslash_quote', 'bytea_output', 'client_encoding', 'DateStyle', \
+    'extra_float_digits', 'IntervalStyle', 'lc_monetary', 'lc_numeric', 'search_path', 'session_replication_role', \
+    'standard_conforming_strings', 'synchronous_commit', 'TimeZone', 'transaction_read_only'";
+
+/// A gate's body: one statement, its arguments in `$1` (a text array), the rows it affected;
+/// then the checks a SECURITY DEFINER function does not make for itself (see the module's
+/// doc). `target` is the target role's oid.
+fn gate_body(target: i64) -> String {
+    format!(
+        "
 DECLARE
     affected bigint;
+    settings_before text := (SELECT pg_catalog.string_agg(name OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) setting, ',' ORDER BY name)
+                               FROM pg_catalog.pg_settings WHERE name IN ({PINNED_SETTINGS}));
 BEGIN
     EXECUTE statement USING args;
     GET DIAGNOSTICS affected = ROW_COUNT;
+    IF EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)
+       OR EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()
+                     AND relowner OPERATOR(pg_catalog.<>) {target}::pg_catalog.oid)
+       OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()
+                     AND typowner OPERATOR(pg_catalog.<>) {target}::pg_catalog.oid)
+       OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())
+       OR settings_before IS DISTINCT FROM
+          (SELECT pg_catalog.string_agg(name OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) setting, ',' ORDER BY name)
+             FROM pg_catalog.pg_settings WHERE name IN ({PINNED_SETTINGS}))
+    THEN
+        RAISE EXCEPTION 'pgdms: code of the table''s owner left a prepared statement, a temporary object or a changed \
+setting in the session, which pgdms-apply''s later statements could pick up: refused'
+            USING ERRCODE = '{GATE_ALARM}';
+    END IF;
     RETURN affected;
 END
-";
+"
+    )
+}
 
 /// `statement` for a gate: each parameter `$n` becomes `($1[n])`, the n-th element of the
 /// gate's argument array (found by PostgreSQL's own scanner, not by text search).
