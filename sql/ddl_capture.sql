@@ -166,6 +166,35 @@ CREATE TABLE pgdms.ddl_state (
     PRIMARY KEY (kind, objid)
 );
 
+-- Only superusers write these tables. The plugin takes an insert into pgdms.ddl_audit or
+-- pgdms.capture_failures as the voucher of a DDL message, and the "before" of the next
+-- change comes from pgdms.ddl_state: a role that could write them could forge DDL. Their
+-- owner alone is granted anything on them, but grants are not all there is: members of
+-- pg_write_all_data (PostgreSQL 14 and later) write every table. This trigger refuses
+-- every writer that is not a superuser; it fires whatever session_replication_role says
+-- (ENABLE ALWAYS), and only the tables' owner could drop or disable it. Deleting audit and
+-- failure rows (pruning) stays with whom a superuser grants DELETE.
+CREATE FUNCTION pgdms.refuse_writers_but_superusers() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) THEN
+        RAISE EXCEPTION '%', format('pgdms: only superusers may write %I.%I (%s refused)', tg_table_schema, tg_table_name, tg_op)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'pgdms''s DDL capture alone writes this table: what is in it decides which DDL reaches the targets.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER pgdms_superusers_only BEFORE INSERT OR UPDATE ON pgdms.ddl_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION pgdms.refuse_writers_but_superusers();
+CREATE TRIGGER pgdms_superusers_only BEFORE INSERT OR UPDATE ON pgdms.capture_failures
+    FOR EACH STATEMENT EXECUTE FUNCTION pgdms.refuse_writers_but_superusers();
+CREATE TRIGGER pgdms_superusers_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON pgdms.ddl_state
+    FOR EACH STATEMENT EXECUTE FUNCTION pgdms.refuse_writers_but_superusers();
+ALTER TABLE pgdms.ddl_audit ENABLE ALWAYS TRIGGER pgdms_superusers_only;
+ALTER TABLE pgdms.capture_failures ENABLE ALWAYS TRIGGER pgdms_superusers_only;
+ALTER TABLE pgdms.ddl_state ENABLE ALWAYS TRIGGER pgdms_superusers_only;
+
 -- The objects whose DDL is captured: user tables (not temporary), types and schemas,
 -- outside the system schemas and not belonging to an extension (pgdms's own, or another
 -- extension's, which CREATE EXTENSION on the target provides).

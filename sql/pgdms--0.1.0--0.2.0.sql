@@ -16,15 +16,36 @@
 --
 -- Generated from sql/*.sql of 0.2.0: the functions below are those files' definitions.
 
-CREATE FUNCTION pgdms.schema_unsafe_because(nsp oid) RETURNS text
+-- As in a new install (sql/bootstrap.sql), the script resolves no name through a schema a
+-- role other than superusers may control. This matters most here: a 0.1.0 install's schema
+-- is usually "public", which PostgreSQL gives to the database owner (and before 15 to
+-- everyone), and an `=` of oid and regclass left there would otherwise run as the
+-- superuser updating.
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION pgdms.schema_unsafe_because(nsp oid, with_contents boolean) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH n AS (
         SELECT nspname, nspowner, coalesce(nspacl, acldefault('n', nspowner)) AS acl
           FROM pg_namespace WHERE oid = nsp
     ), db_owner AS (
         SELECT datdba FROM pg_database WHERE datname = current_database()
+    ), contents AS (
+        -- Everything that has a schema and an owner.
+        SELECT 'pg_class'::regclass AS classid, oid AS objid, relowner AS owner FROM pg_class WHERE relnamespace = nsp
+        UNION ALL SELECT 'pg_proc'::regclass, oid, proowner FROM pg_proc WHERE pronamespace = nsp
+        UNION ALL SELECT 'pg_type'::regclass, oid, typowner FROM pg_type WHERE typnamespace = nsp
+        UNION ALL SELECT 'pg_operator'::regclass, oid, oprowner FROM pg_operator WHERE oprnamespace = nsp
+        UNION ALL SELECT 'pg_collation'::regclass, oid, collowner FROM pg_collation WHERE collnamespace = nsp
+        UNION ALL SELECT 'pg_conversion'::regclass, oid, conowner FROM pg_conversion WHERE connamespace = nsp
+        UNION ALL SELECT 'pg_opfamily'::regclass, oid, opfowner FROM pg_opfamily WHERE opfnamespace = nsp
+        UNION ALL SELECT 'pg_opclass'::regclass, oid, opcowner FROM pg_opclass WHERE opcnamespace = nsp
+        UNION ALL SELECT 'pg_ts_config'::regclass, oid, cfgowner FROM pg_ts_config WHERE cfgnamespace = nsp
+        UNION ALL SELECT 'pg_ts_dict'::regclass, oid, dictowner FROM pg_ts_dict WHERE dictnamespace = nsp
+        UNION ALL SELECT 'pg_statistic_ext'::regclass, oid, stxowner FROM pg_statistic_ext WHERE stxnamespace = nsp
     ), who AS (
-        -- The owner, and every role granted CREATE (0: PUBLIC), as the role that acts.
+        -- The owner, every role granted CREATE (0: PUBLIC), and the owners of what is in it,
+        -- as the role that acts.
         SELECT 'owned by' AS how, CASE WHEN n.nspowner = to_regrole('pg_database_owner')
                                        THEN (SELECT datdba FROM db_owner) ELSE n.nspowner END AS role
           FROM n
@@ -33,13 +54,17 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                          THEN (SELECT datdba FROM db_owner) ELSE a.grantee END
           FROM n, aclexplode(n.acl) a
          WHERE a.privilege_type = 'CREATE'
+        UNION ALL
+        SELECT format('holding %s owned by', pg_describe_object(c.classid, c.objid, 0)), c.owner
+          FROM contents c
+         WHERE with_contents
     )
     SELECT string_agg(format('%s %s', how, CASE WHEN role = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END), ', '
                       ORDER BY how DESC, r.rolname)
       FROM who LEFT JOIN pg_roles r ON r.oid = who.role
      WHERE who.role = 0 OR NOT coalesce(r.rolsuper, false)
 $$;
-COMMENT ON FUNCTION pgdms.schema_unsafe_because(oid) IS
+COMMENT ON FUNCTION pgdms.schema_unsafe_because(oid, boolean) IS
     'pgdms: why roles other than superusers could replace objects in a schema (NULL: they cannot)';
 
 
@@ -50,14 +75,21 @@ DO $$
 DECLARE
     why text;
 BEGIN
-    why := pgdms.schema_unsafe_because('pgdms'::regnamespace);
+    -- The check is called by name: the name must mean the function just made (see
+    -- sql/bootstrap.sql).
+    IF (SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgdms'::regnamespace AND proname = 'schema_unsafe_because') <> 1 THEN
+        RAISE EXCEPTION 'pgdms: the schema "pgdms" holds a function pgdms.schema_unsafe_because that is not pgdms''s'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'As a superuser: drop that function; then run ALTER EXTENSION pgdms UPDATE again.';
+    END IF;
+    why := pgdms.schema_unsafe_because('pgdms'::regnamespace::oid, true);
     IF why IS NOT NULL THEN
         RAISE EXCEPTION 'pgdms: the schema "pgdms" is not safe for the extension: it is %', why
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'As a superuser: ALTER SCHEMA pgdms OWNER TO a superuser and REVOKE CREATE ON SCHEMA pgdms from '
-                         'the others; then run ALTER EXTENSION pgdms UPDATE again.';
+                  HINT = 'As a superuser: ALTER SCHEMA pgdms OWNER TO a superuser, REVOKE CREATE ON SCHEMA pgdms from '
+                         'the others and drop what they own in it; then run ALTER EXTENSION pgdms UPDATE again.';
     END IF;
-    why := pgdms.schema_unsafe_because('@extschema@'::regnamespace);
+    why := pgdms.schema_unsafe_because('@extschema@'::regnamespace::oid, false);
     IF why IS NOT NULL THEN
         RAISE WARNING 'pgdms: schema @extschema@, where the view pgdms_ddl_audit stays, is %', why
             USING HINT = 'Superusers reading that view could be given a look-alike; read pgdms.ddl_audit instead, or '
@@ -116,6 +148,35 @@ CREATE VIEW @extschema@.pgdms_ddl_audit AS
            c_before, c_after
       FROM pgdms.ddl_audit;
 COMMENT ON VIEW @extschema@.pgdms_ddl_audit IS 'pgdms: DDL captured for replication (pgdms.ddl_audit)';
+
+-- Only superusers write these tables. The plugin takes an insert into pgdms.ddl_audit or
+-- pgdms.capture_failures as the voucher of a DDL message, and the "before" of the next
+-- change comes from pgdms.ddl_state: a role that could write them could forge DDL. Their
+-- owner alone is granted anything on them, but grants are not all there is: members of
+-- pg_write_all_data (PostgreSQL 14 and later) write every table. This trigger refuses
+-- every writer that is not a superuser; it fires whatever session_replication_role says
+-- (ENABLE ALWAYS), and only the tables' owner could drop or disable it. Deleting audit and
+-- failure rows (pruning) stays with whom a superuser grants DELETE.
+CREATE FUNCTION pgdms.refuse_writers_but_superusers() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) THEN
+        RAISE EXCEPTION '%', format('pgdms: only superusers may write %I.%I (%s refused)', tg_table_schema, tg_table_name, tg_op)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'pgdms''s DDL capture alone writes this table: what is in it decides which DDL reaches the targets.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER pgdms_superusers_only BEFORE INSERT OR UPDATE ON pgdms.ddl_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION pgdms.refuse_writers_but_superusers();
+CREATE TRIGGER pgdms_superusers_only BEFORE INSERT OR UPDATE ON pgdms.capture_failures
+    FOR EACH STATEMENT EXECUTE FUNCTION pgdms.refuse_writers_but_superusers();
+CREATE TRIGGER pgdms_superusers_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON pgdms.ddl_state
+    FOR EACH STATEMENT EXECUTE FUNCTION pgdms.refuse_writers_but_superusers();
+ALTER TABLE pgdms.ddl_audit ENABLE ALWAYS TRIGGER pgdms_superusers_only;
+ALTER TABLE pgdms.capture_failures ENABLE ALWAYS TRIGGER pgdms_superusers_only;
+ALTER TABLE pgdms.ddl_state ENABLE ALWAYS TRIGGER pgdms_superusers_only;
 
 -- Who could read the audit table may read what goes with it now. The state table and the
 -- audit sequence were readable by migration roles only because they sat in the extension's
@@ -775,17 +836,18 @@ BEGIN
 
     -- The capture's schemas: still out of reach of roles that are not superusers (an owner
     -- or a grant may have changed since CREATE EXTENSION checked them).
-    SELECT string_agg(format('schema %I is %s', n.nspname, pgdms.schema_unsafe_because(n.oid)), '; ' ORDER BY n.nspname)
+    SELECT string_agg(format('schema %I is %s', n.nspname, u.why), '; ' ORDER BY n.nspname)
       INTO list
-      FROM pg_namespace n
+      FROM pg_namespace n, pgdms.schema_unsafe_because(n.oid, n.nspname = 'pgdms') AS u(why)
      WHERE n.oid IN (SELECT extnamespace FROM pg_extension WHERE extname = 'pgdms' UNION SELECT 'pgdms'::regnamespace)
-       AND pgdms.schema_unsafe_because(n.oid) IS NOT NULL;
+       AND u.why IS NOT NULL;
     name := 'capture schemas';
     IF list IS NULL THEN
         status := 'ok'; finding := 'pgdms and the extension''s schema are controlled by superusers only'; fix := NULL;
     ELSE
         status := 'fail'; finding := list;
-        fix := 'as a superuser: give the schema to a superuser (ALTER SCHEMA ... OWNER TO) and REVOKE CREATE ON it from the others; '
+        fix := 'as a superuser: give the schema to a superuser (ALTER SCHEMA ... OWNER TO), REVOKE CREATE ON it from the others '
+               'and drop what they own in schema pgdms; '
                'the capture runs as a superuser and reaches its objects there by name';
     END IF;
     RETURN NEXT;

@@ -314,17 +314,18 @@ BEGIN
 
     -- The capture's schemas: still out of reach of roles that are not superusers (an owner
     -- or a grant may have changed since CREATE EXTENSION checked them).
-    SELECT string_agg(format('schema %I is %s', n.nspname, pgdms.schema_unsafe_because(n.oid)), '; ' ORDER BY n.nspname)
+    SELECT string_agg(format('schema %I is %s', n.nspname, u.why), '; ' ORDER BY n.nspname)
       INTO list
-      FROM pg_namespace n
+      FROM pg_namespace n, pgdms.schema_unsafe_because(n.oid, n.nspname = 'pgdms') AS u(why)
      WHERE n.oid IN (SELECT extnamespace FROM pg_extension WHERE extname = 'pgdms' UNION SELECT 'pgdms'::regnamespace)
-       AND pgdms.schema_unsafe_because(n.oid) IS NOT NULL;
+       AND u.why IS NOT NULL;
     name := 'capture schemas';
     IF list IS NULL THEN
         status := 'ok'; finding := 'pgdms and the extension''s schema are controlled by superusers only'; fix := NULL;
     ELSE
         status := 'fail'; finding := list;
-        fix := 'as a superuser: give the schema to a superuser (ALTER SCHEMA ... OWNER TO) and REVOKE CREATE ON it from the others; '
+        fix := 'as a superuser: give the schema to a superuser (ALTER SCHEMA ... OWNER TO), REVOKE CREATE ON it from the others '
+               'and drop what they own in schema pgdms; '
                'the capture runs as a superuser and reaches its objects there by name';
     END IF;
     RETURN NEXT;

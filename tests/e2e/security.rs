@@ -538,10 +538,127 @@ fn the_capture_cannot_be_redirected_by_a_schema_its_owner_controls() {
     assert_eq!(audited.unwrap().get::<_, i64>(0), 1, "the DDL is captured where the extension keeps it");
 }
 
+/// A function that makes `role` a superuser when a superuser calls it; returns NULL.
+fn escalation_body(role: &str) -> String {
+    format!(
+        "language plpgsql as $$ begin
+             if (select rolsuper from pg_roles where rolname = current_user) then execute 'alter role {role} superuser'; end if;
+             return null;
+         end $$"
+    )
+}
+
+#[test]
+fn what_a_database_owner_leaves_in_schema_pgdms_never_runs_as_the_installing_superuser() {
+    let source = Cluster::start();
+    source.execute("create role dbo login");
+    source.execute("create database app owner dbo");
+    source.connect("app").batch_execute("create schema pgdms_audit").unwrap();
+    let mut dbo = source.connect_as("app", "dbo");
+
+    // The install's own check called by name: a look-alike taking regnamespace would be
+    // chosen over it (an exact match of the argument's type) and run as the superuser.
+    dbo.batch_execute(&format!(
+        "create schema pgdms;
+         create function pgdms.schema_unsafe_because(nsp regnamespace) returns text {}",
+        escalation_body("dbo")
+    ))
+    .unwrap();
+    let err = install_error(&source, "app", "create extension pgdms schema pgdms_audit");
+    assert_eq!(is_superuser(&source, "dbo"), "f", "the install ran the database owner's function");
+    assert!(err.contains("holds a function pgdms.schema_unsafe_because that is not pgdms's"), "{err}");
+
+    // The schema given to a superuser, as one might, with dbo's functions still in it: each
+    // is an overload the capture's calls could resolve to.
+    dbo.batch_execute(&format!(
+        "drop function pgdms.schema_unsafe_because(regnamespace);
+         create function pgdms.capture(kind text, objid regclass, tag text, identity text) returns void {}",
+        escalation_body("dbo").replace("return null", "return")
+    ))
+    .unwrap();
+    source.connect("app").batch_execute("alter schema pgdms owner to postgres").unwrap();
+    let err = install_error(&source, "app", "create extension pgdms schema pgdms_audit");
+    assert!(err.contains("holding function pgdms.capture(text,regclass,text,text) owned by dbo"), "{err}");
+    assert_eq!(is_superuser(&source, "dbo"), "f");
+}
+
+#[test]
+fn an_update_resolves_no_name_through_the_schema_a_0_1_0_install_used() {
+    let source = Cluster::start();
+    source.execute("create role dbo login");
+    source.execute("create database app owner dbo");
+    // 0.1.0 installed in "public", which PostgreSQL 15 gives to the database owner.
+    source.connect("app").batch_execute("create extension pgdms version '0.1.0'").unwrap();
+    // An `=` of exactly oid and regclass, which the update's catalog queries would pick over
+    // pg_catalog's oid = oid.
+    source
+        .connect_as("app", "dbo")
+        .batch_execute(&format!(
+            "create function public.oid_is(a oid, b regclass) returns boolean {};
+             create operator public.= (leftarg = oid, rightarg = regclass, function = public.oid_is);",
+            escalation_body("dbo")
+        ))
+        .unwrap();
+    source.connect("app").batch_execute("alter extension pgdms update").unwrap();
+    assert_eq!(is_superuser(&source, "dbo"), "f", "the update ran the database owner's operator");
+    let version = source.connect("app").query_one("select extversion from pg_extension where extname = 'pgdms'", &[]);
+    assert_eq!(version.unwrap().get::<_, String>(0), "0.2.0");
+}
+
+/// The server's message of an error.
+fn db_message(err: &pgdms_tests::postgres::Error) -> String {
+    err.as_db_error().map_or_else(|| err.to_string(), |e| e.message().to_string())
+}
+
+#[test]
+fn a_role_that_may_write_every_table_cannot_vouch_for_a_ddl_message() {
+    let source = Cluster::start();
+    source.execute(
+        "create table victim (id int primary key);
+         create role writer login; grant pg_write_all_data to writer;
+         create extension pgdms",
+    );
+    source.create_slot("seen");
+    let drop_victim = json!({"command_tag": "DROP TABLE", "object_identity": "public.victim", "query": "",
+                             "object": {"Table": {"before": table_def("victim"), "after": null}}})
+    .to_string();
+    let mut writer = source.connect_as("postgres", "writer");
+    // The capture's own way: a row with the message's digest, then the message.
+    let mut forge = |voucher: &str| -> Result<(), String> {
+        let mut tx = writer.transaction().unwrap();
+        tx.execute(voucher, &[&drop_victim]).map_err(|e| db_message(&e))?;
+        tx.execute("select pg_logical_emit_message(true, 'pgdms.ddl', convert_to($1::text, 'UTF8'))", &[&drop_victim])
+            .unwrap();
+        tx.commit().unwrap();
+        Ok(())
+    };
+    let via_audit = forge(
+        "insert into pgdms.ddl_audit (c_tag, c_object_type, c_digest)
+         values ('DROP TABLE', 'table', sha256(convert_to($1::text, 'UTF8')))",
+    );
+    let via_failures = forge(
+        "insert into pgdms.capture_failures (c_tag, c_error, c_digest)
+         values ('DROP TABLE', 'none', sha256(convert_to($1::text, 'UTF8')))",
+    );
+    // The "before" of the next genuine change, chosen by the writer.
+    let state = writer.batch_execute("update pgdms.ddl_state set definition = '{}'").map_err(|e| db_message(&e));
+    let pruned = writer.batch_execute("delete from pgdms.ddl_state").map_err(|e| db_message(&e));
+
+    let records = source.dump("seen", &[]);
+    assert!(of_type(&records, "ddl").is_empty(), "a forged message was vouched for: {records:#?}");
+    for (what, outcome) in
+        [("ddl_audit", via_audit), ("capture_failures", via_failures), ("ddl_state", state), ("ddl_state", pruned)]
+    {
+        let err = outcome.expect_err(what);
+        assert!(err.contains(&format!("only superusers may write pgdms.{what}")), "{err}");
+    }
+    assert!(exists(&source, "public.victim"));
+}
+
 /// Every member of the pgdms extension with what defines it.
 const MEMBERS: &str = r#"
 select pg_describe_object(d.classid, d.objid, 0) || ' ' || coalesce(
-    (select md5(p.prosrc || coalesce(p.proconfig::text, '') || p.prosecdef::text || pg_get_function_arguments(p.oid)
+    (select md5(p.prosrc || coalesce(p.proconfig::text, '') || coalesce(p.proacl::text, '') || p.prosecdef::text || pg_get_function_arguments(p.oid)
                 || pg_get_function_result(p.oid) || coalesce(obj_description(p.oid, 'pg_proc'), ''))
        from pg_proc p where d.classid = 'pg_proc'::regclass and p.oid = d.objid),
     (select c.relkind::text || coalesce(pg_get_viewdef(c.oid), '') || coalesce(obj_description(c.oid, 'pg_class'), '')
@@ -552,6 +669,8 @@ select pg_describe_object(d.classid, d.objid, 0) || ' ' || coalesce(
             || coalesce((select string_agg(conname || ' ' || pg_get_constraintdef(k.oid), ', ' order by conname)
                            from pg_constraint k where k.conrelid = c.oid), '')
             || coalesce(c.relacl, acldefault(case c.relkind when 'S' then 's' else 'r' end::"char", c.relowner))::text
+            || coalesce((select string_agg(t.tgenabled::text || pg_get_triggerdef(t.oid), ', ' order by t.tgname)
+                           from pg_trigger t where t.tgrelid = c.oid), '')
        from pg_class c where d.classid = 'pg_class'::regclass and c.oid = d.objid),
     (select e.evtevent || ' ' || e.evtfoid::regproc::text || ' ' || e.evtenabled::text || coalesce(e.evttags::text, '')
        from pg_event_trigger e where d.classid = 'pg_event_trigger'::regclass and e.oid = d.objid),
