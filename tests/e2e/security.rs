@@ -346,21 +346,29 @@ fn a_gate_ends_the_session_when_the_owners_code_leaves_something_in_it() {
     // (which could replace one of pgdms-apply's by name), a temporary object (which could
     // stand in for its staging table), a changed setting its statements depend on.
     let (source, target) = (Cluster::start(), Cluster::start_target());
+    // And what runs at COMMIT, as the role current then (the target role): a cursor WITH
+    // HOLD's query, and (before PostgreSQL 18) a deferred trigger.
     let tampers = [
         ("prepared", "execute 'prepare pgdms_s0 as select 1'"),
         ("temporary", "create temp table if not exists lookalike (id int)"),
         ("setting", "perform set_config('extra_float_digits', '0', false)"),
+        ("cursor", "execute 'declare later cursor with hold for select current_user'"),
+        ("deferred", "insert into app.ran_as values (current_user)"),
     ];
     let tables: String = tampers.iter().map(|(t, _)| format!("create table app.{t} (id int primary key);")).collect();
     alice_setup(&source, &target, &tables);
     source.copy_schema_to(&target);
-    let mut setup = String::from("alter schema app owner to alice;");
+    let mut setup = String::from(
+        "alter schema app owner to alice; create table app.ran_as (who text); alter table app.ran_as owner to alice;",
+    );
     for (t, tamper) in &tampers {
+        let when = if *t == "deferred" { "constraint trigger" } else { "trigger" };
+        let deferred = if *t == "deferred" { "deferrable initially deferred" } else { "" };
         setup += &format!(
             "alter table app.{t} owner to alice;
              create function app.{t}() returns trigger language plpgsql as $$ begin {tamper}; return new; end $$;
              alter function app.{t}() owner to alice;
-             create trigger {t} after insert on app.{t} for each row execute function app.{t}();
+             create {when} {t} after insert on app.{t} {deferred} for each row execute function app.{t}();
              alter table app.{t} enable always trigger {t};"
         );
     }
@@ -380,8 +388,83 @@ fn a_gate_ends_the_session_when_the_owners_code_leaves_something_in_it() {
         assert_eq!(target.value(&format!("select count(*) from app.{t}")), "0", "{t}");
         target.execute(&format!("alter table app.{t} disable trigger {t}"));
     }
+    assert_eq!(target.value("select count(*) from app.ran_as"), "0", "a deferred trigger ran");
     pgdms_tests::catch_up(&source, &target, "left", &[]);
-    pgdms_tests::assert_same_rows(&source, &target, &["app.prepared", "app.temporary", "app.setting"]);
+    pgdms_tests::assert_same_rows(
+        &source,
+        &target,
+        &["app.prepared", "app.temporary", "app.setting", "app.cursor", "app.deferred"],
+    );
+}
+
+#[test]
+fn code_running_as_the_target_role_cannot_act_as_an_owner_through_its_gate() {
+    // The target role owns what the schema copy made (public.mine), so code on it runs as
+    // the target role, which may act as alice: through her gate it could write her tables.
+    // The gate serves only pgdms-apply's own call, as the statement it sends.
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    alice_setup(&source, &target, "create table app.t (id int primary key)");
+    source.execute("create table public.mine (id int primary key)");
+    source.copy_schema_to(&target);
+    target.execute(
+        "alter schema app owner to alice; alter table app.t owner to alice;
+         create table app.victim (id int); alter table app.victim owner to alice;",
+    );
+    target.execute_as_target(
+        "create table public.outcome (error text);
+         create function public.via_gate() returns trigger language plpgsql as $$
+         begin
+             begin
+                 execute format('select pgdms_gate.%I($1, $2)', 'as_' || (select oid from pg_roles where rolname = 'alice'))
+                     using 'insert into app.victim values (666)', '{}'::text[];
+             exception when others then
+                 insert into public.outcome values (sqlerrm);
+             end;
+             return new;
+         end $$;
+         create trigger via_gate after insert on public.mine for each row execute function public.via_gate();
+         alter table public.mine enable always trigger via_gate;",
+    );
+    source.execute("create extension pgdms");
+    source.create_slot("gate");
+    source.execute("insert into app.t values (1)");
+    source.execute("insert into public.mine values (1)");
+    pgdms_tests::catch_up(&source, &target, "gate", &[]);
+    assert_eq!(target.rows("app.t"), ["(1)"], "alice's row went through her gate");
+    assert_eq!(target.value("select count(*) from app.victim"), "0", "the target role's code acted as alice");
+    let outcome = target.value("select string_agg(error, '; ') from public.outcome");
+    assert!(outcome.contains("may be called only by pgdms-apply"), "{outcome}");
+}
+
+#[test]
+fn a_truncate_of_several_owners_tables_runs_no_trigger_of_theirs() {
+    // --target-prep truncate empties every table in one TRUNCATE (foreign keys may want
+    // that), which runs as the target role: alice's ALWAYS trigger for TRUNCATE would run
+    // with the target role's rights, which reach bob's table.
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    alice_setup(&source, &target, "create table app.t (id int primary key); insert into app.t values (1)");
+    source.execute("create table public.b (id int primary key); insert into public.b values (1)");
+    source.copy_schema_to(&target);
+    target.execute(
+        "create role bob; grant bob to pgdms_target;
+         alter schema app owner to alice; alter table app.t owner to alice; alter table public.b owner to bob;
+         create table app.ran_as (who text); alter table app.ran_as owner to alice;
+         create function app.on_truncate() returns trigger language plpgsql as $$
+         begin insert into app.ran_as values (current_user); return null; end $$;
+         alter function app.on_truncate() owner to alice;
+         create trigger on_truncate after truncate on app.t for each statement execute function app.on_truncate();
+         alter table app.t enable always trigger on_truncate;",
+    );
+    source.execute("create extension pgdms");
+    let out = pgdms_apply()
+        .args(["migrate", "--mode", "full-load", "--target-prep", "truncate", "--slot", "trunc"])
+        .args(["--source", &source.conninfo("postgres"), "--target", &target.target_conninfo("postgres")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("a trigger of theirs fires for TRUNCATE") && stderr.contains("on_truncate"), "{stderr}");
+    assert_eq!(target.value("select count(*) from app.ran_as"), "0", "alice's trigger ran as the target role");
 }
 
 #[test]

@@ -144,13 +144,33 @@ pub async fn load(
         targets.push((t, roles));
     }
     if truncate_first && !plan.tables.is_empty() {
-        let list: Vec<String> = plan.tables.iter().map(|t| format!("ONLY {}", t.target_qualified())).collect();
-        targets[0]
-            .0
-            .client
-            .batch_execute(&format!("TRUNCATE {}", list.join(", ")))
-            .await
-            .map_err(sql_error("could not empty the target's tables before loading them"))?;
+        // One statement (tables referencing each other must go together), as the target role.
+        let names: Vec<String> = plan.tables.iter().map(|t| t.target_qualified()).collect();
+        let list: Vec<String> = names.iter().map(|t| format!("ONLY {t}")).collect();
+        let client = &targets[0].0.client;
+        let emptied = async {
+            client.batch_execute("BEGIN").await?;
+            if let Some(trigger) = crate::target::postgres::lock_for_truncate(client, &names).await? {
+                return Ok(Some(trigger));
+            }
+            client.batch_execute(&format!("TRUNCATE {}; COMMIT", list.join(", "))).await?;
+            Ok(None)
+        }
+        .await;
+        match emptied {
+            Ok(None) => {}
+            Ok(Some(trigger)) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(LoadError::Target(format!(
+                    "could not empty the target's tables before loading them: {}: {trigger}",
+                    crate::target::postgres::TRUNCATE_TRIGGER_REFUSED
+                )));
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(sql_error("could not empty the target's tables before loading them")(e));
+            }
+        }
     }
     let units_per_table = |i: usize| plan.units.iter().filter(|u| u.table == i).count();
     let progress = Progress::new(

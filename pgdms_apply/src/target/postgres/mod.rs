@@ -168,6 +168,36 @@ fn ddl_error(e: ddl::DdlError) -> Result<String, TargetError> {
 
 /// Who the session acts as could not be settled: a refusal ends the apply (retrying would
 /// not change it); a lost connection is retried.
+/// Why a TRUNCATE of tables of several owners is refused.
+pub const TRUNCATE_TRIGGER_REFUSED: &str = "a trigger of theirs fires for TRUNCATE, which would run as the target \
+    role: give the tables one owner on the target, or let that trigger fire on the origin only (ALTER TABLE ... \
+    ENABLE TRIGGER, not ALWAYS or REPLICA)";
+
+/// Tables of several owners truncated in one statement are truncated as the target role
+/// (one gate runs as one owner). That is refused while a trigger on one that is not the
+/// target role's fires for it (ALWAYS or REPLICA: the session is a replica's): `Some` names
+/// it. The tables are locked first, inside the caller's transaction, so that no trigger
+/// can be made between this check and the TRUNCATE.
+pub async fn lock_for_truncate(
+    client: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let list: Vec<String> = tables.iter().map(|t| format!("ONLY {t}")).collect();
+    client.batch_execute(&format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", list.join(", "))).await?;
+    let row = client
+        .query_opt(
+            "SELECT pg_catalog.format('trigger %I on %s', t.tgname, t.tgrelid::pg_catalog.regclass)
+               FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+              WHERE t.tgrelid = ANY (SELECT pg_catalog.to_regclass(n) FROM pg_catalog.unnest($1::pg_catalog.text[]) n)
+                AND t.tgenabled IN ('A', 'R') AND (t.tgtype::int & 32) <> 0
+                AND c.relowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+              LIMIT 1",
+            &[&tables],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 pub fn role_error(e: RoleError) -> TargetError {
     match e {
         RoleError::Sql(e) => match classify(e) {
@@ -981,28 +1011,13 @@ impl Target for PostgresTarget {
             // and foreign keys between them may want that): as the target role, which is only
             // safe while no trigger of theirs fires for it.
             let names: Vec<String> = rels.iter().map(|r| r.qualified()).collect();
-            let fired: i64 = self
-                .conn
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = ANY (
-                        SELECT pg_catalog.to_regclass(n) FROM pg_catalog.unnest($1::pg_catalog.text[]) n)
-                       AND tgenabled IN ('A', 'R') AND (tgtype::int & 32) <> 0",
-                    &[&names],
-                )
-                .await
-                .map_err(connection_error)?
-                .get(0);
-            if fired > 0 {
+            if let Some(trigger) = lock_for_truncate(&self.conn.client, &names).await.map_err(connection_error)? {
                 return Err(TargetError::Change {
                     table: list.join(", "),
                     operation: "truncate",
                     lsn,
                     key: "(all rows)".into(),
-                    error: "these tables have several owners, and a trigger of theirs fires for TRUNCATE: pgdms-apply \
-                            does not run it as the target role. Give them one owner on the target, or disable that \
-                            trigger for the replication (ALTER TABLE ... ENABLE TRIGGER, not ALWAYS or REPLICA)"
-                        .into(),
+                    error: format!("these tables have several owners, and {TRUNCATE_TRIGGER_REFUSED}: {trigger}"),
                 });
             }
         }

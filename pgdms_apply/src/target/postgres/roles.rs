@@ -23,10 +23,15 @@
 //! owner's *gate*: `pgdms_gate."as_<oid>"(statement, arguments)`, owned by the owner,
 //! executing one statement with `$1[n]` for its arguments. What a SECURITY DEFINER function
 //! does not stop, the gate checks after the statement, and fails if the owner's code left
-//! anything in the session that the target role's later statements could pick up: a
-//! prepared statement made with SQL (which could replace one of ours by name), an object in
-//! the session's temporary schema that is not the target role's, or a changed setting our
-//! statements depend on. Such a failure ends the session (`GATE_ALARM`). The gate's schema is
+//! anything in the session that the target role's later statements or its COMMIT could pick
+//! up: a prepared statement made with SQL (which could replace one of ours by name), an
+//! object in the session's temporary schema that is not the target role's, a cursor WITH
+//! HOLD (its query goes on at COMMIT), before PostgreSQL 18 a deferrable trigger that fires
+//! under replica on another owner's table (it runs at COMMIT as the role current then), or
+//! a changed setting our statements depend on. Such a failure ends the session
+//! (`GATE_ALARM`). A gate serves only the statement pgdms-apply sends to call it
+//! (`current_query()`), so code running as the target role cannot act as an owner through
+//! it. The gate's schema is
 //! the target role's, and each call checks, in the same statement, that the gate is still
 //! the owner's SECURITY DEFINER function with its body and search_path (the owner owns it),
 //! and refuses otherwise.
@@ -116,6 +121,8 @@ pub struct Roles {
     target_oid: i64,
     /// The privilege pg_has_role checks for SET ROLE.
     may_become: &'static str,
+    /// The server's `server_version_num`.
+    server_version: i32,
     /// Per object looked up: None when there is no such object, else the role to become
     /// (None: the target role).
     owners: HashMap<(Object, String), Option<Option<String>>>,
@@ -206,7 +213,14 @@ impl Roles {
             .await?
             .get(0);
         let may_become = if version >= 160000 { "SET" } else { "MEMBER" };
-        Ok(Roles { target, target_oid, may_become, owners: HashMap::new(), gates: HashMap::new() })
+        Ok(Roles {
+            target,
+            target_oid,
+            may_become,
+            server_version: version,
+            owners: HashMap::new(),
+            gates: HashMap::new(),
+        })
     }
 
     pub fn target(&self) -> &str {
@@ -284,7 +298,7 @@ impl Roles {
         let owner_oid: i64 = row.get(0);
         let function = format!("pgdms_gate.{}", quote_ident(&format!("as_{owner_oid}")));
         let signature = format!("{function}(text, text[])");
-        let body = gate_body(self.target_oid);
+        let body = gate_body(&function, self.target_oid, self.server_version);
         // What the gate must be: the owner's volatile SECURITY DEFINER function with pgdms's
         // body and the session's search_path (its proconfig), in the target role's schema.
         let valid = format!(
@@ -315,6 +329,14 @@ impl Roles {
             if client.query_opt(&valid, &[]).await?.is_none() {
                 let owner_q = quote_ident(owner);
                 let target_q = quote_ident(&self.target);
+                // Sessions making the gates of different owners would race for a schema yet to make.
+                client
+                    .execute(
+                        "SELECT pg_catalog.pg_advisory_xact_lock(1885693011, 0)
+                          WHERE pg_catalog.to_regnamespace('pgdms_gate') IS NULL",
+                        &[],
+                    )
+                    .await?;
                 run("CREATE SCHEMA IF NOT EXISTS pgdms_gate".into()).await?;
                 let schema_owner: i64 = client
                     .query_one("SELECT nspowner::bigint FROM pg_catalog.pg_namespace WHERE nspname = 'pgdms_gate'", &[])
@@ -363,12 +385,13 @@ impl Roles {
         // Checked again at every call, in the statement that calls it (the owner owns the
         // gate and could make it run as its caller, or set another search_path on it).
         let call = format!(
-            "SELECT {function}($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.text[]) FROM pg_catalog.pg_proc p
+            "{}($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.text[]) FROM pg_catalog.pg_proc p
               WHERE p.oid OPERATOR(pg_catalog.=) {oid}::pg_catalog.oid AND p.prosecdef
                 AND p.provolatile OPERATOR(pg_catalog.=) 'v'
                 AND p.proowner OPERATOR(pg_catalog.=) {owner_oid}::pg_catalog.oid
                 AND p.proconfig::pg_catalog.text OPERATOR(pg_catalog.=) {}
                 AND p.prosrc OPERATOR(pg_catalog.=) {}",
+            gate_call_prefix(function),
             quote_literal(&config),
             quote_literal(body),
         );
@@ -387,15 +410,46 @@ const PINNED_SETTINGS: &str = "'array_nulls', 'backslash_quote', 'bytea_output',
 
 /// A gate's body: one statement, its arguments in `$1` (a text array), the rows it affected;
 /// then the checks a SECURITY DEFINER function does not make for itself (see the module's
-/// doc). `target` is the target role's oid.
-fn gate_body(target: i64) -> String {
+/// doc). `function` is the gate's name as [`Roles::remember`] calls it, `target` the target
+/// role's oid, `server_version` the server's `server_version_num`.
+fn gate_body(function: &str, target: i64, server_version: i32) -> String {
+    // Before PostgreSQL 18 a deferred trigger runs as the role current at COMMIT, the target
+    // role, not as the one that queued its event inside the gate. Refused when one could fire
+    // (session_replication_role = replica fires only ALWAYS and REPLICA triggers) on a table
+    // that is not the target role's: once its events are queued, the trigger can be neither
+    // dropped nor disabled, so what the catalog says after the statement holds until COMMIT.
+    let deferred_triggers = if server_version < 180000 {
+        format!(
+            "
+    SELECT pg_catalog.format('trigger %I on %s', t.tgname, t.tgrelid::pg_catalog.regclass) INTO deferred
+      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
+     WHERE t.tgdeferrable AND t.tgenabled OPERATOR(pg_catalog.=) ANY ('{{A,R}}'::pg_catalog.\"char\"[])
+       AND c.relowner OPERATOR(pg_catalog.<>) {target}::pg_catalog.oid
+     LIMIT 1;
+    IF deferred IS NOT NULL THEN
+        RAISE EXCEPTION 'pgdms: % is deferrable and fires during the apply (ENABLE ALWAYS or REPLICA): before \
+PostgreSQL 18 it would run at COMMIT as the target role instead of its owner. Make it NOT DEFERRABLE, or ENABLE it \
+(origin only) on the target', deferred
+            USING ERRCODE = '{GATE_ALARM}';
+    END IF;"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "
 DECLARE
     affected bigint;
+    deferred text;
     settings_before text := (SELECT pg_catalog.string_agg(name OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) setting, ',' ORDER BY name)
                                FROM pg_catalog.pg_settings WHERE name IN ({PINNED_SETTINGS}));
 BEGIN
+    -- Only pgdms-apply's own call, as the statement it sends: code running as the target role
+    -- (at COMMIT, or on the target role's own tables) could otherwise act as this owner.
+    IF NOT pg_catalog.starts_with(pg_catalog.current_query(), {own_call}) THEN
+        RAISE EXCEPTION 'pgdms: % may be called only by pgdms-apply, as the statement it sends', {own_name}
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     EXECUTE statement USING args;
     GET DIAGNOSTICS affected = ROW_COUNT;
     IF EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)
@@ -404,18 +458,27 @@ BEGIN
        OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()
                      AND typowner OPERATOR(pg_catalog.<>) {target}::pg_catalog.oid)
        OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())
+       -- A cursor WITH HOLD runs the rest of its query at COMMIT, as the target role.
+       OR EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)
        OR settings_before IS DISTINCT FROM
           (SELECT pg_catalog.string_agg(name OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) setting, ',' ORDER BY name)
              FROM pg_catalog.pg_settings WHERE name IN ({PINNED_SETTINGS}))
     THEN
-        RAISE EXCEPTION 'pgdms: code of the table''s owner left a prepared statement, a temporary object or a changed \
-setting in the session, which pgdms-apply''s later statements could pick up: refused'
+        RAISE EXCEPTION 'pgdms: code of the table''s owner left a prepared statement, a temporary object, a cursor \
+WITH HOLD or a changed setting in the session, which pgdms-apply''s later statements or its COMMIT could pick up: refused'
             USING ERRCODE = '{GATE_ALARM}';
-    END IF;
+    END IF;{deferred_triggers}
     RETURN affected;
 END
-"
+",
+        own_call = quote_literal(&format!("{}(", gate_call_prefix(function))),
+        own_name = quote_literal(function),
     )
+}
+
+/// How [`Roles::remember`]'s call of the gate `function` begins.
+fn gate_call_prefix(function: &str) -> String {
+    format!("SELECT {function}")
 }
 
 /// `statement` for a gate: each parameter `$n` becomes `($1[n])`, the n-th element of the
