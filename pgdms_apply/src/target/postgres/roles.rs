@@ -403,10 +403,16 @@ impl Roles {
 /// SQLSTATE of a gate that found the session tampered with: the session must end.
 pub const GATE_ALARM: &str = "PGDMS";
 
-/// The settings our statements depend on, whose values the owner's code may not change.
+/// The settings our statements and the session depend on, whose values the owner's code
+/// may not change: how texts parse and values print, what names resolve to, how rows are
+/// seen and commits made durable, and what would make the apply's later statements or
+/// transactions fail (read-only defaults, timeouts, exit_on_error).
 const PINNED_SETTINGS: &str = "'array_nulls', 'backslash_quote', 'bytea_output', 'client_encoding', 'DateStyle', \
-    'extra_float_digits', 'IntervalStyle', 'lc_monetary', 'lc_numeric', 'search_path', 'session_replication_role', \
-    'standard_conforming_strings', 'synchronous_commit', 'TimeZone', 'transaction_read_only'";
+    'default_transaction_deferrable', 'default_transaction_isolation', 'default_transaction_read_only', \
+    'exit_on_error', 'extra_float_digits', 'gin_fuzzy_search_limit', 'idle_in_transaction_session_timeout', \
+    'IntervalStyle', 'lc_monetary', 'lc_numeric', 'lock_timeout', 'row_security', 'search_path', \
+    'session_replication_role', 'standard_conforming_strings', 'statement_timeout', 'synchronous_commit', \
+    'TimeZone', 'transaction_read_only', 'transform_null_equals', 'xmlbinary', 'xmloption'";
 
 /// A gate's body: one statement, its arguments in `$1` (a text array), the rows it affected;
 /// then the checks a SECURITY DEFINER function does not make for itself (see the module's
