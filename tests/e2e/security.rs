@@ -410,27 +410,66 @@ fn code_running_as_the_target_role_cannot_act_as_an_owner_through_its_gate() {
         "alter schema app owner to alice; alter table app.t owner to alice;
          create table app.victim (id int); alter table app.victim owner to alice;",
     );
-    target.execute_as_target(
-        "create table public.outcome (error text);
-         create function public.via_gate() returns trigger language plpgsql as $$
-         begin
-             begin
-                 execute format('select pgdms_gate.%I($1, $2)', 'as_' || (select oid from pg_roles where rolname = 'alice'))
-                     using 'insert into app.victim values (666)', '{}'::text[];
-             exception when others then
-                 insert into public.outcome values (sqlerrm);
-             end;
-             return new;
-         end $$;
+    target.execute_as_target(&format!(
+        "{VIA_ALICES_GATE}
          create trigger via_gate after insert on public.mine for each row execute function public.via_gate();
-         alter table public.mine enable always trigger via_gate;",
-    );
+         alter table public.mine enable always trigger via_gate;"
+    ));
     source.execute("create extension pgdms");
     source.create_slot("gate");
     source.execute("insert into app.t values (1)");
     source.execute("insert into public.mine values (1)");
     pgdms_tests::catch_up(&source, &target, "gate", &[]);
     assert_eq!(target.rows("app.t"), ["(1)"], "alice's row went through her gate");
+    assert_eq!(target.value("select count(*) from app.victim"), "0", "the target role's code acted as alice");
+    let outcome = target.value("select string_agg(error, '; ') from public.outcome");
+    assert!(outcome.contains("may be called only by pgdms-apply"), "{outcome}");
+}
+
+/// A trigger function, the target role's, that tries to write alice's table app.victim
+/// through her gate, and records the error it gets in public.outcome.
+const VIA_ALICES_GATE: &str = "create table public.outcome (error text);
+     create function public.via_gate() returns trigger language plpgsql as $$
+     begin
+         begin
+             execute format('select pgdms_gate.%I($1, $2)', 'as_' || (select oid from pg_roles where rolname = 'alice'))
+                 using 'insert into app.victim values (666)', '{}'::text[];
+         exception when others then
+             insert into public.outcome values (sqlerrm);
+         end;
+         return new;
+     end $$;";
+
+#[test]
+fn a_commit_with_no_statement_text_is_no_call_of_pgdms_apply() {
+    // A statement sent outside BEGIN commits at the protocol's Sync, when the server has no
+    // statement text: a deferred trigger the target role's code put on a table of its own
+    // (pgdms.load_progress) fires then, and tries alice's gate.
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    alice_setup(&source, &target, "create table app.t (id int primary key); insert into app.t values (1)");
+    source.copy_schema_to(&target);
+    target.execute(
+        "alter schema app owner to alice; alter table app.t owner to alice;
+         create table app.victim (id int); alter table app.victim owner to alice;",
+    );
+    source.execute("create extension pgdms");
+    let load = |slot: &str| {
+        pgdms_apply()
+            .args(["migrate", "--mode", "full-load", "--target-prep", "truncate", "--slot", slot])
+            .args(["--source", &source.conninfo("postgres"), "--target", &target.target_conninfo("postgres")])
+            .output()
+            .unwrap()
+    };
+    let first = load("first");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    target.execute_as_target(&format!(
+        "{VIA_ALICES_GATE}
+         create constraint trigger via_gate after insert or update on pgdms.load_progress
+             deferrable initially deferred for each row execute function public.via_gate();
+         alter table pgdms.load_progress enable always trigger via_gate;"
+    ));
+    let second = load("second");
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert_eq!(target.value("select count(*) from app.victim"), "0", "the target role's code acted as alice");
     let outcome = target.value("select string_agg(error, '; ') from public.outcome");
     assert!(outcome.contains("may be called only by pgdms-apply"), "{outcome}");

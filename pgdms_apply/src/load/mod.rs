@@ -144,33 +144,8 @@ pub async fn load(
         targets.push((t, roles));
     }
     if truncate_first && !plan.tables.is_empty() {
-        // One statement (tables referencing each other must go together), as the target role.
-        let names: Vec<String> = plan.tables.iter().map(|t| t.target_qualified()).collect();
-        let list: Vec<String> = names.iter().map(|t| format!("ONLY {t}")).collect();
-        let client = &targets[0].0.client;
-        let emptied = async {
-            client.batch_execute("BEGIN").await?;
-            if let Some(trigger) = crate::target::postgres::lock_for_truncate(client, &names).await? {
-                return Ok(Some(trigger));
-            }
-            client.batch_execute(&format!("TRUNCATE {}; COMMIT", list.join(", "))).await?;
-            Ok(None)
-        }
-        .await;
-        match emptied {
-            Ok(None) => {}
-            Ok(Some(trigger)) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(LoadError::Target(format!(
-                    "could not empty the target's tables before loading them: {}: {trigger}",
-                    crate::target::postgres::TRUNCATE_TRIGGER_REFUSED
-                )));
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(sql_error("could not empty the target's tables before loading them")(e));
-            }
-        }
+        let (session, roles) = &mut targets[0];
+        empty_tables(&session.client, roles, &plan.tables).await?;
     }
     let units_per_table = |i: usize| plan.units.iter().filter(|u| u.table == i).count();
     let progress = Progress::new(
@@ -226,6 +201,53 @@ async fn worker(
         if let Some(table_rows) = progress.unit_finished(&name, rows) {
             mark_loaded(target, opts, table, table_rows).await?;
         }
+    }
+}
+
+/// Empties the tables about to be loaded, in one statement (tables referencing each other
+/// must go together): as their owner when they have one other than the target role, else
+/// as the target role (see target::postgres::lock_for_truncate).
+async fn empty_tables(
+    client: &tokio_postgres::Client,
+    roles: &mut Roles,
+    tables: &[SourceTable],
+) -> Result<(), LoadError> {
+    const WHAT: &str = "could not empty the target's tables before loading them";
+    let names: Vec<String> = tables.iter().map(|t| t.target_qualified()).collect();
+    let truncate = format!("TRUNCATE {}", names.iter().map(|t| format!("ONLY {t}")).collect::<Vec<_>>().join(", "));
+    let refused = |e| LoadError::Target(format!("{WHAT}: {}", crate::target::postgres::role_error(e)));
+    let mut owners = std::collections::HashSet::new();
+    for name in &names {
+        owners.insert(roles.owner(client, Object::Table, name).await.map_err(refused)?);
+    }
+    if owners.len() == 1 {
+        if let Some(owner) = owners.into_iter().next().flatten() {
+            let call = roles.gate(client, &owner, true).await.map_err(refused)?;
+            return through_gate(client, &call, &truncate)
+                .await
+                .map(|_| ())
+                .map_err(|e| LoadError::Target(format!("{WHAT}: {e}")));
+        }
+    }
+    let emptied = async {
+        client.batch_execute("BEGIN").await?;
+        if let Some(trigger) = crate::target::postgres::lock_for_truncate(client, &names).await? {
+            return Ok(Some(trigger));
+        }
+        client.batch_execute(&format!("{truncate}; COMMIT")).await?;
+        Ok(None)
+    }
+    .await;
+    if !matches!(emptied, Ok(None)) {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    match emptied {
+        Ok(None) => Ok(()),
+        Ok(Some(trigger)) => Err(LoadError::Target(format!(
+            "{WHAT}: these tables have several owners, and {}: {trigger}",
+            crate::target::postgres::TRUNCATE_TRIGGER_REFUSED
+        ))),
+        Err(e) => Err(sql_error(WHAT)(e)),
     }
 }
 

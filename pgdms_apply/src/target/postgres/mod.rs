@@ -174,10 +174,10 @@ pub const TRUNCATE_TRIGGER_REFUSED: &str = "a trigger of theirs fires for TRUNCA
     ENABLE TRIGGER, not ALWAYS or REPLICA)";
 
 /// Tables of several owners truncated in one statement are truncated as the target role
-/// (one gate runs as one owner). That is refused while a trigger on one that is not the
-/// target role's fires for it (ALWAYS or REPLICA: the session is a replica's): `Some` names
-/// it. The tables are locked first, inside the caller's transaction, so that no trigger
-/// can be made between this check and the TRUNCATE.
+/// (one gate runs as one owner). That is refused while a trigger on one whose owner is
+/// neither the target role nor a superuser fires for it (ALWAYS or REPLICA: the session is
+/// a replica's): `Some` names it. The tables are locked first, inside the caller's
+/// transaction, so that no trigger can be made between this check and the TRUNCATE.
 pub async fn lock_for_truncate(
     client: &tokio_postgres::Client,
     tables: &[String],
@@ -191,6 +191,7 @@ pub async fn lock_for_truncate(
               WHERE t.tgrelid = ANY (SELECT pg_catalog.to_regclass(n) FROM pg_catalog.unnest($1::pg_catalog.text[]) n)
                 AND t.tgenabled IN ('A', 'R') AND (t.tgtype::int & 32) <> 0
                 AND c.relowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+                AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE oid = c.relowner)
               LIMIT 1",
             &[&tables],
         )

@@ -422,8 +422,9 @@ fn gate_body(function: &str, target: i64, server_version: i32) -> String {
     // Before PostgreSQL 18 a deferred trigger runs as the role current at COMMIT, the target
     // role, not as the one that queued its event inside the gate. Refused when one could fire
     // (session_replication_role = replica fires only ALWAYS and REPLICA triggers) on a table
-    // that is not the target role's: once its events are queued, the trigger can be neither
-    // dropped nor disabled, so what the catalog says after the statement holds until COMMIT.
+    // whose owner has a gate (neither the target role nor a superuser): once its events are
+    // queued, the trigger can be neither dropped nor disabled, so what the catalog says after
+    // the statement holds until COMMIT.
     let deferred_triggers = if server_version < 180000 {
         format!(
             "
@@ -431,11 +432,12 @@ fn gate_body(function: &str, target: i64, server_version: i32) -> String {
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
      WHERE t.tgdeferrable AND t.tgenabled OPERATOR(pg_catalog.=) ANY ('{{A,R}}'::pg_catalog.\"char\"[])
        AND c.relowner OPERATOR(pg_catalog.<>) {target}::pg_catalog.oid
+       AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) c.relowner)
      LIMIT 1;
     IF deferred IS NOT NULL THEN
-        RAISE EXCEPTION 'pgdms: % is deferrable and fires during the apply (ENABLE ALWAYS or REPLICA): before \
-PostgreSQL 18 it would run at COMMIT as the target role instead of its owner. Make it NOT DEFERRABLE, or ENABLE it \
-(origin only) on the target', deferred
+        RAISE EXCEPTION 'pgdms: % is deferrable and would fire during the apply (ENABLE ALWAYS or REPLICA): before \
+PostgreSQL 18 it would run at COMMIT as the target role instead of its owner, so pgdms-apply does not write as that \
+table''s owner while it exists. Make it NOT DEFERRABLE, or ENABLE it (origin only) on the target', deferred
             USING ERRCODE = '{GATE_ALARM}';
     END IF;"
         )
@@ -452,7 +454,8 @@ DECLARE
 BEGIN
     -- Only pgdms-apply's own call, as the statement it sends: code running as the target role
     -- (at COMMIT, or on the target role's own tables) could otherwise act as this owner.
-    IF NOT pg_catalog.starts_with(pg_catalog.current_query(), {own_call}) THEN
+    -- (No statement text at all, as at the COMMIT of a Sync, is no call of pgdms-apply's.)
+    IF NOT coalesce(pg_catalog.starts_with(pg_catalog.current_query(), {own_call}), false) THEN
         RAISE EXCEPTION 'pgdms: % may be called only by pgdms-apply, as the statement it sends', {own_name}
             USING ERRCODE = 'insufficient_privilege';
     END IF;
