@@ -28,6 +28,20 @@ BEGIN
         CREATE SCHEMA pgdms;
         -- Anyone may run the checks; what each function lets a role do is its own matter.
         GRANT USAGE ON SCHEMA pgdms TO PUBLIC;
+    -- Before anything goes into a schema of that name that exists already: a role that owns
+    -- it, or may create in it, could rename it while this runs and put another in its place.
+    -- (The full check, with the reasons, follows below.)
+    ELSIF NOT (SELECT bool_and(coalesce(r.rolsuper, false))
+                 FROM (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = 'pgdms'
+                       UNION ALL
+                       SELECT a.grantee FROM pg_namespace n, aclexplode(n.nspacl) a
+                        WHERE n.nspname = 'pgdms' AND a.privilege_type = 'CREATE') w(role)
+                 LEFT JOIN pg_roles r ON r.oid = w.role) THEN
+        RAISE EXCEPTION 'pgdms: the schema "pgdms" that exists here is not safe for the extension: a role that is not a superuser owns it or may create objects in it'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'As a superuser: rename that schema (ALTER SCHEMA pgdms RENAME TO ...) and let CREATE EXTENSION '
+                         'pgdms make its own; or give it to a superuser (ALTER SCHEMA pgdms OWNER TO), REVOKE CREATE ON '
+                         'SCHEMA pgdms from the others and drop what they own in it.';
     END IF;
 END
 $$;

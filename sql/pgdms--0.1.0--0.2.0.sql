@@ -23,6 +23,24 @@
 -- superuser updating.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+-- Before anything goes into schema "pgdms" (0.1.0 made it, or found it): a role that owns
+-- it, or may create in it, could rename it while this runs and put another in its place.
+DO $$
+BEGIN
+    IF NOT (SELECT bool_and(coalesce(r.rolsuper, false))
+              FROM (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = 'pgdms'
+                    UNION ALL
+                    SELECT a.grantee FROM pg_namespace n, aclexplode(n.nspacl) a
+                     WHERE n.nspname = 'pgdms' AND a.privilege_type = 'CREATE') w(role)
+              LEFT JOIN pg_roles r ON r.oid = w.role) THEN
+        RAISE EXCEPTION 'pgdms: the schema "pgdms" is not safe for the extension: a role that is not a superuser owns it or may create objects in it'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'As a superuser: ALTER SCHEMA pgdms OWNER TO a superuser, REVOKE CREATE ON SCHEMA pgdms from '
+                         'the others and drop what they own in it; then run ALTER EXTENSION pgdms UPDATE again.';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION pgdms.schema_unsafe_because(nsp oid, with_contents boolean) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH n AS (

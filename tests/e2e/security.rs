@@ -676,30 +676,32 @@ fn what_a_database_owner_leaves_in_schema_pgdms_never_runs_as_the_installing_sup
     source.execute("create role dbo login");
     source.execute("create database app owner dbo");
     source.connect("app").batch_execute("create schema pgdms_audit").unwrap();
-    let mut dbo = source.connect_as("app", "dbo");
 
-    // The install's own check called by name: a look-alike taking regnamespace would be
-    // chosen over it (an exact match of the argument's type) and run as the superuser.
-    dbo.batch_execute(&format!(
-        "create schema pgdms;
-         create function pgdms.schema_unsafe_because(nsp regnamespace) returns text {}",
-        escalation_body("dbo")
-    ))
-    .unwrap();
-    let err = install_error(&source, "app", "create extension pgdms schema pgdms_audit");
+    // The install's own check is called by name: a look-alike taking regnamespace would be
+    // chosen over it (an exact match of the argument's type) and run as the superuser. And
+    // an overload of a capture function the event triggers call.
+    source
+        .connect_as("app", "dbo")
+        .batch_execute(&format!(
+            "create schema pgdms;
+             create function pgdms.schema_unsafe_because(nsp regnamespace) returns text {};
+             create function pgdms.capture(kind text, objid regclass, tag text, identity text) returns void {}",
+            escalation_body("dbo"),
+            escalation_body("dbo").replace("return null", "return")
+        ))
+        .unwrap();
+    let install = "create extension pgdms schema pgdms_audit";
+    let err = install_error(&source, "app", install);
+    assert_eq!(is_superuser(&source, "dbo"), "f", "the install ran the database owner's function");
+    assert!(err.contains("the schema \"pgdms\" that exists here is not safe"), "{err}");
+
+    // The schema given to a superuser, as one might, with dbo's functions still in it.
+    source.connect("app").batch_execute("alter schema pgdms owner to postgres").unwrap();
+    let err = install_error(&source, "app", install);
     assert_eq!(is_superuser(&source, "dbo"), "f", "the install ran the database owner's function");
     assert!(err.contains("holds a function pgdms.schema_unsafe_because that is not pgdms's"), "{err}");
-
-    // The schema given to a superuser, as one might, with dbo's functions still in it: each
-    // is an overload the capture's calls could resolve to.
-    dbo.batch_execute(&format!(
-        "drop function pgdms.schema_unsafe_because(regnamespace);
-         create function pgdms.capture(kind text, objid regclass, tag text, identity text) returns void {}",
-        escalation_body("dbo").replace("return null", "return")
-    ))
-    .unwrap();
-    source.connect("app").batch_execute("alter schema pgdms owner to postgres").unwrap();
-    let err = install_error(&source, "app", "create extension pgdms schema pgdms_audit");
+    source.connect("app").batch_execute("drop function pgdms.schema_unsafe_because(regnamespace)").unwrap();
+    let err = install_error(&source, "app", install);
     assert!(err.contains("holding function pgdms.capture(text,regclass,text,text) owned by dbo"), "{err}");
     assert_eq!(is_superuser(&source, "dbo"), "f");
 }
