@@ -392,6 +392,8 @@ struct Applier<'t, T: Target> {
     group_end: Option<(Lsn, i64)>,
     /// The stream was idle, with everything applied, at this WAL position.
     caught_up_to: Lsn,
+    /// The Idle event being handled has more of the stream behind it (see `run`).
+    stale_idle: bool,
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -414,6 +416,7 @@ impl<'t, T: Target> Applier<'t, T> {
             group_started: None,
             group_end: None,
             caught_up_to: Lsn(0),
+            stale_idle: false,
         }
     }
 
@@ -444,7 +447,14 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.commit_group().await?;
                 return Ok(Finished::Interrupted);
             };
-            for event in chunk {
+            // A keepalive says the walsender had caught up when it sent it. One with more of
+            // the stream behind it (later in this chunk, or chunks waiting) is stale: the
+            // apply is behind, and committing there would keep its groups small, so that it
+            // never catches up with bigger ones.
+            let last = chunk.len().saturating_sub(1);
+            let more_waiting = !events.is_empty();
+            for (i, event) in chunk.into_iter().enumerate() {
+                self.stale_idle = i < last || more_waiting;
                 self.handle(event).await?;
             }
             // Completed transactions may commit even while the next one is half received.
@@ -511,8 +521,9 @@ impl<'t, T: Target> Applier<'t, T> {
                 }
             }
             Event::Idle(wal_end) => {
-                // Nothing in flight: whatever is complete can go in now.
-                if self.txn.is_empty() && !self.txn_streaming {
+                // Nothing in flight: whatever is complete can go in now (unless more is
+                // already here, see `run`: the group then ends when full, old, or idle).
+                if self.txn.is_empty() && !self.txn_streaming && !self.stale_idle {
                     self.commit_group().await?;
                     self.caught_up_to = self.caught_up_to.max(wal_end);
                 }
