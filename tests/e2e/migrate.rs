@@ -9,18 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn migrate(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Command {
-    let mut c = pgdms_apply();
-    c.args([
-        "migrate",
-        "--source",
-        &source.conninfo("postgres"),
-        "--target",
-        &target.target_conninfo("postgres"),
-        "--slot",
-        slot,
-    ]);
-    c.args(extra);
-    c
+    pgdms_tests::between("migrate", source, target, slot, extra)
 }
 
 fn cutover(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> std::process::Output {

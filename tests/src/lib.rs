@@ -481,9 +481,15 @@ pub fn pgdms_apply() -> Command {
 /// `pgdms-apply cdc` from `source`'s slot into `target`, both `postgres` databases, the
 /// target written as `TARGET_ROLE`.
 pub fn cdc(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Command {
+    between("cdc", source, target, slot, extra)
+}
+
+/// `pgdms-apply SUBCOMMAND` (cdc, migrate) from `source`'s slot into `target`, both
+/// `postgres` databases, the target written as `TARGET_ROLE`.
+pub fn between(subcommand: &str, source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> Command {
     let mut c = pgdms_apply();
     c.args([
-        "cdc",
+        subcommand,
         "--source",
         &source.conninfo("postgres"),
         "--target",

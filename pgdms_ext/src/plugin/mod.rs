@@ -115,6 +115,20 @@ impl Writer {
         }
     }
 
+    /// A record of a logical message: inside its transaction, or, decoded between
+    /// transactions (non-transactional), on its own.
+    fn push_message(&mut self, out: &Output, transactional: bool, record: &Record<'_>) {
+        if transactional {
+            self.ensure_begin();
+            self.push(record);
+            self.flush_if_large(out);
+        } else {
+            self.ensure_startup();
+            self.push(record);
+            self.flush(out, true);
+        }
+    }
+
     /// A change's LSN as an offset from its transaction's begin LSN.
     fn lsn_offset(&self, lsn: u64) -> u64 {
         lsn.saturating_sub(self.pending_begin.map_or(lsn, |b| b.begin_lsn))
@@ -257,17 +271,7 @@ impl Session {
             }
             pgrx::warning!("pgdms: a DDL message at {lsn:X} does not parse; passing it on as a message");
         }
-        let record = Record::Message(Message { transactional, lsn, prefix, content });
-        if transactional {
-            self.writer.ensure_begin();
-            self.writer.push(&record);
-            self.writer.flush_if_large(out);
-        } else {
-            // Decoded between transactions: it stands alone.
-            self.writer.ensure_startup();
-            self.writer.push(&record);
-            self.writer.flush(out, true);
-        }
+        self.writer.push_message(out, transactional, &Record::Message(Message { transactional, lsn, prefix, content }));
         None
     }
 
@@ -330,15 +334,7 @@ impl Session {
             preview: &content[..content.len().min(REJECTED_PREVIEW)],
             content_len: content.len() as u64,
         });
-        if transactional {
-            self.writer.ensure_begin();
-            self.writer.push(&record);
-            self.writer.flush_if_large(out);
-        } else {
-            self.writer.ensure_startup();
-            self.writer.push(&record);
-            self.writer.flush(out, true);
-        }
+        self.writer.push_message(out, transactional, &record);
     }
 
     /// Follows a table's DDL record with its new relation record, as the catalog shows it
