@@ -392,8 +392,6 @@ struct Applier<'t, T: Target> {
     group_end: Option<(Lsn, i64)>,
     /// The stream was idle, with everything applied, at this WAL position.
     caught_up_to: Lsn,
-    /// The Idle event being handled has more of the stream behind it (see `run`).
-    stale_idle: bool,
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -416,7 +414,6 @@ impl<'t, T: Target> Applier<'t, T> {
             group_started: None,
             group_end: None,
             caught_up_to: Lsn(0),
-            stale_idle: false,
         }
     }
 
@@ -454,7 +451,9 @@ impl<'t, T: Target> Applier<'t, T> {
             let last = chunk.len().saturating_sub(1);
             let more_waiting = !events.is_empty();
             for (i, event) in chunk.into_iter().enumerate() {
-                self.stale_idle = i < last || more_waiting;
+                if matches!(event, Event::Idle(_)) && (i < last || more_waiting) {
+                    continue;
+                }
                 self.handle(event).await?;
             }
             // Completed transactions may commit even while the next one is half received.
@@ -521,9 +520,9 @@ impl<'t, T: Target> Applier<'t, T> {
                 }
             }
             Event::Idle(wal_end) => {
-                // Nothing in flight: whatever is complete can go in now (unless more is
-                // already here, see `run`: the group then ends when full, old, or idle).
-                if self.txn.is_empty() && !self.txn_streaming && !self.stale_idle {
+                // Nothing in flight: whatever is complete can go in now (a stale keepalive
+                // does not get here, see `run`).
+                if self.txn.is_empty() && !self.txn_streaming {
                     self.commit_group().await?;
                     self.caught_up_to = self.caught_up_to.max(wal_end);
                 }

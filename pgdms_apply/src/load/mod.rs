@@ -254,10 +254,7 @@ async fn empty_tables(
 /// Runs `statement` through an owner's gate (see target::postgres::roles).
 async fn through_gate(target: &tokio_postgres::Client, call: &str, statement: &str) -> Result<u64, String> {
     match target.query(call, &[&statement, &"{}"]).await {
-        Ok(rows) => match rows.first() {
-            Some(row) => Ok(row.try_get::<_, i64>(0).map_err(|e| e.to_string())? as u64),
-            None => Err("the gate that writes as the table's owner was altered: refused".into()),
-        },
+        Ok(rows) => crate::target::postgres::gate_count(rows.first()),
         Err(e) => Err(format!("target: {}", error_text(&e))),
     }
 }

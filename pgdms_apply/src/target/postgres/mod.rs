@@ -149,7 +149,7 @@ fn error_text_marking_alarm(e: &tokio_postgres::Error) -> String {
 }
 
 /// The rows a gate call says its statement affected; no row: the gate is not what pgdms made.
-fn gate_count(row: Option<&tokio_postgres::Row>) -> Result<u64, String> {
+pub fn gate_count(row: Option<&tokio_postgres::Row>) -> Result<u64, String> {
     match row {
         Some(row) => row.try_get::<_, i64>(0).map(|n| n as u64).map_err(|e| e.to_string()),
         None => Err("the gate that writes as the table's owner was altered (it is no longer that owner's \
