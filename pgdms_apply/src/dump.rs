@@ -4,9 +4,11 @@
 //! source with `DateStyle = ISO` and `TimeZone = UTC`), NULL as `null`, and an unchanged
 //! TOASTed value as `{"unchanged_toast": true}`.
 
+use crate::pgconn::ConnInfo;
 use crate::stream::replication::{IDLE_PROBE, STATUS_INTERVAL};
-use crate::stream::{ConnInfo, Lsn, ReplicationConnection, StreamMessage};
+use crate::stream::{ReplicationConnection, StreamMessage};
 use anyhow::Context;
+use pgdms_proto::Lsn;
 use pgdms_proto::{OldImage, Options, Record, Records, Relation, Value};
 use serde_json::{json, Map, Value as Json};
 use std::collections::HashMap;
@@ -29,8 +31,8 @@ pub struct JsonRenderer {
     begin_lsn: u64,
 }
 
-fn lsn(l: u64) -> String {
-    Lsn(l).to_string()
+fn lsn(l: Lsn) -> String {
+    l.to_string()
 }
 
 fn timestamp(t: i64) -> Json {
@@ -125,7 +127,7 @@ impl JsonRenderer {
             }),
             Record::Begin(b) => {
                 self.xid = Some(b.xid);
-                self.begin_lsn = b.begin_lsn;
+                self.begin_lsn = b.begin_lsn.0;
                 json!({"type": "begin", "xid": b.xid, "begin_lsn": lsn(b.begin_lsn), "commit_lsn": lsn(b.commit_lsn), "commit_time": timestamp(b.commit_time)})
             }
             Record::Commit(c) => {
@@ -273,7 +275,7 @@ pub async fn run(
                         Record::Begin(_) => in_txn = true,
                         Record::Commit(c) => {
                             in_txn = false;
-                            commit_end = Some(Lsn(c.end_lsn));
+                            commit_end = Some(c.end_lsn);
                         }
                         _ => {}
                     }

@@ -1,19 +1,28 @@
 //! pgdms-apply: consumes the records of the pgdms output plugin over the streaming
-//! replication protocol and applies them to targets.
+//! replication protocol and applies them to targets; migrates a live database (full load
+//! from a snapshot, then CDC) with the same parts.
 //!
 //! The data flows through the modules in this order:
-//! * [`stream`]: the replication client (connection settings, the protocol, the slot).
-//! * [`apply`]: records become events, complete transactions become batches and groups.
-//! * [`target`]: where groups land (PostgreSQL).
+//! * [`stream`]: the replication protocol to the source, and its slots (over [`pgconn`]'s
+//!   connection settings and TLS).
+//! * [`apply`]: records become events ([`model`]'s relations, rows and changes), complete
+//!   transactions become batches and groups; one retry policy ([`apply::retry`]).
+//! * [`sink`]: where groups land: PostgreSQL, MySQL/MariaDB, SQLite, JSON lines, chosen in
+//!   one place ([`sink::spec`]), each keeping its control records ([`sink::control`]).
 //!
-//! [`dump`] prints the records as JSON lines instead: the user's window into a stream.
+//! [`migrate`] runs a whole migration with them (schema, [`load`], CDC, cutover), for every
+//! target kind; [`validate`] compares source and target; [`dump`] prints the records as
+//! JSON lines instead: the user's window into a stream.
 
 pub mod apply;
 pub mod dump;
+pub mod error;
 pub mod load;
 pub mod mapping;
 pub mod migrate;
+pub mod model;
+pub mod pgconn;
+pub mod sink;
 pub mod sql;
 pub mod stream;
-pub mod target;
 pub mod validate;

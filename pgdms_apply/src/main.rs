@@ -5,15 +5,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgdms_apply::apply::{self, ApplyOptions, Finished};
 use pgdms_apply::dump::{self, DumpOptions};
 use pgdms_apply::mapping::Mapping;
+use pgdms_apply::migrate::cutover::{self, CutoverOptions};
 use pgdms_apply::migrate::{self, MigrateOptions, Mode, Prep};
-use pgdms_apply::sql::quote_literal;
-use pgdms_apply::stream::{ConnInfo, Lsn, ReplicationConnection};
-use pgdms_apply::target::jsonl::JsonlTarget;
-use pgdms_apply::target::mysql::MySqlTarget;
-use pgdms_apply::target::postgres::{open_session, PostgresTarget};
-use pgdms_apply::target::sqlite::SqliteTarget;
-use pgdms_apply::target::typemap::{LongVarchar, MapOptions};
-use pgdms_apply::target::OnError;
+use pgdms_apply::pgconn::ConnInfo;
+use pgdms_apply::sink::spec::{SinkFactory, SinkSettings, TargetSpec};
+use pgdms_apply::sink::typemap::{LongVarchar, MapOptions};
+use pgdms_apply::sink::{OnError, Target};
+use pgdms_apply::stream::ReplicationConnection;
+use pgdms_proto::Lsn;
 use pgdms_proto::{Options, OriginFilter};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -180,16 +179,6 @@ impl TypeMapArgs {
     }
 }
 
-/// Where changes land.
-enum TargetSpec {
-    Postgres(ConnInfo),
-    Sqlite(std::path::PathBuf),
-    /// mysql://user:password@host:port[/database] (mariadb:// too).
-    MySql(String),
-    /// A file, or None for stdout.
-    Jsonl(Option<std::path::PathBuf>),
-}
-
 #[derive(Args)]
 struct MappingArgs {
     /// Table mappings, in the AWS DMS JSON table-mapping format: selection rules (include /
@@ -229,30 +218,17 @@ impl ApplyArgs {
         })
     }
 
-    fn target(&self) -> anyhow::Result<ConnInfo> {
-        match self.target_spec()? {
-            TargetSpec::Postgres(c) => Ok(c),
-            _ => anyhow::bail!("this command works with a PostgreSQL --target only"),
-        }
-    }
-
-    fn target_spec(&self) -> anyhow::Result<TargetSpec> {
-        let t = self.target.trim();
-        if let Some(path) = t.strip_prefix("sqlite:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            anyhow::ensure!(!path.is_empty(), "--target sqlite:PATH needs the database file's path");
-            return Ok(TargetSpec::Sqlite(path.into()));
-        }
-        if t.starts_with("mysql://") || t.starts_with("mariadb://") {
-            return Ok(TargetSpec::MySql(t.to_string()));
-        }
-        if let Some(path) = t.strip_prefix("jsonl:") {
-            return Ok(TargetSpec::Jsonl(match path {
-                "-" | "" => None,
-                p => Some(p.into()),
-            }));
-        }
-        Ok(TargetSpec::Postgres(ConnInfo::parse(t).context("invalid --target")?))
+    /// The target `--target` names, with how to write it: the one dispatch point.
+    fn sink(&self) -> anyhow::Result<SinkFactory> {
+        Ok(SinkFactory {
+            spec: TargetSpec::parse(&self.target)?,
+            settings: SinkSettings {
+                on_error: self.on_error,
+                map: self.types.options(),
+                synchronous_commit: self.synchronous_commit.clone(),
+                target_role: self.target_role.clone(),
+            },
+        })
     }
 }
 
@@ -438,22 +414,16 @@ fn shutdown_watch() -> tokio::sync::watch::Receiver<bool> {
 
 async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
-    let spec = args.apply.target_spec()?;
+    let sink = args.apply.sink()?;
     let mut opts = args.apply.options()?;
     let mut conn = ReplicationConnection::connect(&source).await?;
-    let slot_row = conn
-        .command(&format!(
-            "SELECT coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = {}",
-            quote_literal(&opts.slot)
-        ))
-        .await?;
-    if args.create_slot && slot_row.is_empty() {
+    let slot = conn.slot(&opts.slot).await?;
+    if args.create_slot && slot.is_none() {
         let slot = conn.create_slot(&opts.slot, false, false).await?;
         tracing::info!(slot = %slot.name, consistent_point = %slot.consistent_point, "created replication slot");
     }
     if let Some(start) = args.start_lsn {
-        let confirmed: Lsn =
-            slot_row.first().and_then(|r| r[0].clone()).and_then(|l| l.parse().ok()).unwrap_or_default();
+        let confirmed = slot.and_then(|s| s.confirmed_flush_lsn).unwrap_or_default();
         if start < confirmed {
             anyhow::bail!(
                 "--start-lsn {start} is before the slot's confirmed_flush_lsn {confirmed}: decoding cannot go back \
@@ -467,33 +437,15 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
         opts.start_time = Some(parse_time(t)?);
     }
     drop(conn);
-    let (on_error, map) = (args.apply.on_error, args.apply.types.options());
-    let finished = match spec {
-        TargetSpec::Postgres(target) => {
-            // The slot of a migration whose load reloaded tables: their changes already in
-            // the copy are passed over here too.
-            let role = args.apply.target_role.as_deref();
-            let (tgt, _) = open_session(&target, role, "pgdms-apply cdc", false).await?;
-            let slot = opts.slot.clone();
-            migrate::set_reloaded_tables(&tgt.client, &slot, &mut opts).await?;
-            drop(tgt);
-            let sync = args.apply.synchronous_commit.clone();
-            let connect = || PostgresTarget::connect(&target, on_error, &sync, role);
-            apply::run(&source, connect, &opts, shutdown_watch()).await?
-        }
-        TargetSpec::Sqlite(path) => {
-            let connect = || std::future::ready(SqliteTarget::open(&path, map, on_error));
-            apply::run(&source, connect, &opts, shutdown_watch()).await?
-        }
-        TargetSpec::MySql(url) => {
-            let connect = || MySqlTarget::connect(&url, map, on_error);
-            apply::run(&source, connect, &opts, shutdown_watch()).await?
-        }
-        TargetSpec::Jsonl(path) => {
-            let connect = || std::future::ready(JsonlTarget::open(path.as_deref(), map));
-            apply::run(&source, connect, &opts, shutdown_watch()).await?
-        }
-    };
+    // The slot of a migration whose load reloaded tables: their changes already in the copy
+    // are passed over here too.
+    {
+        let slot = opts.slot.clone();
+        let mut target = sink.connect().await?;
+        target.start(&slot).await?;
+        migrate::set_reloaded_tables(&mut target, &slot, &mut opts).await?;
+    }
+    let finished = apply::run(&source, || sink.connect(), &opts, shutdown_watch()).await?;
     finish(&source, &opts, finished, args.apply.drop_slot_on_finish).await
 }
 
@@ -523,7 +475,7 @@ async fn finish(source: &ConnInfo, opts: &ApplyOptions, finished: Finished, drop
 
 async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
-    let spec = args.apply.target_spec()?;
+    let sink = args.apply.sink()?;
     let opts = MigrateOptions {
         mode: args.mode,
         prep: args.target_prep,
@@ -531,29 +483,10 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
         split_bytes: args.split_tables_larger_than,
         pg_bin: args.pg_bin,
         apply: args.apply.options()?,
-        on_error: args.apply.on_error,
-        synchronous_commit: args.apply.synchronous_commit.clone(),
         drop_slot_on_finish: args.apply.drop_slot_on_finish,
         mapping: args.apply.mappings.load()?,
-        target_role: args.apply.target_role.clone(),
     };
-    let (on_error, map) = (args.apply.on_error, args.apply.types.options());
-    let finished = match spec {
-        TargetSpec::Postgres(target) => migrate::migrate(&source, &target, &opts, shutdown_watch()).await?,
-        TargetSpec::Sqlite(path) => {
-            let connect = || std::future::ready(SqliteTarget::open(&path, map, on_error));
-            migrate::migrate_rows(&source, connect, &opts, shutdown_watch()).await?
-        }
-        TargetSpec::MySql(url) => {
-            let connect = || MySqlTarget::connect(&url, map, on_error);
-            migrate::migrate_rows(&source, connect, &opts, shutdown_watch()).await?
-        }
-        TargetSpec::Jsonl(path) => {
-            let connect = || std::future::ready(JsonlTarget::open(path.as_deref(), map));
-            migrate::migrate_rows(&source, connect, &opts, shutdown_watch()).await?
-        }
-    };
-    match finished {
+    match migrate::migrate(&source, &sink, &opts, shutdown_watch()).await? {
         Finished::Interrupted => tracing::info!("stopped; run the same command again to resume"),
         Finished::Reached => tracing::info!("migration done"),
     }
@@ -575,18 +508,9 @@ fn print_reports(reports: &[pgdms_apply::validate::TableReport]) -> anyhow::Resu
 
 async fn cutover_cmd(args: CutoverArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
-    let target = args.apply.target()?;
-    let reports = migrate::cutover(
-        &source,
-        &target,
-        args.apply.target_role.as_deref(),
-        &args.apply.options()?,
-        args.apply.on_error,
-        args.drop_slot,
-        args.skip_validate,
-        shutdown_watch(),
-    )
-    .await?;
+    let sink = args.apply.sink()?;
+    let cut = CutoverOptions { drop_slot: args.drop_slot, skip_validate: args.skip_validate };
+    let reports = cutover::cutover(&source, &sink, &args.apply.options()?, &cut, shutdown_watch()).await?;
     if args.skip_validate {
         return Ok(());
     }
@@ -595,10 +519,11 @@ async fn cutover_cmd(args: CutoverArgs) -> anyhow::Result<()> {
 
 async fn validate_cmd(args: ValidateArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
-    let target = ConnInfo::parse(&args.target).context("invalid --target")?;
-    let src = pgdms_apply::stream::client::connect(&source, "pgdms-apply validate").await?;
-    let tgt = pgdms_apply::stream::client::connect(&target, "pgdms-apply validate").await?;
-    let reports = migrate::validate_all(&src.client, &tgt.client, &args.mappings.load()?).await?;
+    let spec = TargetSpec::parse(&args.target)?;
+    let target = spec.postgres("validate")?;
+    let src = pgdms_apply::pgconn::client::connect(&source, "pgdms-apply validate").await?;
+    let tgt = pgdms_apply::pgconn::client::connect(target, "pgdms-apply validate").await?;
+    let reports = pgdms_apply::validate::validate_all(&src.client, &tgt.client, &args.mappings.load()?).await?;
     print_reports(&reports)
 }
 
@@ -622,21 +547,14 @@ async fn slot(cmd: SlotCommand) -> anyhow::Result<()> {
         }
         SlotCommand::List { source } => {
             let mut conn = ReplicationConnection::connect(&source.conninfo()?).await?;
-            let rows = conn
-                .command(
-                    "SELECT slot_name, database, active, restart_lsn, confirmed_flush_lsn, wal_status, \
-                     pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
-                     FROM pg_replication_slots WHERE plugin = 'pgdms' ORDER BY slot_name",
-                )
-                .await?;
-            for r in rows {
-                let c = |i: usize| r.get(i).cloned().flatten();
+            for s in conn.pgdms_slots().await? {
+                let lsn = |l: Option<Lsn>| l.map(|l| l.to_string());
                 println!(
                     "{}",
                     serde_json::json!({
-                        "slot": c(0), "database": c(1), "active": c(2).as_deref() == Some("t"),
-                        "restart_lsn": c(3), "confirmed_flush_lsn": c(4), "wal_status": c(5),
-                        "retained_wal_bytes": c(6).and_then(|b| b.parse::<i64>().ok()),
+                        "slot": s.name, "database": s.database, "active": s.active,
+                        "restart_lsn": lsn(s.restart_lsn), "confirmed_flush_lsn": lsn(s.confirmed_flush_lsn),
+                        "wal_status": s.wal_status, "retained_wal_bytes": s.retained_wal_bytes,
                     })
                 );
             }

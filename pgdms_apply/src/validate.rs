@@ -9,14 +9,53 @@
 //! apply has caught up (as at cutover).
 
 use crate::load::plan::SourceTable;
+use crate::mapping::Mapping;
+use crate::pgconn::client::error_text;
 use crate::sql::quote_ident;
-use crate::stream::client::error_text;
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
 
 /// Session settings under which both sides write values as the same text.
 pub const SAME_TEXT: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';
      SET extra_float_digits = 3; SET bytea_output = 'hex'; SET lc_monetary = 'C'";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("{context}: {}", error_text(source))]
+    Sql { context: &'static str, source: tokio_postgres::Error },
+    #[error("could not validate {table}: {error}")]
+    Table { table: String, error: String },
+}
+
+fn sql(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ValidateError {
+    move |source| ValidateError::Sql { context, source }
+}
+
+/// Compares every table of the source with the target's.
+pub async fn validate_all(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    mapping: &Mapping,
+) -> Result<Vec<TableReport>, ValidateError> {
+    source.batch_execute(SAME_TEXT).await.map_err(sql("source"))?;
+    target.batch_execute(SAME_TEXT).await.map_err(sql("target"))?;
+    source.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(sql("source"))?;
+    let tables: Vec<SourceTable> = crate::load::plan::source_tables(source)
+        .await
+        .map_err(sql("could not list the source's tables"))?
+        .into_iter()
+        .filter_map(|t| t.mapped(mapping))
+        .collect();
+    let mut reports = Vec::with_capacity(tables.len());
+    for t in &tables {
+        let r = compare(source, target, t)
+            .await
+            .map_err(|e| ValidateError::Table { table: t.qualified(), error: e.to_string() })?;
+        reports.push(r);
+    }
+    let _ = source.batch_execute("COMMIT").await;
+    Ok(reports)
+}
 
 const BUCKETS: i64 = 64;
 /// Differing keys listed per table at most.

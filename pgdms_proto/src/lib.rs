@@ -25,11 +25,13 @@
 
 pub mod ddl;
 pub mod dms;
+pub mod lsn;
 pub mod options;
 pub mod pgtext;
 
 pub use ddl::{Ddl, DdlObject, TableDef, TypeDef, DDL_MESSAGE_PREFIX};
 pub use dms::{DmsType, PgTypeInfo};
+pub use lsn::{Lsn, LsnParseError};
 pub use options::{OptionError, Options, OriginFilter};
 use serde::{Deserialize, Serialize};
 
@@ -43,9 +45,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// plugin option; the plugin refuses any other. Version 2 (pgdms 0.2): DDL records carry
 /// type names and modifiers apart, and forged messages arrive as [`Record::Rejected`].
 pub const PROTO_VERSION: u32 = 2;
-
-/// A WAL position (PostgreSQL's `XLogRecPtr`).
-pub type Lsn = u64;
 
 /// A PostgreSQL object id.
 pub type Oid = u32;
@@ -456,7 +455,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_are_self_delimiting() {
         let records = vec![
-            Record::Begin(Begin { xid: 7, begin_lsn: 1, commit_lsn: 2, commit_time: -5 }),
+            Record::Begin(Begin { xid: 7, begin_lsn: Lsn(1), commit_lsn: Lsn(2), commit_time: -5 }),
             Record::Insert(Insert {
                 relation: 16384,
                 lsn_offset: 40,
@@ -470,7 +469,7 @@ mod tests {
                     Value::TimeTz { micros: 1, offset_secs: -3600 },
                 ],
             }),
-            Record::Message(Message { transactional: false, lsn: 9, prefix: "p", content: b"\n\0" }),
+            Record::Message(Message { transactional: false, lsn: Lsn(9), prefix: "p", content: b"\n\0" }),
             Record::StreamStop,
         ];
         let mut stream = Vec::new();

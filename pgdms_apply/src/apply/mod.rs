@@ -4,20 +4,24 @@
 //! into [`Event`]s, hands them over in chunks, and reports progress to the source: as
 //! flushed, only what the target has committed, or, with nothing in flight, the WAL end
 //! of the latest keepalive. The *applier* folds complete source transactions into batches
-//! (see [`batch`]) and commits them to the target in groups, each group's target
+//! (see [`crate::model::batch`]) and commits them to the target in groups, each group's target
 //! transaction also recording the end LSN of its last source transaction. Groups end at
 //! source transaction boundaries, so the target always shows a prefix of the source's
 //! history; after a crash the apply resumes after the last recorded end LSN and skips
 //! whatever the source sends again.
 
-pub mod batch;
-pub mod change;
+pub mod decode;
+pub mod retry;
 
+use crate::error::ErrorKind;
+use crate::model::batch::Batch;
+use crate::model::{Change, RelInfo};
+use crate::pgconn::ConnInfo;
+use crate::sink::{Target, TargetError};
 use crate::stream::replication::{IDLE_PROBE, STATUS_INTERVAL};
-use crate::stream::{ConnInfo, Lsn, ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};
-use crate::target::{Target, TargetError};
-use batch::Batch;
-use change::{Change, Event, EventDecoder, EventError, RelInfo};
+use crate::stream::{ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};
+use decode::{Event, EventDecoder, EventError};
+use pgdms_proto::Lsn;
 use pgdms_proto::Options;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -71,19 +75,21 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// Worth reconnecting and trying again?
-    pub fn is_transient(&self) -> bool {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ApplyError::Source(
                 ReplicationError::Io(_) | ReplicationError::Connect { .. } | ReplicationError::StreamEnded,
-            ) => true,
-            ApplyError::Source(ReplicationError::Server(e)) => {
-                // admin_shutdown (walsender terminated), crash/cannot connect now, connection
-                // failures, and "slot is active for PID" while an old walsender goes away.
-                e.code.starts_with("57P") || e.code.starts_with("08") || e.code == "55006"
+            ) => ErrorKind::Transient,
+            // A walsender terminated, a server restarting, and "slot is active for PID"
+            // (55006) while an old walsender goes away.
+            ApplyError::Source(ReplicationError::Server(e))
+                if crate::error::sqlstate_connection_lost(&e.code) || e.code == "55006" =>
+            {
+                ErrorKind::Transient
             }
-            ApplyError::Target(t) => t.is_transient(),
-            _ => false,
+            ApplyError::Source(_) | ApplyError::Fatal(_) => ErrorKind::Configuration,
+            ApplyError::Target(t) => t.kind(),
+            ApplyError::Stream(_) => ErrorKind::Corruption,
         }
     }
 }
@@ -106,25 +112,19 @@ enum ReceiverEnd {
 
 /// Checks the slot before streaming from it, with a fix for each way it can be unusable.
 async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), ApplyError> {
-    let sql = format!(
-        "SELECT plugin, coalesce(wal_status, ''), database = current_database() FROM pg_replication_slots WHERE slot_name = {}",
-        crate::sql::quote_literal(slot)
-    );
-    let rows = conn.command(&sql).await?;
-    let Some(row) = rows.first() else {
+    let Some(info) = conn.slot(slot).await? else {
         return Err(ApplyError::Fatal(format!(
             "replication slot \"{slot}\" does not exist; create it with `pgdms-apply slot create --slot {slot}` \
              (or pass --create-slot), then load the target from its snapshot"
         )));
     };
-    let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-    if col(0) != pgdms_proto::PLUGIN_NAME {
+    if info.plugin != pgdms_proto::PLUGIN_NAME {
         return Err(ApplyError::Fatal(format!(
             "replication slot \"{slot}\" uses the plugin \"{}\", not pgdms",
-            col(0)
+            info.plugin
         )));
     }
-    if col(1) == "lost" {
+    if info.wal_status.as_deref() == Some("lost") {
         return Err(ApplyError::Fatal(format!(
             "replication slot \"{slot}\" was invalidated by the source (wal_status = lost): the WAL it needed was removed, \
              most likely because it exceeded max_slot_wal_keep_size. Changes are missing and the target can no longer \
@@ -132,7 +132,7 @@ async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), 
              and load the target again from its snapshot; consider raising max_slot_wal_keep_size"
         )));
     }
-    if col(2) != "t" {
+    if !info.this_database {
         return Err(ApplyError::Fatal(format!(
             "replication slot \"{slot}\" belongs to another database than --source names"
         )));
@@ -736,7 +736,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, TargetError>>,
 {
-    let mut backoff = Duration::from_millis(500);
+    let mut retry = retry::Policy::default();
     loop {
         let attempt = async {
             let mut target = connect_target().await?;
@@ -749,15 +749,15 @@ where
         };
         match attempt.await {
             Ok(done) => return Ok(done),
-            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+            Err(e) if *shutdown.borrow() => return Err(e),
+            Err(e) => {
+                let Some(backoff) = retry.after(e.kind()) else { return Err(e) };
                 tracing::warn!(error = %e, retry_in = ?backoff, "connection lost; resuming from the last committed group");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(Finished::Interrupted),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            Err(e) => return Err(e),
         }
     }
 }

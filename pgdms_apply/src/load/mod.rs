@@ -15,18 +15,19 @@ pub mod rows;
 pub mod schema;
 pub mod sequences;
 
+use crate::pgconn::client::{connect, error_text, ConnectError, SqlConnection};
+use crate::pgconn::ConnInfo;
+use crate::sink::postgres::roles::{Object, Roles};
 use crate::sql::quote_literal;
-use crate::stream::client::{connect, error_text, ConnectError, SqlConnection};
-use crate::stream::{ConnInfo, Lsn};
-use crate::target::postgres::roles::{Object, Roles};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use pgdms_proto::Lsn;
 use plan::{plan, unit_query, Plan, SourceTable, Unit};
 use progress::{Progress, Summary};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-pub const CONTROL_SCHEMA: &str = crate::target::postgres::CONTROL_SCHEMA;
+pub const CONTROL_SCHEMA: &str = crate::sink::postgres::CONTROL_SCHEMA;
 
 /// Bytes of rows sent to the target per COPY message.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -79,37 +80,6 @@ pub async fn snapshot_session(source: &ConnInfo, snapshot: &str) -> Result<SqlCo
     Ok(conn)
 }
 
-/// The target's bookkeeping tables of a migration.
-pub async fn prepare_control_tables(target: &tokio_postgres::Client) -> Result<(), LoadError> {
-    target
-        .batch_execute(&format!(
-            "SET client_min_messages = warning;
-             CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
-             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migration (
-                 slot_name text PRIMARY KEY,
-                 phase text NOT NULL,
-                 consistent_point pg_lsn NOT NULL,
-                 started_at timestamptz NOT NULL DEFAULT now(),
-                 updated_at timestamptz NOT NULL DEFAULT now());
-             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.load_progress (
-                 slot_name text NOT NULL,
-                 source_oid oid NOT NULL,
-                 table_name text NOT NULL,
-                 rows bigint NOT NULL,
-                 bytes bigint NOT NULL,
-                 snapshot_lsn pg_lsn NOT NULL,
-                 loaded_at timestamptz NOT NULL DEFAULT now(),
-                 PRIMARY KEY (slot_name, source_oid));
-             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migration_schema (
-                 slot_name text PRIMARY KEY,
-                 archive bytea NOT NULL,
-                 list bytea NOT NULL);
-             RESET client_min_messages;"
-        ))
-        .await
-        .map_err(sql_error("could not create pgdms's tables on the target"))
-}
-
 /// Loads the tables `select` keeps, as of the snapshot `sources` imported (one session per
 /// job, already inside it). Tables are emptied on the target first when `truncate_first`.
 pub async fn load(
@@ -137,7 +107,7 @@ pub async fn load(
     for _ in 0..sources.len() {
         // As the target role: the rows' checks, defaults and generated columns are the
         // source owners' code.
-        let (t, roles) = crate::target::postgres::open_session(target, target_role, "pgdms-apply load", true)
+        let (t, roles) = crate::sink::postgres::open_session(target, target_role, "pgdms-apply load", true)
             .await
             .map_err(|e| LoadError::Target(e.to_string()))?;
         t.client.batch_execute("SET synchronous_commit = off").await.map_err(sql_error("target"))?;
@@ -187,8 +157,8 @@ async fn worker(
         progress.unit_started(&name, table.bytes);
         let freeze = opts.freeze && unit.blocks.is_none();
         // The rows go in as the table's owner (its checks and generated columns run then):
-        // through the owner's gate when that is not the target role (see target::postgres::roles).
-        let refused = |e| LoadError::Target(crate::target::postgres::role_error(e).to_string());
+        // through the owner's gate when that is not the target role (see sink::postgres::roles).
+        let refused = |e| LoadError::Target(crate::sink::postgres::role_error(e).to_string());
         let owner = roles.owner(target, Object::Table, &table.target_qualified()).await.map_err(refused)?;
         let gate = match &owner {
             Some(owner) => Some((owner.as_str(), roles.gate(target, owner, true).await.map_err(refused)?)),
@@ -206,7 +176,7 @@ async fn worker(
 
 /// Empties the tables about to be loaded, in one statement (tables referencing each other
 /// must go together): as their owner when they have one other than the target role, else
-/// as the target role (see target::postgres::lock_for_truncate).
+/// as the target role (see sink::postgres::lock_for_truncate).
 async fn empty_tables(
     client: &tokio_postgres::Client,
     roles: &mut Roles,
@@ -215,7 +185,7 @@ async fn empty_tables(
     const WHAT: &str = "could not empty the target's tables before loading them";
     let names: Vec<String> = tables.iter().map(|t| t.target_qualified()).collect();
     let truncate = format!("TRUNCATE {}", names.iter().map(|t| format!("ONLY {t}")).collect::<Vec<_>>().join(", "));
-    let refused = |e| LoadError::Target(format!("{WHAT}: {}", crate::target::postgres::role_error(e)));
+    let refused = |e| LoadError::Target(format!("{WHAT}: {}", crate::sink::postgres::role_error(e)));
     let mut owners = std::collections::HashSet::new();
     for name in &names {
         owners.insert(roles.owner(client, Object::Table, name).await.map_err(refused)?);
@@ -231,7 +201,7 @@ async fn empty_tables(
     }
     let emptied = async {
         client.batch_execute("BEGIN").await?;
-        if let Some(trigger) = crate::target::postgres::lock_for_truncate(client, &names).await? {
+        if let Some(trigger) = crate::sink::postgres::lock_for_truncate(client, &names).await? {
             return Ok(Some(trigger));
         }
         client.batch_execute(&format!("{truncate}; COMMIT")).await?;
@@ -245,16 +215,16 @@ async fn empty_tables(
         Ok(None) => Ok(()),
         Ok(Some(trigger)) => Err(LoadError::Target(format!(
             "{WHAT}: these tables have several owners, and {}: {trigger}",
-            crate::target::postgres::TRUNCATE_TRIGGER_REFUSED
+            crate::sink::postgres::TRUNCATE_TRIGGER_REFUSED
         ))),
         Err(e) => Err(sql_error(WHAT)(e)),
     }
 }
 
-/// Runs `statement` through an owner's gate (see target::postgres::roles).
+/// Runs `statement` through an owner's gate (see sink::postgres::roles).
 async fn through_gate(target: &tokio_postgres::Client, call: &str, statement: &str) -> Result<u64, String> {
     match target.query(call, &[&statement, &"{}"]).await {
-        Ok(rows) => crate::target::postgres::gate_count(rows.first()),
+        Ok(rows) => crate::sink::postgres::gate_count(rows.first()),
         Err(e) => Err(format!("target: {}", error_text(&e))),
     }
 }
@@ -408,19 +378,4 @@ async fn mark_loaded(
         .await
         .map_err(sql_error(format!("could not record {} as loaded", table.qualified())))?;
     Ok(())
-}
-
-/// The tables of `slot`'s migration already loaded: source oid, source name ("schema"."name")
-/// and the snapshot LSN of their copy.
-pub async fn loaded_tables(target: &tokio_postgres::Client, slot: &str) -> Result<Vec<(u32, String, Lsn)>, LoadError> {
-    let rows = target
-        .query(
-            &format!(
-                "SELECT source_oid, table_name, snapshot_lsn::text FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = $1"
-            ),
-            &[&slot],
-        )
-        .await
-        .map_err(sql_error("could not read pgdms.load_progress"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, String>(2).parse().unwrap_or_default())).collect())
 }

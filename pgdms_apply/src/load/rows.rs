@@ -6,7 +6,7 @@
 //! plugin sends in binary, and as their text output for the others -- so a loaded row and
 //! a row inserted later land identically.
 
-use crate::apply::change::{ColumnInfo, RelInfo, Row, Val};
+use crate::model::{ColumnInfo, RelInfo, Row, Val};
 use bytes::Bytes;
 use pgdms_proto::dms::{self, oids, PgTypeInfo};
 use pgdms_proto::{Identity, ReplicaIdentity};
@@ -162,7 +162,7 @@ pub struct TableReader<'c> {
 impl<'c> TableReader<'c> {
     pub async fn open(client: &'c Client, rel: &RelInfo, chunk: usize) -> Result<TableReader<'c>, String> {
         let exprs: Vec<String> = rel.columns.iter().map(select_expr).collect();
-        let text = |e: tokio_postgres::Error| crate::stream::client::error_text(&e);
+        let text = |e: tokio_postgres::Error| crate::pgconn::client::error_text(&e);
         client
             .batch_execute(&format!(
                 "DECLARE pgdms_load NO SCROLL CURSOR FOR SELECT {} FROM ONLY {}",
@@ -177,7 +177,7 @@ impl<'c> TableReader<'c> {
 
     /// The next rows; an empty vector at the end (the cursor is closed then).
     pub async fn next_chunk(&mut self) -> Result<Vec<Row>, String> {
-        let text = |e: tokio_postgres::Error| crate::stream::client::error_text(&e);
+        let text = |e: tokio_postgres::Error| crate::pgconn::client::error_text(&e);
         let fetched = self.client.query(&self.fetch, &[]).await.map_err(text)?;
         if fetched.is_empty() {
             self.client.batch_execute("CLOSE pgdms_load").await.map_err(text)?;

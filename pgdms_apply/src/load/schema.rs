@@ -9,7 +9,7 @@
 //! target refuses because of a role it names (an owner or grantee that does not exist there,
 //! or that the target role may not become) is reported as not migrated, not as a failure.
 
-use crate::stream::ConnInfo;
+use crate::pgconn::ConnInfo;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::process::Command;

@@ -1,11 +1,5 @@
-//! The stream: connecting to the source over the replication protocol and reading a slot.
+//! The stream: the replication protocol to the source, and its slots.
 
-pub mod client;
-pub mod conninfo;
-pub mod lsn;
 pub mod replication;
-pub mod tls;
 
-pub use conninfo::ConnInfo;
-pub use lsn::Lsn;
 pub use replication::{ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};

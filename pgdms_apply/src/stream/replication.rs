@@ -4,10 +4,10 @@
 //! keepalives), so this is a small client on `postgres-protocol`'s message codecs: a
 //! replication connection, the replication commands we use, and the CopyBoth stream.
 
-use super::conninfo::{ConnInfo, Host};
-use super::lsn::Lsn;
+use crate::pgconn::conninfo::{ConnInfo, Host};
 use crate::sql::{quote_ident, quote_literal};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pgdms_proto::Lsn;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use std::collections::HashMap;
@@ -30,9 +30,32 @@ pub enum ReplicationError {
     #[error("the source ended the replication stream (shutting down or restarting?)")]
     StreamEnded,
     #[error(transparent)]
-    Tls(#[from] super::tls::TlsError),
+    Tls(#[from] crate::pgconn::tls::TlsError),
     #[error("TLS with {target}: {why}")]
     TlsHandshake { target: String, why: String },
+}
+
+/// An LSN the server sent, read strictly: one that does not parse is a protocol error.
+fn server_lsn(what: &str, value: Option<String>) -> Result<Lsn> {
+    let value = value.ok_or_else(|| ReplicationError::Protocol(format!("{what} returned no LSN")))?;
+    value.parse().map_err(|_| ReplicationError::Protocol(format!("{what} returned \"{value}\", which is not an LSN")))
+}
+
+/// A replication slot, as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub name: String,
+    pub plugin: String,
+    pub database: Option<String>,
+    /// It belongs to the database this connection is to.
+    pub this_database: bool,
+    pub active: bool,
+    pub restart_lsn: Option<Lsn>,
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+    /// The WAL it holds back on the source.
+    pub retained_wal_bytes: Option<i64>,
 }
 
 /// An ErrorResponse, with the fields a person needs.
@@ -171,7 +194,7 @@ impl ReplicationConnection {
             };
             Ok::<_, std::io::Error>(io)
         };
-        let tls = super::tls::client_config(info)?;
+        let tls = crate::pgconn::tls::client_config(info)?;
         let timeout = Duration::from_secs(info.connect_timeout.filter(|t| *t > 0).unwrap_or(30));
         let io = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(io)) => io,
@@ -203,7 +226,7 @@ impl ReplicationConnection {
         mut io: Box<dyn Io>,
         config: std::sync::Arc<rustls::ClientConfig>,
         host: &str,
-        mode: super::conninfo::SslMode,
+        mode: crate::pgconn::conninfo::SslMode,
         target: &str,
     ) -> Result<Box<dyn Io>> {
         let mut buf = BytesMut::new();
@@ -214,14 +237,14 @@ impl ReplicationConnection {
         io.read_exact(&mut answer).await?;
         match answer[0] {
             b'S' => {
-                let name = super::tls::server_name(host)?;
+                let name = crate::pgconn::tls::server_name(host)?;
                 let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, io)
                     .await
                     .map_err(|e| ReplicationError::TlsHandshake { target: target.to_string(), why: e.to_string() })?;
                 Ok(Box::new(tls))
             }
-            b'N' if mode < super::conninfo::SslMode::Require => Ok(io),
+            b'N' if mode < crate::pgconn::conninfo::SslMode::Require => Ok(io),
             b'N' => Err(ReplicationError::TlsHandshake {
                 target: target.to_string(),
                 why: "the server does not accept TLS connections, and sslmode requires TLS".into(),
@@ -386,7 +409,7 @@ impl ReplicationConnection {
         Ok(SystemIdentity {
             system_id: col(0).unwrap_or_default(),
             timeline: col(1).and_then(|t| t.parse().ok()).unwrap_or(0),
-            xlog_pos: col(2).and_then(|l| l.parse().ok()).unwrap_or_default(),
+            xlog_pos: server_lsn("IDENTIFY_SYSTEM", col(2))?,
             dbname: col(3),
         })
     }
@@ -418,9 +441,48 @@ impl ReplicationConnection {
         let col = |i: usize| row.get(i).cloned().flatten();
         Ok(CreatedSlot {
             name: col(0).unwrap_or_default(),
-            consistent_point: col(1).and_then(|l| l.parse().ok()).unwrap_or_default(),
+            consistent_point: server_lsn("CREATE_REPLICATION_SLOT", col(1))?,
             snapshot_name: col(2),
         })
+    }
+
+    /// The replication slot named `name`, if it exists.
+    pub async fn slot(&mut self, name: &str) -> Result<Option<SlotInfo>> {
+        Ok(self.slots(&format!("slot_name = {}", quote_literal(name))).await?.pop())
+    }
+
+    /// The slots of the pgdms plugin, by name.
+    pub async fn pgdms_slots(&mut self) -> Result<Vec<SlotInfo>> {
+        self.slots(&format!("plugin = {}", quote_literal(pgdms_proto::PLUGIN_NAME))).await
+    }
+
+    /// The one query of `pg_replication_slots`.
+    async fn slots(&mut self, filter: &str) -> Result<Vec<SlotInfo>> {
+        let rows = self
+            .command(&format!(
+                "SELECT slot_name, coalesce(plugin, ''), database, database = current_database(), active, \
+                 restart_lsn, confirmed_flush_lsn, wal_status, \
+                 pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+                 FROM pg_replication_slots WHERE {filter} ORDER BY slot_name"
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let c = |i: usize| r.get(i).cloned().flatten();
+                let lsn = |i: usize| c(i).map(|l| server_lsn("pg_replication_slots", Some(l))).transpose();
+                Ok(SlotInfo {
+                    name: c(0).unwrap_or_default(),
+                    plugin: c(1).unwrap_or_default(),
+                    database: c(2),
+                    this_database: c(3).as_deref() == Some("t"),
+                    active: c(4).as_deref() == Some("t"),
+                    restart_lsn: lsn(5)?,
+                    confirmed_flush_lsn: lsn(6)?,
+                    wal_status: c(7),
+                    retained_wal_bytes: c(8).and_then(|b| b.parse().ok()),
+                })
+            })
+            .collect()
     }
 
     pub async fn drop_slot(&mut self, name: &str, wait: bool) -> Result<()> {

@@ -16,7 +16,7 @@ use crate::plugin::{Change, Session};
 use catalog::{RelationDesc, RelationHandle};
 use datum::ServerEncoding;
 use pgdms_proto::Value;
-use pgdms_proto::{Begin, Commit, Options};
+use pgdms_proto::{Begin, Commit, Lsn, Options};
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::cell::{Cell, RefCell};
@@ -352,8 +352,8 @@ unsafe extern "C-unwind" fn begin(ctx: *mut pg_sys::LogicalDecodingContext, txn:
             private(ctx),
             Begin {
                 xid: txn_ref.xid.into_inner(),
-                begin_lsn: txn_ref.first_lsn,
-                commit_lsn: txn_ref.final_lsn,
+                begin_lsn: Lsn(txn_ref.first_lsn),
+                commit_lsn: Lsn(txn_ref.final_lsn),
                 commit_time: commit_time(txn),
             },
         )
@@ -371,7 +371,12 @@ unsafe extern "C-unwind" fn commit(
     let (p, commit) = unsafe {
         (
             private(ctx),
-            Commit { xid: (*txn).xid.into_inner(), commit_lsn, end_lsn: (*txn).end_lsn, commit_time: commit_time(txn) },
+            Commit {
+                xid: (*txn).xid.into_inner(),
+                commit_lsn: Lsn(commit_lsn),
+                end_lsn: Lsn((*txn).end_lsn),
+                commit_time: commit_time(txn),
+            },
         )
     };
     let _memory = ChangeMemory::enter(p.change_memory);

@@ -19,8 +19,9 @@ use crate::ffi::datum::ServerEncoding;
 use crate::ffi::{DeformScratch, Output, SessionMemory, TupleHandle};
 use pgdms_proto::ddl::DdlObject;
 use pgdms_proto::{
-    Begin, Commit, Ddl, Delete, Insert, Message, OldImage, Options, OriginFilter, Record, Rejected, ReplicaIdentity,
-    Startup, Truncate, Update, Value, DDL_MESSAGE_PREFIX, PROTO_VERSION, REJECTED_PREVIEW, RESERVED_MESSAGE_PREFIX,
+    Begin, Commit, Ddl, Delete, Insert, Lsn, Message, OldImage, Options, OriginFilter, Record, Rejected,
+    ReplicaIdentity, Startup, Truncate, Update, Value, DDL_MESSAGE_PREFIX, PROTO_VERSION, REJECTED_PREVIEW,
+    RESERVED_MESSAGE_PREFIX,
 };
 use relcache::{CachedRelation, RelationCache};
 use sha2::{Digest, Sha256};
@@ -131,7 +132,7 @@ impl Writer {
 
     /// A change's LSN as an offset from its transaction's begin LSN.
     fn lsn_offset(&self, lsn: u64) -> u64 {
-        lsn.saturating_sub(self.pending_begin.map_or(lsn, |b| b.begin_lsn))
+        lsn.saturating_sub(self.pending_begin.map_or(lsn, |b| b.begin_lsn.0))
     }
 
     /// Adds the relation record of `entry` if this session has not seen its current form.
@@ -271,7 +272,11 @@ impl Session {
             }
             pgrx::warning!("pgdms: a DDL message at {lsn:X} does not parse; passing it on as a message");
         }
-        self.writer.push_message(out, transactional, &Record::Message(Message { transactional, lsn, prefix, content }));
+        self.writer.push_message(
+            out,
+            transactional,
+            &Record::Message(Message { transactional, lsn: Lsn(lsn), prefix, content }),
+        );
         None
     }
 
@@ -329,7 +334,7 @@ impl Session {
         );
         let record = Record::Rejected(Rejected {
             transactional,
-            lsn,
+            lsn: Lsn(lsn),
             prefix,
             preview: &content[..content.len().min(REJECTED_PREVIEW)],
             content_len: content.len() as u64,

@@ -25,13 +25,14 @@
 //! file is synced), so a restart resumes after the last transaction written; on stdout
 //! the slot's confirmed position is the resume point.
 
+use super::control::{self, ControlError, ControlStore, LoadedTable, MigrationRecord};
 use super::typemap::{cell, Cell, Flavor, MapOptions};
 use super::{LoadTarget, SourceSettings, Target, TargetError};
-use crate::apply::batch::Batch;
-use crate::apply::change::{ChangeKind, Old, RelInfo, Row, Val};
-use crate::stream::Lsn;
+use crate::model::batch::Batch;
+use crate::model::{ChangeKind, Old, RelInfo, Row, Val};
 use pgdms_proto::ddl::DdlObject;
 use pgdms_proto::Ddl;
+use pgdms_proto::Lsn;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -39,9 +40,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// What a file stream remembers across restarts, per slot.
+/// What a file stream remembers across restarts, per slot: the control store's records
+/// (`crate::sink::control`), LSNs in their `X/Y` text as in the SQL targets' tables.
 #[derive(Serialize, Deserialize, Default, Clone)]
 struct SlotProgress {
+    /// The control layout's version that wrote it (absent before versioning).
+    #[serde(default)]
+    version: Option<i64>,
     end_lsn: Option<String>,
     phase: Option<String>,
     consistent_point: Option<String>,
@@ -87,7 +92,7 @@ impl Pending {
             self.spilled = Some(std::io::BufWriter::with_capacity(256 * 1024, tempfile::tempfile().map_err(io)?));
         }
         let out = self.spilled.as_mut().expect("created above");
-        serde_json::to_writer(&mut *out, &m).map_err(|e| TargetError::Other(e.to_string()))?;
+        serde_json::to_writer(&mut *out, &m).map_err(|e| TargetError::Refused(e.to_string()))?;
         out.write_all(b"\n").map_err(io)
     }
 
@@ -102,7 +107,8 @@ impl Pending {
                 f.rewind().map_err(io)?;
                 Some(std::io::BufReader::with_capacity(256 * 1024, f).lines().map(|line| {
                     let line = line.map_err(io)?;
-                    serde_json::from_str::<Message>(&line).map_err(|e| TargetError::Other(format!("stream spill: {e}")))
+                    serde_json::from_str::<Message>(&line)
+                        .map_err(|e| TargetError::Refused(format!("stream spill: {e}")))
                 }))
             }
         };
@@ -116,7 +122,7 @@ impl Pending {
 }
 
 fn io(e: std::io::Error) -> TargetError {
-    TargetError::Other(format!("stream: {e}"))
+    TargetError::Refused(format!("stream: {e}"))
 }
 
 /// Microseconds since 2000-01-01 as "2026-11-25T10:00:00.000000Z".
@@ -145,10 +151,10 @@ impl JsonlTarget {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| TargetError::Other(format!("could not open {}: {e}", p.display())))?;
+                    .map_err(|e| TargetError::Refused(format!("could not open {}: {e}", p.display())))?;
                 let progress = match std::fs::read(Self::progress_path(p)) {
                     Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                        TargetError::Other(format!(
+                        TargetError::Refused(format!(
                             "{} is damaged ({e}): remove it to start over",
                             Self::progress_path(p).display()
                         ))
@@ -237,7 +243,7 @@ impl JsonlTarget {
         ordered.insert("commit-lsn".into(), json!(lsn.to_string()));
         ordered.insert("change-index".into(), json!(index));
         body.insert("metadata".into(), Value::Object(ordered));
-        serde_json::to_writer(&mut self.out, &Value::Object(body)).map_err(|e| TargetError::Other(e.to_string()))?;
+        serde_json::to_writer(&mut self.out, &Value::Object(body)).map_err(|e| TargetError::Refused(e.to_string()))?;
         self.out.write_all(b"\n").map_err(io)
     }
 
@@ -278,10 +284,29 @@ impl JsonlTarget {
     }
 }
 
+impl JsonlTarget {
+    /// The progress file's name, for messages.
+    fn store_name(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "the stream's progress".to_string(), |p| Self::progress_path(p).display().to_string())
+    }
+
+    fn lsn(&self, column: &'static str, slot: &str, value: &str) -> Result<Lsn, TargetError> {
+        Ok(control::parse_lsn(&self.store_name(), column, slot, value)?)
+    }
+}
+
 impl Target for JsonlTarget {
     async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         self.slot = slot.to_string();
-        Ok(self.slot_progress().end_lsn.clone().and_then(|l| l.parse().ok()))
+        let progress = self.slot_progress();
+        match progress.version {
+            Some(v) if v > control::CONTROL_VERSION => return Err(ControlError::Newer { found: v }.into()),
+            _ => progress.version = Some(control::CONTROL_VERSION),
+        }
+        let end = progress.end_lsn.clone();
+        end.map(|l| self.lsn("end_lsn", slot, &l)).transpose()
     }
 
     async fn configure(&mut self, _: &SourceSettings) -> Result<(), TargetError> {
@@ -399,25 +424,47 @@ impl Target for JsonlTarget {
     }
 }
 
-impl LoadTarget for JsonlTarget {
-    async fn migration(&mut self, slot: &str) -> Result<Option<(String, Lsn)>, TargetError> {
+impl ControlStore for JsonlTarget {
+    async fn migration(&mut self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
         let p = self.progress.get(slot).cloned().unwrap_or_default();
-        Ok(p.phase.map(|ph| (ph, p.consistent_point.and_then(|l| l.parse().ok()).unwrap_or_default())))
+        let Some(phase) = p.phase else { return Ok(None) };
+        let store = self.store_name();
+        let point = p.consistent_point.unwrap_or_default();
+        Ok(Some(MigrationRecord {
+            phase: control::parse_phase(&store, "phase", slot, &phase)?,
+            consistent_point: self.lsn("consistent_point", slot, &point)?,
+        }))
     }
 
-    async fn set_migration(&mut self, slot: &str, phase: &str, consistent_point: Lsn) -> Result<(), TargetError> {
+    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
         let p = self.progress.entry(slot.to_string()).or_default();
-        p.phase = Some(phase.to_string());
-        p.consistent_point.get_or_insert_with(|| consistent_point.to_string());
+        p.phase = Some(record.phase.as_str().to_string());
+        p.consistent_point.get_or_insert_with(|| record.consistent_point.to_string());
         self.sync()
     }
 
-    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<(u32, String, Lsn)>, TargetError> {
-        let p = self.progress.get(slot).cloned().unwrap_or_default();
-        self.load_index = p.load_index;
-        Ok(p.loaded.into_iter().map(|(o, n, l)| (o, n, l.parse().unwrap_or_default())).collect())
+    async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
+        if let Some(p) = self.progress.get_mut(slot) {
+            p.phase = None;
+            p.consistent_point = None;
+            p.loaded.clear();
+        }
+        self.sync()
     }
 
+    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<LoadedTable>, TargetError> {
+        let p = self.progress.get(slot).cloned().unwrap_or_default();
+        self.load_index = p.load_index;
+        p.loaded
+            .into_iter()
+            .map(|(source_oid, name, l)| {
+                Ok(LoadedTable { source_oid, name, snapshot_lsn: self.lsn("snapshot_lsn", slot, &l)? })
+            })
+            .collect()
+    }
+}
+
+impl LoadTarget for JsonlTarget {
     async fn load_begin(&mut self, rel: &RelInfo, snapshot_lsn: Lsn) -> Result<(), TargetError> {
         let columns: Map<String, Value> = rel
             .columns

@@ -15,23 +15,28 @@
 //! table and replays each object's DDL as the object's owner (see [`roles`]), so that the
 //! source's owners' code never runs with more than their rights.
 
+pub mod control;
 mod copy;
 mod ddl;
 mod plan;
 mod report;
 pub mod roles;
 
-use super::{OnError, SourceSettings, Target, TargetError};
-use crate::apply::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
-use crate::apply::change::{Change, RelInfo, Val};
+use super::control::{ControlStore, LoadedTable, MigrationRecord};
+use super::{CopyPath, LoadTarget, OnError, SourceSettings, Target, TargetError};
+use crate::model::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
+use crate::model::Row;
+use crate::model::{Change, RelInfo, Val};
+use crate::pgconn::client::{error_text, SqlConnection};
+use crate::pgconn::ConnInfo;
 use crate::sql::{quote_ident, quote_literal};
-use crate::stream::client::{error_text, SqlConnection};
-use crate::stream::{ConnInfo, Lsn};
 use bytes::BytesMut;
+use control::PgControl;
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use pgdms_proto::ddl::DdlObject;
 use pgdms_proto::Ddl;
+use pgdms_proto::Lsn;
 use plan::{
     change_statement, column_list, net_statements, split_net, unnest_safe, written_columns, NetSplit, NoIdentity,
     Planned,
@@ -75,16 +80,18 @@ pub struct PostgresTarget {
     search_path: String,
     /// Who the session acts as (set up by `start`).
     roles: Option<Roles>,
+    /// Where it connects (for the full load's own sessions).
+    info: ConnInfo,
 }
 
 fn connection_error(e: tokio_postgres::Error) -> TargetError {
-    TargetError::Connection(e.to_string())
+    TargetError::Transient(e.to_string())
 }
 
 /// A tokio-postgres error: a lost connection is transient, anything else is the statement's.
 fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
     if is_alarm(&e) {
-        return Err(TargetError::Other(error_text_marking_alarm(&e)));
+        return Err(TargetError::Tampered(error_text_marking_alarm(&e)));
     }
     // Lost: closed, or failing on the socket. A client-side error (a value that does not
     // serialize) is no reason to reconnect and try again forever.
@@ -95,9 +102,8 @@ fn classify(e: tokio_postgres::Error) -> Result<String, TargetError> {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
-            // admin_shutdown, crash_shutdown, cannot_connect_now, connection exceptions.
-            if code.starts_with("57P") || code.starts_with("08") {
-                return Err(TargetError::Connection(db.to_string()));
+            if crate::error::sqlstate_connection_lost(code) {
+                return Err(TargetError::Transient(db.to_string()));
             }
             Ok(error_text(&e))
         }
@@ -115,13 +121,13 @@ pub async fn open_session(
     application: &str,
     replica: bool,
 ) -> Result<(SqlConnection, Roles), TargetError> {
-    let conn = crate::stream::client::connect(info, application).await.map_err(|e| match e {
-        crate::stream::client::ConnectError::Tls(t) => TargetError::Other(t),
-        other => TargetError::Connection(other.to_string()),
+    let conn = crate::pgconn::client::connect(info, application).await.map_err(|e| match e {
+        crate::pgconn::client::ConnectError::Tls(t) => TargetError::Refused(t),
+        other => TargetError::Transient(other.to_string()),
     })?;
     if replica {
         conn.client.batch_execute("SET session_replication_role = replica").await.map_err(|e| match classify(e) {
-            Ok(m) => TargetError::Other(format!(
+            Ok(m) => TargetError::Refused(format!(
                 "{m}: the target login must be allowed to set session_replication_role \
                  (on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <role>)"
             )),
@@ -202,10 +208,10 @@ pub async fn lock_for_truncate(
 pub fn role_error(e: RoleError) -> TargetError {
     match e {
         RoleError::Sql(e) => match classify(e) {
-            Ok(m) => TargetError::Other(format!("could not settle which role writes the target: {m}")),
+            Ok(m) => TargetError::Refused(format!("could not settle which role writes the target: {m}")),
             Err(c) => c,
         },
-        refused => TargetError::Other(refused.to_string()),
+        refused => TargetError::Refused(refused.to_string()),
     }
 }
 
@@ -216,12 +222,13 @@ impl PostgresTarget {
         synchronous_commit: &str,
         target_role: Option<&str>,
     ) -> Result<Self, TargetError> {
-        let conn = crate::stream::client::connect(info, "pgdms-apply").await.map_err(|e| match e {
-            crate::stream::client::ConnectError::Tls(t) => TargetError::Other(t),
-            other => TargetError::Connection(other.to_string()),
+        let conn = crate::pgconn::client::connect(info, "pgdms-apply").await.map_err(|e| match e {
+            crate::pgconn::client::ConnectError::Tls(t) => TargetError::Config(t),
+            other => TargetError::Transient(other.to_string()),
         })?;
         Ok(PostgresTarget {
             conn,
+            info: info.clone(),
             slot: String::new(),
             on_error,
             synchronous_commit: synchronous_commit.to_string(),
@@ -236,14 +243,14 @@ impl PostgresTarget {
     }
 
     fn roles(&mut self) -> Result<&mut Roles, TargetError> {
-        self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))
+        self.roles.as_mut().ok_or_else(|| TargetError::Refused("the target session was not started".into()))
     }
 
     /// The role to write `rel` as (None: the target role), looked up once per table.
     async fn table_role(&mut self, qualified: &str) -> Result<Option<String>, TargetError> {
         let client = &self.conn.client;
         let roles =
-            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+            self.roles.as_mut().ok_or_else(|| TargetError::Refused("the target session was not started".into()))?;
         roles.owner(client, Object::Table, qualified).await.map_err(role_error)
     }
 
@@ -278,7 +285,7 @@ impl PostgresTarget {
         };
         let client = &self.conn.client;
         let roles =
-            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+            self.roles.as_mut().ok_or_else(|| TargetError::Refused("the target session was not started".into()))?;
         for (kind, name) in objects {
             if let Some(role) = roles.lookup(client, kind, &name).await.map_err(role_error)? {
                 return Ok(role);
@@ -325,17 +332,17 @@ impl PostgresTarget {
         let own_transaction = !self.in_group;
         let client = &self.conn.client;
         let roles =
-            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+            self.roles.as_mut().ok_or_else(|| TargetError::Refused("the target session was not started".into()))?;
         roles.gate(client, owner, own_transaction).await.map_err(|e| match e {
             RoleError::Sql(e) => match classify(e) {
-                Ok(m) => TargetError::Other(format!(
+                Ok(m) => TargetError::Refused(format!(
                     "could not make the gate that writes as role {}: {m} (the target role must be able to SET ROLE \
                      to it and to create schema pgdms_gate)",
                     quote_ident(owner)
                 )),
                 Err(c) => c,
             },
-            refused => TargetError::Other(refused.to_string()),
+            refused => TargetError::Refused(refused.to_string()),
         })
     }
 
@@ -350,7 +357,7 @@ impl PostgresTarget {
     async fn run(&self, sql: &str) -> Result<(), TargetError> {
         match self.conn.client.batch_execute(sql).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(TargetError::Other(format!("{}: {sql}", classify(e)?))),
+            Err(e) => Err(TargetError::Refused(format!("{}: {sql}", classify(e)?))),
         }
     }
 
@@ -455,7 +462,7 @@ impl PostgresTarget {
                 steps.insert(0, Planned::utility("BEGIN"));
                 steps.push(Planned::utility("COMMIT"));
             }
-            self.pipeline(&steps).await.map_err(|(_, why)| TargetError::Other(why))?;
+            self.pipeline(&steps).await.map_err(|(_, why)| TargetError::Refused(why))?;
             self.staging.insert(name.clone());
         }
         Ok(name)
@@ -606,7 +613,7 @@ impl PostgresTarget {
                     savepoint.push(Planned::utility("RELEASE SAVEPOINT pgdms_change"));
                 }
                 savepoint.push(Planned::utility("SAVEPOINT pgdms_change"));
-                self.pipeline(&savepoint).await.map_err(|(_, why)| TargetError::Connection(why))?;
+                self.pipeline(&savepoint).await.map_err(|(_, why)| TargetError::Transient(why))?;
                 change_savepoint = true;
             }
             let outcome = match change_statement(c) {
@@ -627,11 +634,11 @@ impl PostgresTarget {
             };
             if let Err(why) = outcome {
                 if self.conn.client.is_closed() {
-                    return Err(TargetError::Connection(why));
+                    return Err(TargetError::Transient(why));
                 }
                 // Not a change to pass over: the session itself is not to be trusted any more.
                 if why.starts_with(ALARM_MARK) {
-                    return Err(TargetError::Other(why));
+                    return Err(TargetError::Refused(why));
                 }
                 if !log {
                     return Err(TargetError::Change {
@@ -697,7 +704,7 @@ impl PostgresTarget {
         };
         self.pipeline(&[step])
             .await
-            .map_err(|(_, why)| TargetError::Other(format!("could not record an exception: {why}")))
+            .map_err(|(_, why)| TargetError::Refused(format!("could not record an exception: {why}")))
     }
 
     /// The statements of a batch's set-wise form, except tables that go through COPY.
@@ -760,54 +767,20 @@ impl Target for PostgresTarget {
             quote_literal(&self.synchronous_commit)
         );
         self.conn.client.batch_execute(&settings).await.map_err(|e| match classify(e) {
-            Ok(m) if m.contains("session_replication_role") => TargetError::Other(format!(
+            Ok(m) if m.contains("session_replication_role") => TargetError::Refused(format!(
                 "{m}: pgdms-apply needs a target login that may set session_replication_role \
                  (on PostgreSQL 15+: GRANT SET ON PARAMETER session_replication_role TO <role>; before 15, a superuser \
                  login with --target-role)"
             )),
-            Ok(m) => TargetError::Other(m),
+            Ok(m) => TargetError::Refused(m),
             Err(c) => c,
         })?;
         self.roles = Some(Roles::assume(&self.conn.client, self.target_role.as_deref()).await.map_err(role_error)?);
         let path = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
         self.search_path = path.map_err(connection_error)?.get(0);
-        let setup = format!(
-            "CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA};
-             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_reload_needed (
-                 id bigserial PRIMARY KEY,
-                 slot_name text NOT NULL,
-                 flagged_at timestamptz NOT NULL DEFAULT now(),
-                 table_name text NOT NULL,
-                 lsn pg_lsn NOT NULL,
-                 reason text NOT NULL);
-             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_progress (
-                 slot_name text PRIMARY KEY,
-                 end_lsn pg_lsn NOT NULL,
-                 commit_time timestamptz,
-                 updated_at timestamptz NOT NULL DEFAULT now());
-             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.apply_exceptions (
-                 id bigserial PRIMARY KEY,
-                 slot_name text NOT NULL,
-                 logged_at timestamptz NOT NULL DEFAULT now(),
-                 table_name text NOT NULL,
-                 operation text NOT NULL,
-                 key jsonb,
-                 lsn pg_lsn NOT NULL,
-                 xid bigint,
-                 error text NOT NULL,
-                 change jsonb);"
-        );
-        self.conn.client.batch_execute(&setup).await.map_err(|e| match classify(e) {
-            Ok(m) => TargetError::Other(format!("could not create pgdms's tables on the target: {m}")),
-            Err(c) => c,
-        })?;
-        let rows = self
-            .conn
-            .client
-            .query(&format!("SELECT end_lsn::text FROM {CONTROL_SCHEMA}.apply_progress WHERE slot_name = $1"), &[&slot])
-            .await
-            .map_err(connection_error)?;
-        Ok(rows.first().map(|r| r.get::<_, String>(0)).and_then(|s| s.parse().ok()))
+        let mut store = PgControl(&self.conn.client);
+        store.prepare().await?;
+        store.applied(slot).await
     }
 
     async fn configure(&mut self, settings: &SourceSettings) -> Result<(), TargetError> {
@@ -857,16 +830,16 @@ impl Target for PostgresTarget {
         opening.push(self.settings_pinned());
         opening.push(Planned::utility("SAVEPOINT pgdms_batch"));
         if let Err((_, why)) = self.pipeline(&opening).await {
-            return Err(TargetError::Connection(why));
+            return Err(TargetError::Transient(why));
         }
         self.in_group = true;
         self.batch_savepoint = true;
         if let Err(why) = self.apply_set_wise(batch).await {
             if self.conn.client.is_closed() {
-                return Err(TargetError::Connection(why));
+                return Err(TargetError::Transient(why));
             }
             if why.starts_with(ALARM_MARK) {
-                return Err(TargetError::Other(why));
+                return Err(TargetError::Refused(why));
             }
             tracing::debug!(%why, changes = batch.len(), "set-wise apply failed; replaying the batch change by change");
             self.run("ROLLBACK TO SAVEPOINT pgdms_batch").await?;
@@ -903,7 +876,7 @@ impl Target for PostgresTarget {
                 // that the session's own path finds. Rolling back to the savepoint restores it.
                 self.run("SAVEPOINT pgdms_ddl").await?;
                 let previous = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
-                let previous: String = previous.map_err(|e| TargetError::Connection(e.to_string()))?.get(0);
+                let previous: String = previous.map_err(|e| TargetError::Transient(e.to_string()))?.get(0);
                 self.run(
                     "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false), \
                             pg_catalog.set_config('standard_conforming_strings', 'on', false)",
@@ -914,7 +887,7 @@ impl Target for PostgresTarget {
                     Ok(done) => {
                         let restore =
                             self.conn.client.execute("SELECT set_config('search_path', $1, false)", &[&previous]).await;
-                        restore.map_err(|e| TargetError::Connection(e.to_string()))?;
+                        restore.map_err(|e| TargetError::Transient(e.to_string()))?;
                         self.run("RELEASE SAVEPOINT pgdms_ddl").await?;
                         for statement in &done.statements {
                             tracing::info!(%lsn, ddl = %what(), %statement, "DDL replayed");
@@ -930,7 +903,7 @@ impl Target for PostgresTarget {
                                 params: vec![Some(self.slot.clone()), Some(table), Some(lsn.to_string()), Some(reason)],
                                 expect: Some(1),
                             };
-                            self.pipeline(&[step]).await.map_err(|(_, why)| TargetError::Other(why))?;
+                            self.pipeline(&[step]).await.map_err(|(_, why)| TargetError::Refused(why))?;
                         }
                         None
                     }
@@ -972,7 +945,7 @@ impl Target for PostgresTarget {
         // As the owner of the schema it goes into, as a table a DDL record creates.
         let client = &self.conn.client;
         let roles =
-            self.roles.as_mut().ok_or_else(|| TargetError::Other("the target session was not started".into()))?;
+            self.roles.as_mut().ok_or_else(|| TargetError::Refused("the target session was not started".into()))?;
         let owner = roles.owner(client, Object::Schema, &quote_ident(&rel.schema)).await.map_err(role_error)?;
         let gate = match &owner {
             Some(owner) => Some(self.ensure_gate(owner).await?),
@@ -1031,7 +1004,7 @@ impl Target for PostgresTarget {
         match outcome {
             Ok(()) => Ok(()),
             Err(_) if self.conn.client.is_closed() => {
-                Err(TargetError::Connection("the target closed the connection".into()))
+                Err(TargetError::Transient("the target closed the connection".into()))
             }
             Err((_, why)) => Err(TargetError::Change {
                 table: list.join(", "),
@@ -1051,9 +1024,9 @@ impl Target for PostgresTarget {
         let progress = Planned {
             gated: false,
             sql: format!(
-                "INSERT INTO {CONTROL_SCHEMA}.apply_progress (slot_name, end_lsn, commit_time, updated_at) \
+                "INSERT INTO {CONTROL_SCHEMA}.apply_progress (slot_name, end_lsn, commit_time, applied_at) \
                  VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) \
-                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, commit_time = excluded.commit_time, updated_at = now()"
+                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, commit_time = excluded.commit_time, applied_at = now()"
             ),
             params: vec![Some(self.slot.clone()), Some(end_lsn.to_string()), commit_time],
             expect: Some(1),
@@ -1063,9 +1036,9 @@ impl Target for PostgresTarget {
         self.batch_savepoint = false;
         result.map_err(|(_, why)| {
             if self.conn.client.is_closed() {
-                TargetError::Connection(format!("commit failed: {why}"))
+                TargetError::Transient(format!("commit failed: {why}"))
             } else {
-                TargetError::Other(format!("the target refused to commit at source LSN {end_lsn}: {why}"))
+                TargetError::Refused(format!("the target refused to commit at source LSN {end_lsn}: {why}"))
             }
         })
     }
@@ -1083,4 +1056,44 @@ impl Target for PostgresTarget {
         }
         Ok(())
     }
+}
+
+impl ControlStore for PostgresTarget {
+    async fn migration(&mut self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
+        PgControl(&self.conn.client).migration(slot).await
+    }
+    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
+        PgControl(&self.conn.client).set_migration(slot, record).await
+    }
+    async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
+        PgControl(&self.conn.client).forget_migration(slot).await
+    }
+    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<LoadedTable>, TargetError> {
+        PgControl(&self.conn.client).loaded_tables(slot).await
+    }
+}
+
+/// A PostgreSQL target loads through its copy path (`crate::load`): COPY sessions of their
+/// own, in parallel, with the schema restored around them. The row-wise methods are never
+/// called for it, and say so if they are.
+impl LoadTarget for PostgresTarget {
+    fn copy_path(&self) -> Option<CopyPath> {
+        Some(CopyPath { target: self.info.clone(), role: self.target_role.clone() })
+    }
+    async fn load_begin(&mut self, rel: &RelInfo, _: Lsn) -> Result<(), TargetError> {
+        Err(not_row_wise(rel))
+    }
+    async fn load_rows(&mut self, rel: &RelInfo, _: &[Row]) -> Result<(), TargetError> {
+        Err(not_row_wise(rel))
+    }
+    async fn load_end(&mut self, rel: &RelInfo, _: &str, _: &str, _: Lsn) -> Result<(), TargetError> {
+        Err(not_row_wise(rel))
+    }
+}
+
+fn not_row_wise(rel: &RelInfo) -> TargetError {
+    TargetError::Config(format!(
+        "{}: a PostgreSQL target is loaded through COPY (its copy path), not row by row",
+        rel.qualified()
+    ))
 }

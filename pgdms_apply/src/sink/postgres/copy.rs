@@ -1,6 +1,6 @@
 //! COPY's text format: how rows are written for `COPY ... FROM STDIN`.
 
-use crate::apply::change::Val;
+use crate::model::Val;
 use bytes::{BufMut, BytesMut};
 
 /// Appends `bytes` with COPY's escapes for backslash, tab, newline and carriage return.

@@ -7,14 +7,15 @@
 //! (from the relation that follows them), drops and renames, and table renames and drops
 //! land in the group of their source transaction.
 
+use super::control::{self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord};
 use super::rowsql::{Converter, Dialect, Statement};
 use super::typemap::{self, Cell, MapOptions};
 use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
-use crate::apply::batch::{key_columns, Batch};
-use crate::apply::change::{RelInfo, Row};
-use crate::stream::Lsn;
+use crate::model::batch::{key_columns, Batch};
+use crate::model::{RelInfo, Row};
 use pgdms_proto::ddl::DdlObject;
 use pgdms_proto::Ddl;
+use pgdms_proto::Lsn;
 use rusqlite::types::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ pub struct SqliteTarget {
 }
 
 fn err(e: rusqlite::Error) -> TargetError {
-    TargetError::Other(e.to_string())
+    TargetError::Refused(e.to_string())
 }
 
 fn value(c: Cell) -> Value {
@@ -59,7 +60,7 @@ pub fn table_name(schema: &str, name: &str) -> String {
 impl SqliteTarget {
     pub fn open(path: &std::path::Path, opts: MapOptions, on_error: OnError) -> Result<Self, TargetError> {
         let conn = rusqlite::Connection::open(path)
-            .map_err(|e| TargetError::Other(format!("could not open SQLite database {}: {e}", path.display())))?;
+            .map_err(|e| TargetError::Config(format!("could not open SQLite database {}: {e}", path.display())))?;
         // WAL: readers (a person checking the target) do not block the apply.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000")
             .map_err(err)?;
@@ -84,7 +85,7 @@ impl SqliteTarget {
 
     /// Runs one statement (names in it come from the stream: SQLite refuses a second one).
     fn run(&self, sql: &str) -> Result<(), TargetError> {
-        self.conn.execute(sql, []).map(drop).map_err(|e| TargetError::Other(format!("{e}: {sql}")))
+        self.conn.execute(sql, []).map(drop).map_err(|e| TargetError::Refused(format!("{e}: {sql}")))
     }
 
     fn execute(&self, s: Statement) -> Result<usize, rusqlite::Error> {
@@ -137,7 +138,7 @@ impl SqliteTarget {
             }
             self.columns.insert(table.clone(), existing);
         }
-        let missing: Vec<&crate::apply::change::ColumnInfo> =
+        let missing: Vec<&crate::model::ColumnInfo> =
             rel.columns.iter().filter(|c| !self.columns[&table].contains(&c.name)).collect();
         for c in missing {
             // SQLite adds a NOT NULL column only with a default: the column's rows come next.
@@ -217,21 +218,14 @@ impl SqliteTarget {
 impl Target for SqliteTarget {
     async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         self.slot = slot.to_string();
-        self.conn
-            .execute_batch(
-            "CREATE TABLE IF NOT EXISTS pgdms_apply_progress (slot_name TEXT PRIMARY KEY, end_lsn TEXT NOT NULL, commit_time INTEGER, applied_at TEXT);
-             CREATE TABLE IF NOT EXISTS pgdms_migration (slot_name TEXT PRIMARY KEY, phase TEXT NOT NULL, consistent_point TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS pgdms_load_progress (slot_name TEXT NOT NULL, source_oid INTEGER NOT NULL, table_name TEXT NOT NULL,
-                 snapshot_lsn TEXT NOT NULL, PRIMARY KEY (slot_name, source_oid));",
-            )
-            .map_err(err)?;
+        control::prepare(self).await?;
         let lsn: Option<String> = self
             .conn
             .query_row("SELECT end_lsn FROM pgdms_apply_progress WHERE slot_name = ?1", [slot], |r| r.get(0))
             .map(Some)
             .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(err(e)) })?;
         tracing::info!(path = %self.path.display(), "SQLite target");
-        Ok(lsn.and_then(|l| l.parse().ok()))
+        Ok(lsn.map(|l| control::parse_lsn("pgdms_apply_progress", "end_lsn", slot, &l)).transpose()?)
     }
 
     async fn configure(&mut self, _: &SourceSettings) -> Result<(), TargetError> {
@@ -291,8 +285,26 @@ impl Target for SqliteTarget {
     }
 }
 
-impl LoadTarget for SqliteTarget {
-    async fn migration(&mut self, slot: &str) -> Result<Option<(String, Lsn)>, TargetError> {
+impl ControlSql for SqliteTarget {
+    fn dialect(&self) -> ControlDialect {
+        ControlDialect::Sqlite
+    }
+    fn control_table(&self, table: &str) -> String {
+        D.quote(&format!("pgdms_{table}"))
+    }
+    async fn control_execute(&mut self, sql: &str) -> Result<(), TargetError> {
+        self.run(sql)
+    }
+    async fn control_columns(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
+        self.existing_columns(&format!("pgdms_{table}"))
+    }
+    async fn control_version(&mut self) -> Result<Option<i64>, TargetError> {
+        self.conn.query_row("SELECT max(version) FROM pgdms_control_version", [], |r| r.get(0)).map_err(err)
+    }
+}
+
+impl ControlStore for SqliteTarget {
+    async fn migration(&mut self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
         let row: Option<(String, String)> = self
             .conn
             .query_row("SELECT phase, consistent_point FROM pgdms_migration WHERE slot_name = ?1", [slot], |r| {
@@ -300,21 +312,32 @@ impl LoadTarget for SqliteTarget {
             })
             .map(Some)
             .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(err(e)) })?;
-        Ok(row.map(|(p, l)| (p, l.parse().unwrap_or_default())))
+        let Some((phase, point)) = row else { return Ok(None) };
+        Ok(Some(MigrationRecord {
+            phase: control::parse_phase("pgdms_migration", "phase", slot, &phase)?,
+            consistent_point: control::parse_lsn("pgdms_migration", "consistent_point", slot, &point)?,
+        }))
     }
 
-    async fn set_migration(&mut self, slot: &str, phase: &str, consistent_point: Lsn) -> Result<(), TargetError> {
+    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
         self.conn
             .execute(
                 "INSERT INTO pgdms_migration (slot_name, phase, consistent_point) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (slot_name) DO UPDATE SET phase = excluded.phase",
-                rusqlite::params![slot, phase, consistent_point.to_string()],
+                 ON CONFLICT (slot_name) DO UPDATE SET phase = excluded.phase, updated_at = CURRENT_TIMESTAMP",
+                rusqlite::params![slot, record.phase.as_str(), record.consistent_point.to_string()],
             )
             .map_err(err)?;
         Ok(())
     }
 
-    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<(u32, String, Lsn)>, TargetError> {
+    async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
+        for table in ["pgdms_migration", "pgdms_load_progress"] {
+            self.conn.execute(&format!("DELETE FROM {table} WHERE slot_name = ?1"), [slot]).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<LoadedTable>, TargetError> {
         let mut stmt = self
             .conn
             .prepare("SELECT source_oid, table_name, snapshot_lsn FROM pgdms_load_progress WHERE slot_name = ?1")
@@ -322,9 +345,16 @@ impl LoadTarget for SqliteTarget {
         let rows = stmt
             .query_map([slot], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
             .map_err(err)?;
-        rows.map(|r| r.map(|(o, n, l)| (o, n, l.parse().unwrap_or_default())).map_err(err)).collect()
+        rows.map(|r| {
+            let (source_oid, name, lsn) = r.map_err(err)?;
+            let snapshot_lsn = control::parse_lsn("pgdms_load_progress", "snapshot_lsn", slot, &lsn)?;
+            Ok(LoadedTable { source_oid, name, snapshot_lsn })
+        })
+        .collect()
     }
+}
 
+impl LoadTarget for SqliteTarget {
     async fn load_begin(&mut self, rel: &RelInfo, _snapshot_lsn: Lsn) -> Result<(), TargetError> {
         self.open_group()?;
         let table = table_name(&rel.schema, &rel.name);
@@ -339,7 +369,7 @@ impl LoadTarget for SqliteTarget {
         let mut conv = Converter { dialect: D, opts: &self.opts, table: D.quote(&table), exceptions: vec![] };
         for row in rows {
             let stmt = conv.insert(rel, row);
-            self.execute(stmt).map_err(|e| TargetError::Other(format!("could not load a row into {table}: {e}")))?;
+            self.execute(stmt).map_err(|e| TargetError::Refused(format!("could not load a row into {table}: {e}")))?;
         }
         Ok(())
     }
@@ -357,12 +387,8 @@ impl LoadTarget for SqliteTarget {
             let tmp = format!("{table}__pgdms_load");
             self.run(&format!("ALTER TABLE {} RENAME TO {}", D.quote(&table), D.quote(&tmp)))?;
             self.run(&self.create_sql(rel, &table, false))?;
-            self.run(&format!(
-                "INSERT INTO {} SELECT * FROM {}; DROP TABLE {}",
-                D.quote(&table),
-                D.quote(&tmp),
-                D.quote(&tmp)
-            ))?;
+            self.run(&format!("INSERT INTO {} SELECT * FROM {}", D.quote(&table), D.quote(&tmp)))?;
+            self.run(&format!("DROP TABLE {}", D.quote(&tmp)))?;
         }
         self.conn
             .execute(

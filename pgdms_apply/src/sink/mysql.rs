@@ -20,15 +20,16 @@
 //! Values MySQL cannot hold (see `typemap`) are written as NULL and each is recorded in
 //! `pgdms_value_exceptions` in the same transaction, and logged.
 
+use super::control::{self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord};
 use super::rowsql::{Converter, Dialect, Statement, ValueException};
 use super::typemap::{self, Cell, MapOptions};
 use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
-use crate::apply::batch::{key_columns, Batch, NetOp, TableMode};
-use crate::apply::change::{Change, ChangeKind, ColumnInfo, RelInfo, Row, Val};
-use crate::stream::Lsn;
+use crate::model::batch::{key_columns, Batch, NetOp, TableMode};
+use crate::model::{Change, ChangeKind, ColumnInfo, RelInfo, Row, Val};
 use mysql_async::prelude::Queryable;
 use pgdms_proto::ddl::{ColumnDef, DdlObject, TableDef};
 use pgdms_proto::Ddl;
+use pgdms_proto::Lsn;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -92,16 +93,16 @@ fn server_error(e: mysql_async::Error) -> TargetError {
     // back): the group is tried again from the last commit.
     let retry = matches!(&e, mysql_async::Error::Server(s) if s.code == 1213 || s.code == 1205);
     if let mysql_async::Error::Driver(mysql_async::DriverError::PacketTooLarge) = e {
-        return TargetError::Other(
+        return TargetError::Refused(
             "a statement is larger than the server's max_allowed_packet: raise it on the MySQL server \
              (SET GLOBAL max_allowed_packet = 1073741824) and run again"
                 .into(),
         );
     }
     if retry || e.is_fatal() || matches!(e, mysql_async::Error::Io(_)) {
-        TargetError::Connection(e.to_string())
+        TargetError::Transient(e.to_string())
     } else {
-        TargetError::Other(e.to_string())
+        TargetError::Refused(e.to_string())
     }
 }
 
@@ -198,7 +199,7 @@ impl MySqlTarget {
     pub async fn connect(url: &str, opts: MapOptions, on_error: OnError) -> Result<Self, TargetError> {
         let url = url.strip_prefix("mariadb://").map(|r| format!("mysql://{r}")).unwrap_or_else(|| url.to_string());
         let parsed = mysql_async::Opts::from_url(&url)
-            .map_err(|e| TargetError::Other(format!("invalid MySQL target URL: {e}")))?;
+            .map_err(|e| TargetError::Config(format!("invalid MySQL target URL: {e}")))?;
         let naming = match parsed.db_name() {
             Some(db) if !db.is_empty() => Naming::OneDatabase(db.to_string()),
             _ => Naming::PerSchema,
@@ -220,10 +221,10 @@ impl MySqlTarget {
         let mut conn = mysql_async::Conn::new(builder).await.map_err(|e| match e {
             // Too many connections, shutting down, starting up: try again later.
             mysql_async::Error::Server(s) if matches!(s.code, 1040 | 1053 | 1203) => {
-                TargetError::Connection(format!("MySQL is not taking connections now: {s}"))
+                TargetError::Transient(format!("MySQL is not taking connections now: {s}"))
             }
-            mysql_async::Error::Server(s) => TargetError::Other(format!("MySQL refused the connection: {s}")),
-            e => TargetError::Connection(format!("could not connect to MySQL: {e}")),
+            mysql_async::Error::Server(s) => TargetError::Config(format!("MySQL refused the connection: {s}")),
+            e => TargetError::Transient(format!("could not connect to MySQL: {e}")),
         })?;
         let version: Option<String> = conn.query_first("SELECT VERSION()").await.map_err(server_error)?;
         let version = version.unwrap_or_default();
@@ -265,13 +266,13 @@ impl MySqlTarget {
         format!("{}.{}", D.quote(&place.0), D.quote(&place.1))
     }
 
-    fn control_table(&self, name: &str) -> String {
+    fn control_place(&self, name: &str) -> String {
         format!("{}.{}", D.quote(&self.control), D.quote(name))
     }
 
     async fn run(&mut self, sql: &str) -> Result<(), TargetError> {
         self.conn.query_drop(sql).await.map_err(|e| match server_error(e) {
-            TargetError::Other(m) => TargetError::Other(format!("{m}; statement: {}", abbreviated(sql))),
+            TargetError::Refused(m) => TargetError::Refused(format!("{m}; statement: {}", abbreviated(sql))),
             other => other,
         })
     }
@@ -290,7 +291,7 @@ impl MySqlTarget {
         let sql = format!(
             "INSERT INTO {} (slot_name, end_lsn, resume_after_item) VALUES ({}, '0/0', {done}) \
              ON DUPLICATE KEY UPDATE resume_after_item = VALUES(resume_after_item)",
-            self.control_table("pgdms_apply_progress"),
+            self.control_place("pgdms_apply_progress"),
             text(&self.slot),
         );
         self.run(&sql).await
@@ -307,7 +308,7 @@ impl MySqlTarget {
             // would not say which. Start again from the last commit: in the new session the
             // transaction that needs the change comes as a group of its own.
             self.rollback().await?;
-            return Err(TargetError::Connection(
+            return Err(TargetError::Transient(
                 "the target's schema had to change in the middle of a group of several source transactions; \
                  applying them again one at a time"
                     .into(),
@@ -500,7 +501,7 @@ impl MySqlTarget {
                     format!("ALTER TABLE {} MODIFY COLUMN {} {type_} NOT NULL", Self::quoted(&place), D.quote(&name));
                 match self.run_ddl(&sql).await {
                     Ok(()) => {}
-                    Err(TargetError::Other(e)) => {
+                    Err(TargetError::Refused(e)) => {
                         tracing::warn!(table = %rel.qualified(), column = %name, error = %e,
                             "NOT NULL on the source, but the target's rows hold NULL there: the column stays nullable");
                         self.loose.insert((place.0.clone(), place.1.clone(), name));
@@ -520,7 +521,7 @@ impl MySqlTarget {
                 "a value MySQL cannot hold: written as NULL, recorded in pgdms_value_exceptions");
             let sql = format!(
                 "INSERT INTO {} (slot_name, lsn, table_name, column_name, row_key, source_value) VALUES ({}, {}, {}, {}, {}, {})",
-                self.control_table("pgdms_value_exceptions"),
+                self.control_place("pgdms_value_exceptions"),
                 text(&self.slot),
                 text(&lsn.to_string()),
                 text(&e.table),
@@ -535,7 +536,7 @@ impl MySqlTarget {
 
     /// A change the target refused: stop, or (--on-error=log) record it and go on.
     async fn refused(&mut self, c: &Change, error: TargetError) -> Result<(), TargetError> {
-        let TargetError::Other(message) = error else { return Err(error) };
+        let TargetError::Refused(message) = error else { return Err(error) };
         let error = TargetError::Change {
             table: c.rel.qualified(),
             operation: c.operation(),
@@ -549,7 +550,7 @@ impl MySqlTarget {
         tracing::warn!(%error, "change passed over, recorded in pgdms_apply_exceptions");
         let sql = format!(
             "INSERT INTO {} (slot_name, lsn, table_name, operation, error) VALUES ({}, {}, {}, {}, {})",
-            self.control_table("pgdms_apply_exceptions"),
+            self.control_place("pgdms_apply_exceptions"),
             text(&self.slot),
             text(&c.lsn.to_string()),
             text(&c.rel.qualified()),
@@ -603,7 +604,7 @@ impl MySqlTarget {
                     if let Err(e) = self.run(&inline(s)).await {
                         // Only a refused statement is looked into; anything else (a lost
                         // connection, a deadlock that rolled the transaction back) ends here.
-                        let TargetError::Other(_) = e else { return Err(e) };
+                        let TargetError::Refused(_) = e else { return Err(e) };
                         if run_end - i > 1 {
                             // Find the refused row: one statement each.
                             for &one in &changes[i..run_end] {
@@ -615,7 +616,7 @@ impl MySqlTarget {
                                 };
                                 let s = conv.change(one).expect("an insert always has a statement");
                                 if let Err(e) = self.run(&inline(s)).await {
-                                    let TargetError::Other(_) = e else { return Err(e) };
+                                    let TargetError::Refused(_) = e else { return Err(e) };
                                     self.refused(one, e).await?;
                                 }
                             }
@@ -738,39 +739,35 @@ impl MySqlTarget {
 
     async fn control_tables(&mut self) -> Result<(), TargetError> {
         self.ensure_database(&self.control.clone()).await?;
-        let engine = format!("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={}", self.collation);
-        for (name, columns) in [
-            (
-                "pgdms_apply_progress",
-                "slot_name VARCHAR(64) PRIMARY KEY, end_lsn VARCHAR(20) NOT NULL, commit_time BIGINT, \
-                 applied_at DATETIME(6), resume_after_item BIGINT",
-            ),
-            (
-                "pgdms_migration",
-                "slot_name VARCHAR(64) PRIMARY KEY, phase VARCHAR(16) NOT NULL, consistent_point VARCHAR(20) NOT NULL",
-            ),
-            (
-                "pgdms_load_progress",
-                "slot_name VARCHAR(64) NOT NULL, source_oid BIGINT NOT NULL, table_name TEXT NOT NULL, \
-                 snapshot_lsn VARCHAR(20) NOT NULL, PRIMARY KEY (slot_name, source_oid)",
-            ),
-            (
-                "pgdms_value_exceptions",
-                "id BIGINT AUTO_INCREMENT PRIMARY KEY, slot_name VARCHAR(64) NOT NULL, lsn VARCHAR(20) NOT NULL, \
-                 table_name TEXT NOT NULL, column_name TEXT NOT NULL, row_key LONGTEXT, source_value LONGTEXT, \
-                 recorded_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-            ),
-            (
-                "pgdms_apply_exceptions",
-                "id BIGINT AUTO_INCREMENT PRIMARY KEY, slot_name VARCHAR(64) NOT NULL, lsn VARCHAR(20) NOT NULL, \
-                 table_name TEXT NOT NULL, operation VARCHAR(16) NOT NULL, error LONGTEXT, \
-                 recorded_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-            ),
-        ] {
-            let sql = format!("CREATE TABLE IF NOT EXISTS {} ({columns}) {engine}", self.control_table(name));
-            self.run(&sql).await?;
-        }
-        Ok(())
+        control::prepare(self).await
+    }
+}
+
+impl ControlSql for MySqlTarget {
+    fn dialect(&self) -> ControlDialect {
+        ControlDialect::MySql
+    }
+    fn control_table(&self, table: &str) -> String {
+        self.control_place(&format!("pgdms_{table}"))
+    }
+    async fn control_execute(&mut self, sql: &str) -> Result<(), TargetError> {
+        self.run(sql).await
+    }
+    async fn control_columns(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
+        self.conn
+            .query(format!(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} \
+                 ORDER BY ORDINAL_POSITION",
+                text(&self.control),
+                text(&format!("pgdms_{table}"))
+            ))
+            .await
+            .map_err(server_error)
+    }
+    async fn control_version(&mut self) -> Result<Option<i64>, TargetError> {
+        let sql = format!("SELECT max(version) FROM {}", ControlSql::control_table(self, control::VERSION_TABLE));
+        let v: Option<Option<i64>> = self.conn.query_first(sql).await.map_err(server_error)?;
+        Ok(v.flatten())
     }
 }
 
@@ -793,7 +790,7 @@ impl Target for MySqlTarget {
             .conn
             .query_first(format!(
                 "SELECT end_lsn, resume_after_item FROM {} WHERE slot_name = {}",
-                self.control_table("pgdms_apply_progress"),
+                self.control_place("pgdms_apply_progress"),
                 text(slot)
             ))
             .await
@@ -803,7 +800,7 @@ impl Target for MySqlTarget {
         if let Some(r) = self.resume_after {
             tracing::info!(done = r, "resuming inside a source transaction that DDL committed in parts");
         }
-        let end: Lsn = end.parse().unwrap_or_default();
+        let end = control::parse_lsn("pgdms_apply_progress", "end_lsn", slot, &end)?;
         Ok((end != Lsn(0)).then_some(end))
     }
 
@@ -826,7 +823,7 @@ impl Target for MySqlTarget {
             self.run("SAVEPOINT pgdms_batch").await?;
             match self.apply_net(batch).await {
                 Ok(()) => {}
-                Err(TargetError::Other(e)) => {
+                Err(TargetError::Refused(e)) => {
                     // Applied in order instead, which names the change the target refuses.
                     tracing::debug!(error = %e, "set-wise apply refused: applying the batch change by change");
                     self.run("ROLLBACK TO SAVEPOINT pgdms_batch").await?;
@@ -896,7 +893,7 @@ impl Target for MySqlTarget {
             "INSERT INTO {} (slot_name, end_lsn, commit_time, applied_at, resume_after_item) VALUES ({}, {}, {commit_time}, NOW(6), NULL) \
              ON DUPLICATE KEY UPDATE end_lsn = VALUES(end_lsn), commit_time = VALUES(commit_time), \
              applied_at = VALUES(applied_at), resume_after_item = NULL",
-            self.control_table("pgdms_apply_progress"),
+            self.control_place("pgdms_apply_progress"),
             text(&self.slot),
             text(&end_lsn.to_string())
         );
@@ -924,44 +921,64 @@ impl Target for MySqlTarget {
     }
 }
 
-impl LoadTarget for MySqlTarget {
-    async fn migration(&mut self, slot: &str) -> Result<Option<(String, Lsn)>, TargetError> {
+impl ControlStore for MySqlTarget {
+    async fn migration(&mut self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
         let row: Option<(String, String)> = self
             .conn
             .query_first(format!(
                 "SELECT phase, consistent_point FROM {} WHERE slot_name = {}",
-                self.control_table("pgdms_migration"),
+                self.control_place("pgdms_migration"),
                 text(slot)
             ))
             .await
             .map_err(server_error)?;
-        Ok(row.map(|(p, l)| (p, l.parse().unwrap_or_default())))
+        let Some((phase, point)) = row else { return Ok(None) };
+        Ok(Some(MigrationRecord {
+            phase: control::parse_phase("pgdms_migration", "phase", slot, &phase)?,
+            consistent_point: control::parse_lsn("pgdms_migration", "consistent_point", slot, &point)?,
+        }))
     }
 
-    async fn set_migration(&mut self, slot: &str, phase: &str, consistent_point: Lsn) -> Result<(), TargetError> {
+    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
         let sql = format!(
-            "INSERT INTO {} (slot_name, phase, consistent_point) VALUES ({}, {}, {}) ON DUPLICATE KEY UPDATE phase = VALUES(phase)",
-            self.control_table("pgdms_migration"),
+            "INSERT INTO {} (slot_name, phase, consistent_point) VALUES ({}, {}, {}) \
+             ON DUPLICATE KEY UPDATE phase = VALUES(phase), updated_at = CURRENT_TIMESTAMP(6)",
+            self.control_place("pgdms_migration"),
             text(slot),
-            text(phase),
-            text(&consistent_point.to_string())
+            text(record.phase.as_str()),
+            text(&record.consistent_point.to_string())
         );
         self.run(&sql).await
     }
 
-    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<(u32, String, Lsn)>, TargetError> {
+    async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
+        for table in ["pgdms_migration", "pgdms_load_progress"] {
+            let sql = format!("DELETE FROM {} WHERE slot_name = {}", self.control_place(table), text(slot));
+            self.run(&sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<LoadedTable>, TargetError> {
         let rows: Vec<(u32, String, String)> = self
             .conn
             .query(format!(
                 "SELECT source_oid, table_name, snapshot_lsn FROM {} WHERE slot_name = {}",
-                self.control_table("pgdms_load_progress"),
+                self.control_place("pgdms_load_progress"),
                 text(slot)
             ))
             .await
             .map_err(server_error)?;
-        Ok(rows.into_iter().map(|(o, n, l)| (o, n, l.parse().unwrap_or_default())).collect())
+        rows.into_iter()
+            .map(|(source_oid, name, lsn)| {
+                let snapshot_lsn = control::parse_lsn("pgdms_load_progress", "snapshot_lsn", slot, &lsn)?;
+                Ok(LoadedTable { source_oid, name, snapshot_lsn })
+            })
+            .collect()
     }
+}
 
+impl LoadTarget for MySqlTarget {
     async fn load_begin(&mut self, rel: &RelInfo, snapshot_lsn: Lsn) -> Result<(), TargetError> {
         self.load_lsn = snapshot_lsn;
         let place = self.place(&rel.schema, &rel.name);
@@ -982,8 +999,8 @@ impl LoadTarget for MySqlTarget {
             let stmt = conv.insert_rows(rel, chunk);
             let exceptions = std::mem::take(&mut conv.exceptions);
             self.run(&inline(stmt)).await.map_err(|e| match e {
-                TargetError::Other(m) => {
-                    TargetError::Other(format!("could not load rows into {}: {m}", Self::quoted(&place)))
+                TargetError::Refused(m) => {
+                    TargetError::Refused(format!("could not load rows into {}: {m}", Self::quoted(&place)))
                 }
                 other => other,
             })?;
@@ -1017,7 +1034,7 @@ impl LoadTarget for MySqlTarget {
         let sql = format!(
             "INSERT INTO {} (slot_name, source_oid, table_name, snapshot_lsn) VALUES ({}, {}, {}, {}) \
              ON DUPLICATE KEY UPDATE table_name = VALUES(table_name), snapshot_lsn = VALUES(snapshot_lsn)",
-            self.control_table("pgdms_load_progress"),
+            self.control_place("pgdms_load_progress"),
             text(slot),
             rel.oid,
             text(source_name),

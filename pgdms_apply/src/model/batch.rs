@@ -8,7 +8,7 @@
 //! changes are kept so that a batch whose set-wise form fails (a unique constraint broken
 //! mid-way, say) can be replayed change by change.
 
-use super::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
+use super::{Change, ChangeKind, Old, RelInfo, Row, Val};
 use pgdms_proto::ReplicaIdentity;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -278,9 +278,9 @@ fn fold(net: &mut NetTable, key_cols: &[usize], identity: ReplicaIdentity, chang
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::change::ColumnInfo;
-    use crate::stream::Lsn;
+    use crate::model::ColumnInfo;
     use bytes::Bytes;
+    use pgdms_proto::Lsn;
     use pgdms_proto::{DmsType, Identity};
 
     fn rel(identity: ReplicaIdentity, key: bool) -> Arc<RelInfo> {

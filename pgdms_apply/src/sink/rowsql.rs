@@ -8,7 +8,7 @@
 //! source's rows even where one was missing.
 
 use super::typemap::{cell, Cell, Flavor, MapOptions, Unrepresentable};
-use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
+use crate::model::{Change, ChangeKind, Old, RelInfo, Row, Val};
 
 /// How a target spells SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ fn written(rel: &RelInfo) -> Vec<usize> {
 /// The columns that find a row: the replica identity's key, or under FULL the primary key
 /// or, without one, every column.
 fn key_of(rel: &RelInfo) -> Vec<usize> {
-    let k = crate::apply::batch::key_columns(rel);
+    let k = crate::model::batch::key_columns(rel);
     if k.is_empty() {
         written(rel)
     } else {
@@ -98,7 +98,7 @@ impl Converter<'_> {
     /// One INSERT (an upsert where the table has a key) of full rows.
     pub fn insert_rows(&mut self, rel: &RelInfo, rows: &[&Row]) -> Statement {
         let cols = written(rel);
-        let keys = crate::apply::batch::key_columns(rel);
+        let keys = crate::model::batch::key_columns(rel);
         let names: Vec<String> = cols.iter().map(|&i| self.dialect.quote(&rel.columns[i].name)).collect();
         let marks = format!("({})", vec!["?"; cols.len()].join(", "));
         let mut params = Vec::with_capacity(cols.len() * rows.len());
@@ -173,13 +173,13 @@ impl Converter<'_> {
 
     /// The WHERE clause and parameters finding a change's old row; None without a key.
     fn locate(&mut self, rel: &RelInfo, old: &Old, new: Option<&Row>) -> Option<(String, Vec<Cell>)> {
-        if crate::apply::batch::key_columns(rel).is_empty() && !matches!(old, Old::Full(_)) {
+        if crate::model::batch::key_columns(rel).is_empty() && !matches!(old, Old::Full(_)) {
             return None;
         }
         let key_cols = key_of(rel);
         let values: Row = match old {
             Old::Full(row) => key_cols.iter().map(|&i| row[i].clone()).collect(),
-            _ => crate::apply::batch::old_key(old, new, &key_cols)?,
+            _ => crate::model::batch::old_key(old, new, &key_cols)?,
         };
         let mut conds = Vec::with_capacity(key_cols.len());
         let mut params = Vec::with_capacity(key_cols.len());
@@ -250,7 +250,7 @@ pub fn key_text(c: &Change) -> String {
         ChangeKind::Insert { new } | ChangeKind::Update { new, .. } => describe(&c.rel, &key, new),
         ChangeKind::Delete { old: Old::Full(row) } => describe(&c.rel, &key, row),
         ChangeKind::Delete { old: Old::Key(k) } => {
-            describe_values(&c.rel, &crate::apply::batch::key_columns(&c.rel), k)
+            describe_values(&c.rel, &crate::model::batch::key_columns(&c.rel), k)
         }
         ChangeKind::Delete { old: Old::None } => String::new(),
     }

@@ -1,9 +1,13 @@
-//! WAL positions in PostgreSQL's `X/Y` notation.
+//! WAL positions, written in PostgreSQL's `X/Y` notation.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A WAL position (PostgreSQL's `XLogRecPtr`). On the wire it is the bare number (serde
+/// transparent), so it costs what a `u64` costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Lsn(pub u64);
 
 impl fmt::Display for Lsn {
@@ -14,7 +18,7 @@ impl fmt::Display for Lsn {
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid LSN \"{0}\": expected two hexadecimal numbers separated by a slash, like 0/16B3748")]
-pub struct LsnParseError(String);
+pub struct LsnParseError(pub String);
 
 impl FromStr for Lsn {
     type Err = LsnParseError;

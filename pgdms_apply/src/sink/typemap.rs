@@ -28,7 +28,7 @@
 //! collects them, the MySQL target records each in `pgdms_value_exceptions` and logs it).
 //! SQLite and the JSON stream hold every value.
 
-use crate::apply::change::{ColumnInfo, Val};
+use crate::model::{ColumnInfo, Val};
 use base64::Engine as _;
 use pgdms_proto::dms::oids;
 use pgdms_proto::DmsType;

@@ -12,7 +12,7 @@
 //! collations and sequence names pass [`crate::sql::checked`] first; and each statement
 //! goes out on its own through the extended protocol, which runs exactly one.
 
-use crate::apply::change::RelInfo;
+use crate::model::RelInfo;
 use crate::sql::checked::{self, Refused};
 use crate::sql::{quote_ident, quote_literal};
 use pgdms_proto::ddl::{ColumnDef, DdlObject, SchemaDef, TableDef, TypeDef, TypeKind};

@@ -5,9 +5,9 @@
 //! INSERT, each over `unnest` of array parameters (one array per column). A change applied
 //! on its own becomes one statement that must touch exactly one row.
 
-use crate::apply::batch::old_key;
-use crate::apply::batch::{key_columns, NetOp, NetTable, TableBatch};
-use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
+use crate::model::batch::old_key;
+use crate::model::batch::{key_columns, NetOp, NetTable, TableBatch};
+use crate::model::{Change, ChangeKind, Old, RelInfo, Row, Val};
 use crate::sql::quote_ident;
 use pgdms_proto::{dms::oids, DmsType, Identity};
 use std::collections::BTreeMap;

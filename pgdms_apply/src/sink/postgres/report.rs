@@ -1,7 +1,7 @@
 //! How a change is named in errors and in the exceptions table: its key and its values.
 
-use crate::apply::batch::{key_columns, old_key};
-use crate::apply::change::{Change, ChangeKind, Old, RelInfo, Row, Val};
+use crate::model::batch::{key_columns, old_key};
+use crate::model::{Change, ChangeKind, Old, RelInfo, Row, Val};
 use serde_json::Value as Json;
 
 /// The key columns of the change's row with their values (every column when the table has

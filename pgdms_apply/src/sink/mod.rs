@@ -1,20 +1,31 @@
-//! Targets: where changes land. Every target implements [`Target`]; the apply loop
-//! (`crate::apply`) drives it the same way whatever it is.
+//! The sink: the targets changes land in (named so as not to be cargo's `target/`).
 //!
-//! A target applies batches inside a transaction of its own (a *group* of source
-//! transactions), and stores the end LSN of the group's last source transaction in the same
-//! transaction, so that after any crash it can say exactly where to resume.
+//! Every target implements [`Target`]; the apply loop (`crate::apply`) drives it the same
+//! way whatever it is. A target applies batches inside a transaction of its own (a *group*
+//! of source transactions), and stores the end LSN of the group's last source transaction
+//! in the same transaction, so that after any crash it can say exactly where to resume.
+//! [`LoadTarget`] adds the full load and the migration's records ([`control`]); [`spec`]
+//! is the one place that decides per target kind.
+//!
+//! * [`postgres`]: a PostgreSQL target, lossless (COPY for the load, DDL replayed).
+//! * [`mysql`], [`sqlite`], [`jsonl`]: the heterogeneous targets, through the DMS type
+//!   mapping ([`typemap`]) and row-wise SQL ([`rowsql`]).
 
+pub mod control;
 pub mod jsonl;
 pub mod mysql;
 pub mod postgres;
 pub mod rowsql;
+pub mod spec;
 pub mod sqlite;
 pub mod typemap;
 
-use crate::apply::batch::Batch;
-use crate::apply::change::{RelInfo, Row};
-use crate::stream::Lsn;
+use crate::error::ErrorKind;
+use crate::model::batch::Batch;
+use crate::model::{RelInfo, Row};
+use crate::pgconn::ConnInfo;
+use control::{ControlError, ControlStore};
+use pgdms_proto::Lsn;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -29,9 +40,10 @@ pub enum OnError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    /// The connection failed or the server went away: retry from the last committed group.
+    /// The connection failed, the server went away, or it rolled the transaction back
+    /// (a deadlock): retry from the last committed group.
     #[error("target connection: {0}")]
-    Connection(String),
+    Transient(String),
     /// A change that cannot be applied.
     #[error("cannot apply {operation} on {table} at LSN {lsn} (key {key}): {error}")]
     Change { table: String, operation: &'static str, lsn: Lsn, key: String, error: String },
@@ -43,13 +55,31 @@ pub enum TargetError {
          in the exceptions table"
     )]
     NoIdentity { table: String, operation: &'static str, lsn: Lsn },
+    /// The target refused a statement; trying again gives the same answer.
     #[error("target: {0}")]
-    Other(String),
+    Refused(String),
+    /// The target cannot be written as configured (its address, rights, settings).
+    #[error("target: {0}")]
+    Config(String),
+    /// The target's control records are damaged or from a newer release.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Someone tampered with the session pgdms-apply writes through.
+    #[error("target: {0}")]
+    Tampered(String),
 }
 
 impl TargetError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, TargetError::Connection(_))
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TargetError::Transient(_) => ErrorKind::Transient,
+            TargetError::Change { operation: "ddl", .. } => ErrorKind::RefusedDdl,
+            TargetError::Change { .. } | TargetError::NoIdentity { .. } => ErrorKind::RefusedChange,
+            TargetError::Refused(_) => ErrorKind::Refused,
+            TargetError::Config(_) => ErrorKind::Configuration,
+            TargetError::Control(_) => ErrorKind::Corruption,
+            TargetError::Tampered(_) => ErrorKind::Tampered,
+        }
     }
 }
 
@@ -114,22 +144,25 @@ pub trait Target {
     }
 }
 
-/// A target the full load writes row by row, through the DMS mapping (the heterogeneous
-/// targets; a PostgreSQL target loads with COPY, see `crate::load`). It keeps the
-/// migration's records itself, as the PostgreSQL target keeps them in `pgdms.migration`.
-pub trait LoadTarget: Target {
-    /// The migration from `slot` this target holds: its phase and consistent point.
-    fn migration(&mut self, slot: &str) -> impl Future<Output = Result<Option<(String, Lsn)>, TargetError>>;
+/// What a PostgreSQL target's full load needs for its own path: parallel COPY sessions
+/// into the target (FREEZE where the tables are new), with the schema's pre- and post-data
+/// restored around them (`crate::migrate::postgres`).
+#[derive(Debug, Clone)]
+pub struct CopyPath {
+    pub target: ConnInfo,
+    /// `--target-role`.
+    pub role: Option<String>,
+}
 
-    fn set_migration(
-        &mut self,
-        slot: &str,
-        phase: &str,
-        consistent_point: Lsn,
-    ) -> impl Future<Output = Result<(), TargetError>>;
-
-    /// The tables loaded so far: source oid, source name and snapshot LSN.
-    fn loaded_tables(&mut self, slot: &str) -> impl Future<Output = Result<Vec<(u32, String, Lsn)>, TargetError>>;
+/// A target a migration loads: its records ([`ControlStore`]), and either the rows, one
+/// table at a time through the DMS mapping, or, where the target offers it
+/// ([`LoadTarget::copy_path`]), its own bulk path.
+pub trait LoadTarget: Target + ControlStore {
+    /// The target's bulk load path, when it has one: the engine then loads through it rather
+    /// than through the row methods below.
+    fn copy_path(&self) -> Option<CopyPath> {
+        None
+    }
 
     /// Starts loading `rel`: its table dropped and created from the mapping (json, jsonb and
     /// hstore columns nullable until `load_end`), in a transaction where the target has them.

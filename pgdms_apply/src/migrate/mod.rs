@@ -1,0 +1,288 @@
+//! The migration engine: one runner for every target kind. Slot and snapshot, schema, full
+//! load, CDC; and the cutover that ends it (`cutover`).
+//!
+//! 1. A replication slot is created with an exported snapshot: the slot's changes start
+//!    exactly where the snapshot ends, so the load plus the changes are the source's
+//!    history with no gap and no overlap.
+//! 2. While the connection that exported it stays idle, the load imports the snapshot. A
+//!    PostgreSQL target takes its own path (`postgres`): the schema's pre-data restored,
+//!    the tables copied in parallel (`crate::load`), the post-data (indexes, constraints)
+//!    built in parallel, the sequences set. Other targets get the rows table by table,
+//!    through the DMS mapping (`rows`).
+//! 3. CDC streams from the slot's consistent point (`crate::apply`).
+//!
+//! The target records the phase and the tables loaded (`crate::sink::control`), and
+//! [`plan::plan`] decides from them what a rerun does: a crash during the load reloads only
+//! the tables not recorded as loaded, from a snapshot of a temporary slot of their own; CDC
+//! then passes over those tables' changes committed before that snapshot (they are in the
+//! copy).
+
+mod archive;
+pub mod cutover;
+pub mod plan;
+mod postgres;
+mod rows;
+
+use crate::apply::{self, ApplyError, ApplyOptions, Finished};
+use crate::load::schema::{self, SchemaError};
+use crate::load::LoadError;
+use crate::mapping::Mapping;
+use crate::pgconn::ConnInfo;
+use crate::sink::control::{ControlStore, MigrationRecord, Phase};
+use crate::sink::spec::SinkFactory;
+use crate::sink::{LoadTarget, Target, TargetError};
+use crate::stream::{ReplicationConnection, ReplicationError};
+use pgdms_proto::Lsn;
+use plan::{Load, Refusal};
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Copy the tables; no slot is kept.
+    FullLoad,
+    /// Copy the tables, then stream changes from the slot (the default).
+    FullLoadAndCdc,
+}
+
+/// What to do with the target's tables before the load (the reference's TargetTablePrepMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prep {
+    /// Create the schema from the source's (dropping objects of the same names first), and
+    /// indexes and constraints after the load.
+    DropAndCreate,
+    /// Keep the target's tables; empty them before loading.
+    Truncate,
+    /// Keep the target's tables as they are, and load into them.
+    DoNothing,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub mode: Mode,
+    pub prep: Prep,
+    pub jobs: usize,
+    pub split_bytes: u64,
+    pub pg_bin: Option<PathBuf>,
+    pub apply: ApplyOptions,
+    pub drop_slot_on_finish: bool,
+    /// Table mappings (also in `apply.mapping`, for CDC).
+    pub mapping: Mapping,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Source(#[from] ReplicationError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Validate(#[from] crate::validate::ValidateError),
+    /// The run cannot go on as things stand; the message says what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// A local file (the schema archive) could not be written or read.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<crate::pgconn::client::ConnectError> for MigrateError {
+    fn from(e: crate::pgconn::client::ConnectError) -> Self {
+        MigrateError::Load(e.into())
+    }
+}
+
+impl From<TargetError> for MigrateError {
+    fn from(e: TargetError) -> Self {
+        MigrateError::Apply(ApplyError::Target(e))
+    }
+}
+
+/// What a refusal of the plan means, and what to do about it.
+fn refused(r: Refusal, slot: &str) -> MigrateError {
+    MigrateError::Refused(match r {
+        Refusal::SlotWithoutMigration => format!(
+            "replication slot \"{slot}\" exists, but the target has no record of a migration from it: \
+             to stream from it into a target that already holds the data, use `pgdms-apply cdc`; \
+             to start a new migration, drop it first (pgdms-apply slot drop --slot {slot})"
+        ),
+        Refusal::SlotGone => format!(
+            "replication slot \"{slot}\" of this migration is gone: the changes since its start are lost. \
+             Start over: delete the migration's records on the target (PostgreSQL: DELETE FROM \
+             pgdms.migration WHERE slot_name = '{slot}'; MySQL and SQLite: the same in pgdms_migration and \
+             pgdms_load_progress; JSON lines: remove the .progress file), then rerun"
+        ),
+        Refusal::ResumeIntoKeptTables => format!(
+            "the last run of this migration stopped during the load, and with --target-prep do-nothing \
+             the unfinished tables may hold part of a copy next to rows of their own: empty them and \
+             rerun with --target-prep truncate, or start over (DELETE FROM pgdms.migration \
+             WHERE slot_name = '{slot}' on the target, and drop the slot)"
+        ),
+    })
+}
+
+pub(crate) async fn slot_exists(repl: &mut ReplicationConnection, slot: &str) -> Result<bool, MigrateError> {
+    Ok(repl.slot(slot).await?.is_some())
+}
+
+/// Runs (or resumes) the migration of `source` into the target `sink` opens.
+pub async fn migrate(
+    source: &ConnInfo,
+    sink: &SinkFactory,
+    opts: &MigrateOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Finished, MigrateError> {
+    let slot = opts.apply.slot.clone();
+    let cdc = opts.mode == Mode::FullLoadAndCdc;
+    let mut target = sink.connect().await?;
+    target.start(&slot).await?;
+    let recorded = target.migration(&slot).await?;
+    let copy = target.copy_path();
+    // A row-wise target creates each table as it loads it: --target-prep is PostgreSQL's.
+    let prep = if copy.is_some() { opts.prep } else { Prep::DropAndCreate };
+    let mut repl = ReplicationConnection::connect(source).await?;
+    let exists = slot_exists(&mut repl, &slot).await?;
+    let plan = plan::plan(recorded.map(|r| r.phase), opts.mode, prep, exists).map_err(|r| refused(r, &slot))?;
+    if plan.start_over {
+        tracing::info!(%slot, "the last run stopped while creating the schema: starting over");
+        if exists {
+            repl.drop_slot(&slot, true).await?;
+        }
+        target.forget_migration(&slot).await?;
+    }
+    let pg_bin = match &copy {
+        Some(_) => Some(schema::find_pg_bin(opts.pg_bin.as_deref(), repl.server_version_num() / 10000)),
+        None => None,
+    };
+    let pg = copy.as_ref().zip(pg_bin.as_deref());
+    // The schema archive of the load's snapshot (PostgreSQL): its post-data is built after the load.
+    let mut archive = None;
+    match plan.load {
+        Load::Fresh => {
+            let snapshot = new_migration_slot(repl, &slot, cdc).await?;
+            let first = if pg.is_some() { Phase::Schema } else { Phase::Load };
+            target.set_migration(&slot, MigrationRecord { phase: first, consistent_point: snapshot.lsn }).await?;
+            archive = match pg {
+                Some((copy, pg_bin)) => postgres::copy_phase(source, copy, opts, pg_bin, snapshot, None).await?,
+                None => {
+                    rows::load(source, &mut target, opts, snapshot, &[]).await?;
+                    None
+                }
+            };
+        }
+        Load::Resume => {
+            drop(repl);
+            let snapshot = reload_snapshot(source).await?;
+            let loaded = target.loaded_tables(&slot).await?;
+            tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %snapshot.lsn, "resuming the full load");
+            archive = match pg {
+                Some((copy, pg_bin)) => {
+                    postgres::copy_phase(source, copy, opts, pg_bin, snapshot, Some(&loaded)).await?
+                }
+                None => {
+                    rows::load(source, &mut target, opts, snapshot, &loaded).await?;
+                    None
+                }
+            };
+        }
+        Load::None => drop(repl),
+    }
+    if plan.post_data {
+        let next = if cdc { Phase::Cdc } else { Phase::Done };
+        match pg {
+            // Indexes, sequences and table mappings, then the next phase, in one transaction.
+            Some((copy, pg_bin)) => postgres::post_data(source, copy, opts, pg_bin, archive.as_ref(), next).await?,
+            None => {
+                let Some(record) = target.migration(&slot).await? else {
+                    return Err(MigrateError::Refused(format!("the target lost the record of migration \"{slot}\"")));
+                };
+                target.set_migration(&slot, MigrationRecord { phase: next, ..record }).await?;
+                tracing::info!(%slot, phase = %next, "migration phase");
+            }
+        }
+    }
+    if !plan.stream {
+        return Ok(Finished::Reached);
+    }
+    // CDC from the slot's consistent point, passing over what reloaded tables already hold.
+    let mut apply_opts = opts.apply.clone();
+    set_reloaded_tables(&mut target, &slot, &mut apply_opts).await?;
+    drop(target);
+    stream_changes(source, sink, opts.drop_slot_on_finish, &apply_opts, shutdown).await
+}
+
+/// Creates the migration's slot with an exported snapshot (refusing a slot that exists
+/// already: its changes may not match the target). Full load only: the slot is there for
+/// its snapshot alone, temporary, and goes with the connection.
+async fn new_migration_slot(mut repl: ReplicationConnection, slot: &str, cdc: bool) -> Result<Snapshot, MigrateError> {
+    let created = repl.create_slot(slot, !cdc, true).await?;
+    let name = created
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| MigrateError::Refused("the source exported no snapshot with the new slot".into()))?;
+    tracing::info!(%slot, consistent_point = %created.consistent_point, snapshot = %name, "slot created");
+    Ok(Snapshot { exporter: repl, name, lsn: created.consistent_point })
+}
+
+/// A resumed load: the first snapshot is gone with its connection, so the tables not loaded
+/// yet are loaded from a temporary slot's snapshot, and CDC passes over their changes
+/// committed before it.
+async fn reload_snapshot(source: &ConnInfo) -> Result<Snapshot, MigrateError> {
+    let mut reload = ReplicationConnection::connect(source).await?;
+    let temp = format!("pgdms_reload_{}", std::process::id());
+    let created = reload.create_slot(&temp, true, true).await?;
+    let name = created
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| MigrateError::Refused("the source exported no snapshot with the temporary slot".into()))?;
+    Ok(Snapshot { exporter: reload, name, lsn: created.consistent_point })
+}
+
+/// An exported snapshot, and the replication connection that exported it: it lives as long
+/// as that connection stays open and idle.
+struct Snapshot {
+    exporter: ReplicationConnection,
+    name: String,
+    /// The consistent point of the slot created with it.
+    lsn: Lsn,
+}
+
+/// Tables loaded from a later snapshot than the migration's slot (reloaded after a crash),
+/// with that snapshot's LSN: CDC passes over their changes (rows, by oid, and DDL, by name)
+/// committed before it. Sets `opts.reloaded`.
+pub async fn set_reloaded_tables<T: ControlStore>(
+    target: &mut T,
+    slot: &str,
+    opts: &mut ApplyOptions,
+) -> Result<(), MigrateError> {
+    let Some(migration) = target.migration(slot).await? else { return Ok(()) };
+    for t in target.loaded_tables(slot).await? {
+        if t.snapshot_lsn > migration.consistent_point {
+            opts.reloaded.by_oid.insert(t.source_oid, t.snapshot_lsn);
+            opts.reloaded.by_name.insert(t.name, t.snapshot_lsn);
+        }
+    }
+    Ok(())
+}
+
+/// CDC from the slot's consistent point into the target `sink` opens; drops the slot once
+/// `--until` is reached if asked.
+pub async fn stream_changes(
+    source: &ConnInfo,
+    sink: &SinkFactory,
+    drop_slot_on_finish: bool,
+    apply_opts: &ApplyOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Finished, MigrateError> {
+    let finished = apply::run(source, || sink.connect(), apply_opts, shutdown).await?;
+    if finished == Finished::Reached && drop_slot_on_finish {
+        let mut repl = ReplicationConnection::connect(source).await?;
+        repl.drop_slot(&apply_opts.slot, true).await?;
+        tracing::info!(slot = %apply_opts.slot, "migration finished: slot dropped");
+    }
+    Ok(finished)
+}
