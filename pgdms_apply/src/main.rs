@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pgdms_apply::apply::{self, ApplyOptions, Finished};
+use pgdms_apply::apply::{ApplyOptions, Finished};
 use pgdms_apply::dump::{self, DumpOptions};
 use pgdms_apply::mapping::Mapping;
 use pgdms_apply::migrate::cutover::{self, CutoverOptions};
@@ -445,8 +445,12 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
         target.start(&slot).await?;
         migrate::set_reloaded_tables(&mut target, &slot, &mut opts).await?;
     }
-    let finished = apply::run(&source, || sink.connect(), &opts, shutdown_watch()).await?;
-    finish(&source, &opts, finished, args.apply.drop_slot_on_finish).await
+    let drop_slot = args.apply.drop_slot_on_finish;
+    match migrate::stream_changes(&source, &sink, drop_slot, &opts, shutdown_watch()).await? {
+        Finished::Interrupted => tracing::info!("stopped"),
+        Finished::Reached => tracing::info!(until = %opts.until.unwrap_or_default(), "reached --until"),
+    }
+    Ok(())
 }
 
 /// "2026-11-24T10:00:00Z" (or with an offset) as microseconds since 2000-01-01 UTC.
@@ -454,23 +458,6 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     pgdms_proto::pgtext::parse_rfc3339_micros(s).with_context(|| {
         format!("--start-time \"{s}\" is not a time: write it as 2026-11-24T10:00:00Z or 2026-11-24T12:00:00+02:00")
     })
-}
-
-async fn finish(source: &ConnInfo, opts: &ApplyOptions, finished: Finished, drop_slot: bool) -> anyhow::Result<()> {
-    match finished {
-        Finished::Interrupted => tracing::info!("stopped"),
-        Finished::Reached => {
-            tracing::info!(until = %opts.until.unwrap_or_default(), "reached --until");
-            if drop_slot && opts.until.is_some() {
-                let mut conn = ReplicationConnection::connect(source).await?;
-                conn.drop_slot(&opts.slot, true)
-                    .await
-                    .with_context(|| format!("the migration finished, but dropping slot \"{}\" failed", opts.slot))?;
-                tracing::info!(slot = %opts.slot, "migration finished: slot dropped");
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {

@@ -16,11 +16,13 @@ use pgdms_tests::Cluster;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Fail the n-th call (counted from 1 over every session) of this method, with this error.
+type Fault = (&'static str, usize, fn() -> TargetError);
+
 /// Which call fails, and how; and what the wrapper saw.
 #[derive(Default)]
 struct Faults {
-    /// Fail the n-th call (counted from 1 over every session) of this method.
-    fail_at: Option<(&'static str, usize, fn() -> TargetError)>,
+    fail_at: Option<Fault>,
     calls: Vec<&'static str>,
     connects: usize,
 }

@@ -11,7 +11,7 @@ use crate::apply::{self, ApplyOptions, Finished};
 use crate::load;
 use crate::pgconn::client::connect;
 use crate::pgconn::ConnInfo;
-use crate::sink::control::{ControlStore, MigrationRecord, Phase};
+use crate::sink::control::{ControlStore, Phase};
 use crate::sink::postgres::open_session;
 use crate::sink::spec::SinkFactory;
 use crate::sink::{LoadTarget, Target};
@@ -52,6 +52,7 @@ pub async fn cutover(
     let mut opts = apply_opts.clone();
     opts.until = Some(until);
     set_reloaded_tables(&mut target, &slot, &mut opts).await?;
+    drop(target);
     match apply::run(source, || sink.connect(), &opts, shutdown).await? {
         Finished::Reached => {}
         Finished::Interrupted => return Err(MigrateError::Refused("cutover interrupted before catching up".into())),
@@ -63,9 +64,7 @@ pub async fn cutover(
         tracing::info!(sequences = n, "sequences set to the source's values");
         if !cut.skip_validate {
             let mapping = apply_opts.mapping.as_deref().cloned().unwrap_or_default();
-            reports = validate::validate_all(&src.client, &tgt.client, &mapping)
-                .await
-                .map_err(|e| MigrateError::Refused(e.to_string()))?;
+            reports = validate::validate_all(&src.client, &tgt.client, &mapping).await?;
         }
     }
     if reports.iter().any(|r| !r.ok()) {
@@ -79,8 +78,7 @@ pub async fn cutover(
     }
     let mut target = sink.connect().await?;
     target.start(&slot).await?;
-    if let Some(record) = target.migration(&slot).await? {
-        target.set_migration(&slot, MigrationRecord { phase: Phase::Done, ..record }).await?;
-    }
+    // A stream started by `cdc` has no migration record to mark.
+    target.set_phase(&slot, Phase::Done).await?;
     Ok(reports)
 }

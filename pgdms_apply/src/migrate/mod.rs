@@ -125,10 +125,6 @@ fn refused(r: Refusal, slot: &str) -> MigrateError {
     })
 }
 
-pub(crate) async fn slot_exists(repl: &mut ReplicationConnection, slot: &str) -> Result<bool, MigrateError> {
-    Ok(repl.slot(slot).await?.is_some())
-}
-
 /// Runs (or resumes) the migration of `source` into the target `sink` opens.
 pub async fn migrate(
     source: &ConnInfo,
@@ -145,7 +141,7 @@ pub async fn migrate(
     // A row-wise target creates each table as it loads it: --target-prep is PostgreSQL's.
     let prep = if copy.is_some() { opts.prep } else { Prep::DropAndCreate };
     let mut repl = ReplicationConnection::connect(source).await?;
-    let exists = slot_exists(&mut repl, &slot).await?;
+    let exists = repl.slot(&slot).await?.is_some();
     let plan = plan::plan(recorded.map(|r| r.phase), opts.mode, prep, exists).map_err(|r| refused(r, &slot))?;
     if plan.start_over {
         tracing::info!(%slot, "the last run stopped while creating the schema: starting over");
@@ -154,42 +150,33 @@ pub async fn migrate(
         }
         target.forget_migration(&slot).await?;
     }
-    let pg_bin = match &copy {
-        Some(_) => Some(schema::find_pg_bin(opts.pg_bin.as_deref(), repl.server_version_num() / 10000)),
-        None => None,
-    };
+    let pg_bin = copy.as_ref().map(|_| schema::find_pg_bin(opts.pg_bin.as_deref(), repl.server_version_num() / 10000));
     let pg = copy.as_ref().zip(pg_bin.as_deref());
     // The schema archive of the load's snapshot (PostgreSQL): its post-data is built after the load.
     let mut archive = None;
-    match plan.load {
+    let load = match plan.load {
         Load::Fresh => {
             let snapshot = new_migration_slot(repl, &slot, cdc).await?;
             let first = if pg.is_some() { Phase::Schema } else { Phase::Load };
-            target.set_migration(&slot, MigrationRecord { phase: first, consistent_point: snapshot.lsn }).await?;
-            archive = match pg {
-                Some((copy, pg_bin)) => postgres::copy_phase(source, copy, opts, pg_bin, snapshot, None).await?,
-                None => {
-                    rows::load(source, &mut target, opts, snapshot, &[]).await?;
-                    None
-                }
-            };
+            target.begin_migration(&slot, MigrationRecord { phase: first, consistent_point: snapshot.lsn }).await?;
+            Some((snapshot, None))
         }
         Load::Resume => {
             drop(repl);
             let snapshot = reload_snapshot(source).await?;
             let loaded = target.loaded_tables(&slot).await?;
             tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %snapshot.lsn, "resuming the full load");
-            archive = match pg {
-                Some((copy, pg_bin)) => {
-                    postgres::copy_phase(source, copy, opts, pg_bin, snapshot, Some(&loaded)).await?
-                }
-                None => {
-                    rows::load(source, &mut target, opts, snapshot, &loaded).await?;
-                    None
-                }
-            };
+            Some((snapshot, Some(loaded)))
         }
-        Load::None => drop(repl),
+        Load::None => None,
+    };
+    if let Some((snapshot, loaded)) = load {
+        match pg {
+            Some((copy, pg_bin)) => {
+                archive = postgres::copy_phase(source, copy, opts, pg_bin, snapshot, loaded.as_deref()).await?
+            }
+            None => rows::load(source, &mut target, opts, snapshot, loaded.as_deref().unwrap_or_default()).await?,
+        }
     }
     if plan.post_data {
         let next = if cdc { Phase::Cdc } else { Phase::Done };
@@ -197,10 +184,9 @@ pub async fn migrate(
             // Indexes, sequences and table mappings, then the next phase, in one transaction.
             Some((copy, pg_bin)) => postgres::post_data(source, copy, opts, pg_bin, archive.as_ref(), next).await?,
             None => {
-                let Some(record) = target.migration(&slot).await? else {
+                if !target.set_phase(&slot, next).await? {
                     return Err(MigrateError::Refused(format!("the target lost the record of migration \"{slot}\"")));
-                };
-                target.set_migration(&slot, MigrationRecord { phase: next, ..record }).await?;
+                }
                 tracing::info!(%slot, phase = %next, "migration phase");
             }
         }
@@ -215,31 +201,20 @@ pub async fn migrate(
     stream_changes(source, sink, opts.drop_slot_on_finish, &apply_opts, shutdown).await
 }
 
-/// Creates the migration's slot with an exported snapshot (refusing a slot that exists
-/// already: its changes may not match the target). Full load only: the slot is there for
-/// its snapshot alone, temporary, and goes with the connection.
-async fn new_migration_slot(mut repl: ReplicationConnection, slot: &str, cdc: bool) -> Result<Snapshot, MigrateError> {
-    let created = repl.create_slot(slot, !cdc, true).await?;
-    let name = created
-        .snapshot_name
-        .clone()
-        .ok_or_else(|| MigrateError::Refused("the source exported no snapshot with the new slot".into()))?;
-    tracing::info!(%slot, consistent_point = %created.consistent_point, snapshot = %name, "slot created");
-    Ok(Snapshot { exporter: repl, name, lsn: created.consistent_point })
+/// Creates the migration's slot with an exported snapshot. Full load only: the slot is
+/// there for its snapshot alone, temporary, and goes with the connection.
+async fn new_migration_slot(repl: ReplicationConnection, slot: &str, cdc: bool) -> Result<Snapshot, MigrateError> {
+    let snapshot = Snapshot::export(repl, slot, !cdc).await?;
+    tracing::info!(%slot, consistent_point = %snapshot.lsn, snapshot = %snapshot.name, "slot created");
+    Ok(snapshot)
 }
 
 /// A resumed load: the first snapshot is gone with its connection, so the tables not loaded
 /// yet are loaded from a temporary slot's snapshot, and CDC passes over their changes
 /// committed before it.
 async fn reload_snapshot(source: &ConnInfo) -> Result<Snapshot, MigrateError> {
-    let mut reload = ReplicationConnection::connect(source).await?;
-    let temp = format!("pgdms_reload_{}", std::process::id());
-    let created = reload.create_slot(&temp, true, true).await?;
-    let name = created
-        .snapshot_name
-        .clone()
-        .ok_or_else(|| MigrateError::Refused("the source exported no snapshot with the temporary slot".into()))?;
-    Ok(Snapshot { exporter: reload, name, lsn: created.consistent_point })
+    let repl = ReplicationConnection::connect(source).await?;
+    Snapshot::export(repl, &format!("pgdms_reload_{}", std::process::id()), true).await
 }
 
 /// An exported snapshot, and the replication connection that exported it: it lives as long
@@ -249,6 +224,17 @@ struct Snapshot {
     name: String,
     /// The consistent point of the slot created with it.
     lsn: Lsn,
+}
+
+impl Snapshot {
+    /// Creates slot `slot` on `repl` with an exported snapshot.
+    async fn export(mut repl: ReplicationConnection, slot: &str, temporary: bool) -> Result<Snapshot, MigrateError> {
+        let created = repl.create_slot(slot, temporary, true).await?;
+        let name = created
+            .snapshot_name
+            .ok_or_else(|| MigrateError::Refused(format!("the source exported no snapshot with slot \"{slot}\"")))?;
+        Ok(Snapshot { exporter: repl, name, lsn: created.consistent_point })
+    }
 }
 
 /// Tables loaded from a later snapshot than the migration's slot (reloaded after a crash),
@@ -280,9 +266,12 @@ pub async fn stream_changes(
 ) -> Result<Finished, MigrateError> {
     let finished = apply::run(source, || sink.connect(), apply_opts, shutdown).await?;
     if finished == Finished::Reached && drop_slot_on_finish {
-        let mut repl = ReplicationConnection::connect(source).await?;
-        repl.drop_slot(&apply_opts.slot, true).await?;
-        tracing::info!(slot = %apply_opts.slot, "migration finished: slot dropped");
+        let slot = &apply_opts.slot;
+        let dropped = async { ReplicationConnection::connect(source).await?.drop_slot(slot, true).await }.await;
+        dropped.map_err(|e| {
+            MigrateError::Refused(format!("the migration finished, but dropping slot \"{slot}\" failed: {e}"))
+        })?;
+        tracing::info!(%slot, "migration finished: slot dropped");
     }
     Ok(finished)
 }

@@ -10,12 +10,11 @@ use crate::load::{self, schema, LoadOptions};
 use crate::mapping::Mapping;
 use crate::pgconn::client::connect;
 use crate::pgconn::ConnInfo;
-use crate::sink::control::{LoadedTable, MigrationRecord, Phase};
+use crate::sink::control::{LoadedTable, Phase};
 use crate::sink::postgres::control::PgControl;
 use crate::sink::postgres::open_session;
 use crate::sink::CopyPath;
 use crate::sql::quote_ident;
-use pgdms_proto::Lsn;
 
 /// The first run (`loaded` is None): schema, then every table, as of the slot's snapshot.
 /// A resumed run: the tables not in `loaded`, as of a temporary slot's snapshot. Returns the
@@ -58,7 +57,7 @@ pub(super) async fn copy_phase(
         let not_migrated = schema::restore(pg_bin, target, role, &archive.path, "pre-data", 1, true).await?;
         report_not_migrated(&not_migrated);
     }
-    set_phase(tgt, slot, Phase::Load, snapshot_lsn).await?;
+    set_phase(tgt, slot, Phase::Load).await?;
     let load_opts = LoadOptions {
         jobs,
         split_bytes: opts.split_bytes,
@@ -84,7 +83,7 @@ pub(super) async fn copy_phase(
     // Resuming: a table not recorded as loaded may hold part of an interrupted copy.
     let truncate_first = opts.prep == Prep::Truncate || loaded.is_some();
     load::load(sessions, target, role, &load_opts, keep, truncate_first).await?;
-    set_phase(tgt, slot, Phase::PostData, snapshot_lsn).await?;
+    set_phase(tgt, slot, Phase::PostData).await?;
     Ok(archive)
 }
 
@@ -245,20 +244,16 @@ pub(super) async fn post_data(
     if opts.prep == Prep::DropAndCreate && !opts.mapping.is_identity() {
         map_schema(&src.client, tgt, &opts.mapping).await?;
     }
-    set_phase(tgt, &opts.apply.slot, next, Lsn(0)).await?;
+    set_phase(tgt, &opts.apply.slot, next).await?;
     tgt.batch_execute("COMMIT").await.map_err(load::sql_error("target"))?;
     Ok(())
 }
 
-/// Records the migration's phase, in the session's transaction if it has one (the
-/// consistent point is kept from the first record).
-async fn set_phase(
-    tgt: &tokio_postgres::Client,
-    slot: &str,
-    phase: Phase,
-    consistent_point: Lsn,
-) -> Result<(), MigrateError> {
-    PgControl(tgt).set_migration(slot, MigrationRecord { phase, consistent_point }).await?;
+/// Records the migration's phase, in the session's transaction if it has one.
+async fn set_phase(tgt: &tokio_postgres::Client, slot: &str, phase: Phase) -> Result<(), MigrateError> {
+    if !PgControl(tgt).set_phase(slot, phase).await? {
+        return Err(MigrateError::Refused(format!("the target lost the record of migration \"{slot}\"")));
+    }
     tracing::info!(slot, %phase, "migration phase");
     Ok(())
 }

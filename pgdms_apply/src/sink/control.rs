@@ -115,6 +115,29 @@ pub struct LoadedTable {
     pub snapshot_lsn: Lsn,
 }
 
+impl MigrationRecord {
+    /// A migration record as stored in `table`: phase and consistent point, read strictly.
+    pub fn parse(table: &str, slot: &str, phase: &str, consistent_point: &str) -> Result<Self, ControlError> {
+        Ok(MigrationRecord {
+            phase: parse_phase(table, "phase", slot, phase)?,
+            consistent_point: parse_lsn(table, "consistent_point", slot, consistent_point)?,
+        })
+    }
+}
+
+impl LoadedTable {
+    /// A loaded table as stored in `table`, its snapshot LSN read strictly.
+    pub fn parse(
+        table: &str,
+        slot: &str,
+        source_oid: u32,
+        name: String,
+        snapshot_lsn: &str,
+    ) -> Result<Self, ControlError> {
+        Ok(LoadedTable { source_oid, name, snapshot_lsn: parse_lsn(table, "snapshot_lsn", slot, snapshot_lsn)? })
+    }
+}
+
 /// Reads a stored LSN, strictly.
 pub fn parse_lsn(table: &str, column: &'static str, slot: &str, value: &str) -> Result<Lsn, ControlError> {
     value.parse().map_err(|_| corrupt(table, column, slot, value, "an LSN (X/Y)"))
@@ -142,8 +165,13 @@ pub trait ControlStore {
     /// The migration from `slot` this target holds.
     fn migration(&mut self, slot: &str) -> impl Future<Output = Result<Option<MigrationRecord>, TargetError>>;
 
-    /// Records the migration's phase (its consistent point is kept from the first record).
-    fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> impl Future<Output = Result<(), TargetError>>;
+    /// Records a new migration from `slot`, in its first phase.
+    fn begin_migration(&mut self, slot: &str, record: MigrationRecord)
+        -> impl Future<Output = Result<(), TargetError>>;
+
+    /// Moves the migration from `slot` to `phase`; false when the target holds no such
+    /// migration.
+    fn set_phase(&mut self, slot: &str, phase: Phase) -> impl Future<Output = Result<bool, TargetError>>;
 
     /// Forgets the migration from `slot`: its phase, loaded tables and kept schema.
     fn forget_migration(&mut self, slot: &str) -> impl Future<Output = Result<(), TargetError>>;

@@ -25,7 +25,7 @@
 //! file is synced), so a restart resumes after the last transaction written; on stdout
 //! the slot's confirmed position is the resume point.
 
-use super::control::{self, ControlError, ControlStore, LoadedTable, MigrationRecord};
+use super::control::{self, ControlError, ControlStore, LoadedTable, MigrationRecord, Phase};
 use super::typemap::{cell, Cell, Flavor, MapOptions};
 use super::{LoadTarget, SourceSettings, Target, TargetError};
 use crate::model::batch::Batch;
@@ -272,6 +272,13 @@ impl JsonlTarget {
         Ok(())
     }
 
+    /// The progress file's name, for messages.
+    fn store_name(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "the stream's progress".to_string(), |p| Self::progress_path(p).display().to_string())
+    }
+
     fn slot_progress(&mut self) -> &mut SlotProgress {
         self.progress.entry(self.slot.clone()).or_default()
     }
@@ -284,19 +291,6 @@ impl JsonlTarget {
     }
 }
 
-impl JsonlTarget {
-    /// The progress file's name, for messages.
-    fn store_name(&self) -> String {
-        self.path
-            .as_ref()
-            .map_or_else(|| "the stream's progress".to_string(), |p| Self::progress_path(p).display().to_string())
-    }
-
-    fn lsn(&self, column: &'static str, slot: &str, value: &str) -> Result<Lsn, TargetError> {
-        Ok(control::parse_lsn(&self.store_name(), column, slot, value)?)
-    }
-}
-
 impl Target for JsonlTarget {
     async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         self.slot = slot.to_string();
@@ -306,7 +300,8 @@ impl Target for JsonlTarget {
             _ => progress.version = Some(control::CONTROL_VERSION),
         }
         let end = progress.end_lsn.clone();
-        end.map(|l| self.lsn("end_lsn", slot, &l)).transpose()
+        let store = self.store_name();
+        Ok(end.map(|l| control::parse_lsn(&store, "end_lsn", slot, &l)).transpose()?)
     }
 
     async fn configure(&mut self, _: &SourceSettings) -> Result<(), TargetError> {
@@ -426,21 +421,24 @@ impl Target for JsonlTarget {
 
 impl ControlStore for JsonlTarget {
     async fn migration(&mut self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
-        let p = self.progress.get(slot).cloned().unwrap_or_default();
-        let Some(phase) = p.phase else { return Ok(None) };
-        let store = self.store_name();
-        let point = p.consistent_point.unwrap_or_default();
-        Ok(Some(MigrationRecord {
-            phase: control::parse_phase(&store, "phase", slot, &phase)?,
-            consistent_point: self.lsn("consistent_point", slot, &point)?,
-        }))
+        let Some(p) = self.progress.get(slot) else { return Ok(None) };
+        let Some(phase) = &p.phase else { return Ok(None) };
+        let point = p.consistent_point.as_deref().unwrap_or_default();
+        Ok(Some(MigrationRecord::parse(&self.store_name(), slot, phase, point)?))
     }
 
-    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
+    async fn begin_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
         let p = self.progress.entry(slot.to_string()).or_default();
         p.phase = Some(record.phase.as_str().to_string());
-        p.consistent_point.get_or_insert_with(|| record.consistent_point.to_string());
+        p.consistent_point = Some(record.consistent_point.to_string());
         self.sync()
+    }
+
+    async fn set_phase(&mut self, slot: &str, phase: Phase) -> Result<bool, TargetError> {
+        let Some(p) = self.progress.get_mut(slot).filter(|p| p.phase.is_some()) else { return Ok(false) };
+        p.phase = Some(phase.as_str().to_string());
+        self.sync()?;
+        Ok(true)
     }
 
     async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
@@ -453,14 +451,10 @@ impl ControlStore for JsonlTarget {
     }
 
     async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<LoadedTable>, TargetError> {
-        let p = self.progress.get(slot).cloned().unwrap_or_default();
+        let store = self.store_name();
+        let Some(p) = self.progress.get(slot) else { return Ok(Vec::new()) };
         self.load_index = p.load_index;
-        p.loaded
-            .into_iter()
-            .map(|(source_oid, name, l)| {
-                Ok(LoadedTable { source_oid, name, snapshot_lsn: self.lsn("snapshot_lsn", slot, &l)? })
-            })
-            .collect()
+        p.loaded.iter().map(|(oid, name, lsn)| Ok(LoadedTable::parse(&store, slot, *oid, name.clone(), lsn)?)).collect()
     }
 }
 

@@ -20,7 +20,7 @@
 //! Values MySQL cannot hold (see `typemap`) are written as NULL and each is recorded in
 //! `pgdms_value_exceptions` in the same transaction, and logged.
 
-use super::control::{self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord};
+use super::control::{self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord, Phase};
 use super::rowsql::{Converter, Dialect, Statement, ValueException};
 use super::typemap::{self, Cell, MapOptions};
 use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
@@ -933,22 +933,30 @@ impl ControlStore for MySqlTarget {
             .await
             .map_err(server_error)?;
         let Some((phase, point)) = row else { return Ok(None) };
-        Ok(Some(MigrationRecord {
-            phase: control::parse_phase("pgdms_migration", "phase", slot, &phase)?,
-            consistent_point: control::parse_lsn("pgdms_migration", "consistent_point", slot, &point)?,
-        }))
+        Ok(Some(MigrationRecord::parse("pgdms_migration", slot, &phase, &point)?))
     }
 
-    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
+    async fn begin_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
         let sql = format!(
-            "INSERT INTO {} (slot_name, phase, consistent_point) VALUES ({}, {}, {}) \
-             ON DUPLICATE KEY UPDATE phase = VALUES(phase), updated_at = CURRENT_TIMESTAMP(6)",
+            "INSERT INTO {} (slot_name, phase, consistent_point) VALUES ({}, {}, {})",
             self.control_place("pgdms_migration"),
             text(slot),
             text(record.phase.as_str()),
             text(&record.consistent_point.to_string())
         );
         self.run(&sql).await
+    }
+
+    async fn set_phase(&mut self, slot: &str, phase: Phase) -> Result<bool, TargetError> {
+        let sql = format!(
+            "UPDATE {} SET phase = {}, updated_at = CURRENT_TIMESTAMP(6) WHERE slot_name = {}",
+            self.control_place("pgdms_migration"),
+            text(phase.as_str()),
+            text(slot)
+        );
+        self.run(&sql).await?;
+        // MySQL counts rows changed, not rows found: a row already in `phase` counts none.
+        Ok(self.conn.affected_rows() > 0 || self.migration(slot).await?.is_some())
     }
 
     async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
@@ -970,10 +978,7 @@ impl ControlStore for MySqlTarget {
             .await
             .map_err(server_error)?;
         rows.into_iter()
-            .map(|(source_oid, name, lsn)| {
-                let snapshot_lsn = control::parse_lsn("pgdms_load_progress", "snapshot_lsn", slot, &lsn)?;
-                Ok(LoadedTable { source_oid, name, snapshot_lsn })
-            })
+            .map(|(oid, name, lsn)| Ok(LoadedTable::parse("pgdms_load_progress", slot, oid, name, &lsn)?))
             .collect()
     }
 }

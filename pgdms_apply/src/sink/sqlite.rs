@@ -7,7 +7,7 @@
 //! (from the relation that follows them), drops and renames, and table renames and drops
 //! land in the group of their source transaction.
 
-use super::control::{self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord};
+use super::control::{self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord, Phase};
 use super::rowsql::{Converter, Dialect, Statement};
 use super::typemap::{self, Cell, MapOptions};
 use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
@@ -313,21 +313,28 @@ impl ControlStore for SqliteTarget {
             .map(Some)
             .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(err(e)) })?;
         let Some((phase, point)) = row else { return Ok(None) };
-        Ok(Some(MigrationRecord {
-            phase: control::parse_phase("pgdms_migration", "phase", slot, &phase)?,
-            consistent_point: control::parse_lsn("pgdms_migration", "consistent_point", slot, &point)?,
-        }))
+        Ok(Some(MigrationRecord::parse("pgdms_migration", slot, &phase, &point)?))
     }
 
-    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
+    async fn begin_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
         self.conn
             .execute(
-                "INSERT INTO pgdms_migration (slot_name, phase, consistent_point) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (slot_name) DO UPDATE SET phase = excluded.phase, updated_at = CURRENT_TIMESTAMP",
+                "INSERT INTO pgdms_migration (slot_name, phase, consistent_point) VALUES (?1, ?2, ?3)",
                 rusqlite::params![slot, record.phase.as_str(), record.consistent_point.to_string()],
             )
             .map_err(err)?;
         Ok(())
+    }
+
+    async fn set_phase(&mut self, slot: &str, phase: Phase) -> Result<bool, TargetError> {
+        let updated = self
+            .conn
+            .execute(
+                "UPDATE pgdms_migration SET phase = ?2, updated_at = CURRENT_TIMESTAMP WHERE slot_name = ?1",
+                rusqlite::params![slot, phase.as_str()],
+            )
+            .map_err(err)?;
+        Ok(updated > 0)
     }
 
     async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
@@ -346,9 +353,8 @@ impl ControlStore for SqliteTarget {
             .query_map([slot], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
             .map_err(err)?;
         rows.map(|r| {
-            let (source_oid, name, lsn) = r.map_err(err)?;
-            let snapshot_lsn = control::parse_lsn("pgdms_load_progress", "snapshot_lsn", slot, &lsn)?;
-            Ok(LoadedTable { source_oid, name, snapshot_lsn })
+            let (oid, name, lsn) = r.map_err(err)?;
+            Ok(LoadedTable::parse("pgdms_load_progress", slot, oid, name, &lsn)?)
         })
         .collect()
     }

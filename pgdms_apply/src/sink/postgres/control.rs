@@ -4,7 +4,7 @@
 
 use super::CONTROL_SCHEMA;
 use crate::pgconn::client::error_text;
-use crate::sink::control::{self, ControlSql, Dialect, LoadedTable, MigrationRecord};
+use crate::sink::control::{self, ControlSql, Dialect, LoadedTable, MigrationRecord, Phase};
 use crate::sink::TargetError;
 use crate::sql::quote_literal;
 
@@ -89,24 +89,33 @@ impl PgControl<'_> {
             .await
             .map_err(failed("could not read pgdms.migration"))?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(MigrationRecord {
-            phase: control::parse_phase(&table, "phase", slot, row.get(0))?,
-            consistent_point: control::parse_lsn(&table, "consistent_point", slot, row.get(1))?,
-        }))
+        Ok(Some(MigrationRecord::parse(&table, slot, row.get(0), row.get(1))?))
     }
 
-    pub async fn set_migration(&self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
+    pub async fn begin_migration(&self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
         self.0
             .execute(
                 &format!(
-                    "INSERT INTO {CONTROL_SCHEMA}.migration (slot_name, phase, consistent_point) VALUES ($1, $2, $3::text::pg_lsn)
-                     ON CONFLICT (slot_name) DO UPDATE SET phase = excluded.phase, updated_at = now()"
+                    "INSERT INTO {CONTROL_SCHEMA}.migration (slot_name, phase, consistent_point) VALUES ($1, $2, $3::text::pg_lsn)"
                 ),
                 &[&slot, &record.phase.as_str(), &record.consistent_point.to_string()],
             )
             .await
-            .map_err(failed("could not record the migration's phase"))?;
+            .map_err(failed("could not record the migration"))?;
         Ok(())
+    }
+
+    /// In the session's transaction, if it has one.
+    pub async fn set_phase(&self, slot: &str, phase: Phase) -> Result<bool, TargetError> {
+        let updated = self
+            .0
+            .execute(
+                &format!("UPDATE {CONTROL_SCHEMA}.migration SET phase = $2, updated_at = now() WHERE slot_name = $1"),
+                &[&slot, &phase.as_str()],
+            )
+            .await
+            .map_err(failed("could not record the migration's phase"))?;
+        Ok(updated > 0)
     }
 
     pub async fn forget_migration(&self, slot: &str) -> Result<(), TargetError> {
@@ -131,14 +140,6 @@ impl PgControl<'_> {
             )
             .await
             .map_err(failed("could not read pgdms.load_progress"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(LoadedTable {
-                    source_oid: r.get(0),
-                    name: r.get(1),
-                    snapshot_lsn: control::parse_lsn(&table, "snapshot_lsn", slot, r.get(2))?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(LoadedTable::parse(&table, slot, r.get(0), r.get(1), r.get(2))?)).collect()
     }
 }

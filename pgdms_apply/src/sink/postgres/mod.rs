@@ -22,7 +22,7 @@ mod plan;
 mod report;
 pub mod roles;
 
-use super::control::{ControlStore, LoadedTable, MigrationRecord};
+use super::control::{ControlStore, LoadedTable, MigrationRecord, Phase};
 use super::{CopyPath, LoadTarget, OnError, SourceSettings, Target, TargetError};
 use crate::model::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
 use crate::model::Row;
@@ -1062,8 +1062,11 @@ impl ControlStore for PostgresTarget {
     async fn migration(&mut self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
         PgControl(&self.conn.client).migration(slot).await
     }
-    async fn set_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
-        PgControl(&self.conn.client).set_migration(slot, record).await
+    async fn begin_migration(&mut self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
+        PgControl(&self.conn.client).begin_migration(slot, record).await
+    }
+    async fn set_phase(&mut self, slot: &str, phase: Phase) -> Result<bool, TargetError> {
+        PgControl(&self.conn.client).set_phase(slot, phase).await
     }
     async fn forget_migration(&mut self, slot: &str) -> Result<(), TargetError> {
         PgControl(&self.conn.client).forget_migration(slot).await
