@@ -14,6 +14,8 @@
 //! target kind; [`validate`] compares source and target; [`dump`] prints the records as
 //! JSON lines instead: the user's window into a stream.
 
+#![forbid(unsafe_code)]
+
 pub mod apply;
 pub mod dump;
 pub mod error;

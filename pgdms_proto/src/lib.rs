@@ -23,6 +23,8 @@
 //! [`Relation`] carries its DMS type ([`DmsType`]), mapped as the AWS DMS guide's table
 //! "Source Data Types for PostgreSQL" says, with that guide's gaps filled (see [`dms`]).
 
+#![forbid(unsafe_code)]
+
 pub mod ddl;
 pub mod dms;
 pub mod lsn;

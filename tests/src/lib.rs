@@ -12,6 +12,8 @@
 //! `wal_level = logical` and lists `pgdms` in `output_plugin_libraries`. It is stopped and
 //! removed when dropped, which also happens when a test panics.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -214,6 +214,7 @@ pub unsafe fn to_value<'v>(
         Codec::Uuid => Value::Uuid(unsafe { *datum.cast_mut_ptr::<[u8; 16]>() }),
         // SAFETY: text and bytea are varlenas, not on-disk pointers (checked above).
         Codec::Text => Value::Text(encoding.to_utf8(unsafe { varlena_bytes(datum) }, column)),
+        // SAFETY: as for text.
         Codec::Bytea => Value::Bytes(unsafe { varlena_bytes(datum) }),
         Codec::Money { to_numeric, numeric_out } => {
             // SAFETY: FmgrInfos of cash_numeric and numeric_out, built for these types.
