@@ -15,16 +15,20 @@
 //! JSON lines instead: the user's window into a stream.
 
 #![forbid(unsafe_code)]
+// The docs are for pgdms's developers, internals included: `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
+// What the binary and the end-to-end tests use is public; the rest is the crate's own.
 pub mod apply;
-pub mod dump;
+pub mod cli;
+pub(crate) mod dump;
 pub mod error;
-pub mod load;
-pub mod mapping;
-pub mod migrate;
+pub(crate) mod load;
+pub(crate) mod mapping;
+pub(crate) mod migrate;
 pub mod model;
 pub mod pgconn;
 pub mod sink;
-pub mod sql;
-pub mod stream;
-pub mod validate;
+pub(crate) mod sql;
+pub(crate) mod stream;
+pub(crate) mod validate;

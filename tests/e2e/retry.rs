@@ -1,7 +1,8 @@
 //! The one retry policy (`pgdms_apply::apply::retry`), exercised around a real target: a
 //! wrapper makes a chosen call of a real SQLite target fail, while a real source streams
 //! real changes. A transient failure is tried again from the last committed group and loses
-//! or repeats nothing; a refused change is not tried again and commits nothing of its group.
+//! or repeats nothing; a refused change is not tried again and commits nothing of its group;
+//! a damaged control record is an error that names it, not a silent replay.
 
 use pgdms_apply::apply::{self, ApplyOptions, Finished};
 use pgdms_apply::error::ErrorKind;
@@ -180,4 +181,24 @@ fn a_refused_change_is_not_retried() {
     assert_eq!(f.connects, 1, "not retried");
     assert_eq!(f.calls.iter().filter(|c| **c == "commit").count(), 0, "nothing of the group committed");
     assert_eq!(rows(&db).0, 0, "no row of the refused group on the target");
+}
+
+#[test]
+fn a_damaged_applied_position_is_an_error_naming_table_and_value() {
+    let (source, until) = source_with_changes("retry_corrupt");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    // A first run records how far it got; then the record is damaged.
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    run(&source, "retry_corrupt", until, &db, &faults).expect("the first run applies everything");
+    assert_eq!(rows(&db).0, 1000);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(c.execute("update pgdms_apply_progress set end_lsn = 'garbage'", []).unwrap(), 1);
+    drop(c);
+    let error = run(&source, "retry_corrupt", until, &db, &faults).expect_err("a damaged position stops the apply");
+    assert_eq!(error.kind(), ErrorKind::Corruption, "{error}");
+    let text = error.to_string();
+    assert!(text.contains("pgdms_apply_progress.end_lsn") && text.contains("\"garbage\""), "{text}");
+    assert_eq!(faults.lock().unwrap().connects, 2, "not retried");
+    assert_eq!(rows(&db), (1000, 1000, 1000 * 1001 / 2), "nothing replayed");
 }

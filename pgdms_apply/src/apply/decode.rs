@@ -19,7 +19,6 @@ fn row(values: &[Value<'_>], msg: &Bytes) -> Row {
 #[derive(Debug, Clone)]
 pub enum Event {
     Begin {
-        xid: u32,
         commit_lsn: Lsn,
         commit_time: i64,
     },
@@ -213,7 +212,7 @@ impl EventDecoder {
                 self.xid = b.xid;
                 self.begin_lsn = b.begin_lsn.0;
                 self.commit_lsn = b.commit_lsn;
-                Event::Begin { xid: b.xid, commit_lsn: b.commit_lsn, commit_time: b.commit_time }
+                Event::Begin { commit_lsn: b.commit_lsn, commit_time: b.commit_time }
             }
             Record::Commit(c) => Event::Commit { end_lsn: c.end_lsn, commit_time: c.commit_time },
             Record::Relation(r) => {

@@ -10,8 +10,8 @@
 //! history; after a crash the apply resumes after the last recorded end LSN and skips
 //! whatever the source sends again.
 
-pub mod decode;
-pub mod retry;
+pub(crate) mod decode;
+pub(crate) mod retry;
 
 use crate::error::ErrorKind;
 use crate::model::batch::Batch;
@@ -69,9 +69,10 @@ pub enum ApplyError {
     Target(#[from] TargetError),
     #[error("{0}")]
     Stream(#[from] EventError),
-    /// A condition retrying cannot fix.
+    /// The slot cannot be streamed from (missing, another plugin's, invalidated, another
+    /// database's); the message says what to do.
     #[error("{0}")]
-    Fatal(String),
+    Slot(String),
 }
 
 impl ApplyError {
@@ -87,7 +88,8 @@ impl ApplyError {
             {
                 ErrorKind::Transient
             }
-            ApplyError::Source(_) | ApplyError::Fatal(_) => ErrorKind::Configuration,
+            ApplyError::Source(ReplicationError::Protocol(_)) => ErrorKind::Corruption,
+            ApplyError::Source(_) | ApplyError::Slot(_) => ErrorKind::Configuration,
             ApplyError::Target(t) => t.kind(),
             ApplyError::Stream(_) => ErrorKind::Corruption,
         }
@@ -113,19 +115,19 @@ enum ReceiverEnd {
 /// Checks the slot before streaming from it, with a fix for each way it can be unusable.
 async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), ApplyError> {
     let Some(info) = conn.slot(slot).await? else {
-        return Err(ApplyError::Fatal(format!(
+        return Err(ApplyError::Slot(format!(
             "replication slot \"{slot}\" does not exist; create it with `pgdms-apply slot create --slot {slot}` \
              (or pass --create-slot), then load the target from its snapshot"
         )));
     };
     if info.plugin != pgdms_proto::PLUGIN_NAME {
-        return Err(ApplyError::Fatal(format!(
+        return Err(ApplyError::Slot(format!(
             "replication slot \"{slot}\" uses the plugin \"{}\", not pgdms",
             info.plugin
         )));
     }
     if info.wal_status.as_deref() == Some("lost") {
-        return Err(ApplyError::Fatal(format!(
+        return Err(ApplyError::Slot(format!(
             "replication slot \"{slot}\" was invalidated by the source (wal_status = lost): the WAL it needed was removed, \
              most likely because it exceeded max_slot_wal_keep_size. Changes are missing and the target can no longer \
              be brought in step by streaming. Drop the slot (pgdms-apply slot drop --slot {slot}), create a new one, \
@@ -133,7 +135,7 @@ async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), 
         )));
     }
     if !info.this_database {
-        return Err(ApplyError::Fatal(format!(
+        return Err(ApplyError::Slot(format!(
             "replication slot \"{slot}\" belongs to another database than --source names"
         )));
     }

@@ -51,7 +51,6 @@ pub(crate) fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgre
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    pub jobs: usize,
     /// Tables larger than this are cut into block ranges loaded in parallel (0: never).
     pub split_bytes: u64,
     /// The slot whose migration this load belongs to (the key of `pgdms.load_progress`).

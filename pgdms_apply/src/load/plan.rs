@@ -22,8 +22,6 @@ pub struct SourceTable {
     pub binary: bool,
     pub bytes: u64,
     pub pages: u64,
-    /// Estimated rows (`reltuples`), for progress.
-    pub estimated_rows: u64,
     /// Where its rows go on the target: schema, table, and a name per column of `columns`
     /// (the source's own names unless table mappings say otherwise).
     pub target_schema: String,
@@ -101,7 +99,7 @@ pub async fn source_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_po
                                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                                 LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), true),
-                    pg_relation_size(c.oid)::bigint, c.relpages::bigint, greatest(c.reltuples, 0)::bigint
+                    pg_relation_size(c.oid)::bigint, c.relpages::bigint
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'r' AND c.relpersistence = 'p'
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
@@ -126,7 +124,6 @@ pub async fn source_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_po
                 binary: r.get(4),
                 bytes: r.get::<_, i64>(5).max(0) as u64,
                 pages: r.get::<_, i64>(6).max(0) as u64,
-                estimated_rows: r.get::<_, i64>(7).max(0) as u64,
             }
         })
         .collect())
@@ -187,7 +184,6 @@ mod tests {
             binary: true,
             bytes,
             pages: bytes / 8192,
-            estimated_rows: 0,
         }
     }
 

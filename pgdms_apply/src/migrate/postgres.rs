@@ -59,7 +59,6 @@ pub(super) async fn copy_phase(
     }
     set_phase(tgt, slot, Phase::Load).await?;
     let load_opts = LoadOptions {
-        jobs,
         split_bytes: opts.split_bytes,
         slot: slot.clone(),
         snapshot_lsn,

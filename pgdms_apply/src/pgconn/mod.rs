@@ -2,8 +2,8 @@
 //! source's snapshot sessions, a PostgreSQL target's). The replication connection
 //! (`crate::stream`) is built on the same settings.
 
-pub mod client;
-pub mod conninfo;
-pub mod tls;
+pub(crate) mod client;
+pub(crate) mod conninfo;
+pub(crate) mod tls;
 
 pub use conninfo::ConnInfo;

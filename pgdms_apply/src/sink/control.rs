@@ -1,7 +1,7 @@
 //! The control store: what a target records about the migrations and streams it receives,
 //! in the target itself, so that what it holds and how far it got commit together.
 //!
-//! * The records are typed ([`Applied`], [`MigrationRecord`], [`LoadedTable`]) and read
+//! * The records are typed (the applied end LSN `Target::start` returns, [`MigrationRecord`], [`LoadedTable`]) and read
 //!   strictly: a stored LSN or phase that does not parse is an error naming the table, the
 //!   column and the value ([`ControlError::Corrupt`]), never "nothing applied", which would
 //!   replay or skip changes without a word.
@@ -86,15 +86,6 @@ impl FromStr for Phase {
     fn from_str(s: &str) -> Result<Phase, UnknownPhase> {
         Phase::ALL.into_iter().find(|p| p.as_str() == s).ok_or(UnknownPhase)
     }
-}
-
-/// How far a stream got: the end LSN of the last source transaction applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Applied {
-    pub end_lsn: Lsn,
-    /// A target whose DDL commits (MySQL): how many changes of the next source transaction
-    /// are already in.
-    pub resume_after_item: Option<u64>,
 }
 
 /// A migration the target holds.

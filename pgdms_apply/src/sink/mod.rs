@@ -11,12 +11,12 @@
 //! * [`mysql`], [`sqlite`], [`jsonl`]: the heterogeneous targets, through the DMS type
 //!   mapping ([`typemap`]) and row-wise SQL ([`rowsql`]).
 
-pub mod control;
-pub mod jsonl;
-pub mod mysql;
-pub mod postgres;
-pub mod rowsql;
-pub mod spec;
+pub(crate) mod control;
+pub(crate) mod jsonl;
+pub(crate) mod mysql;
+pub(crate) mod postgres;
+pub(crate) mod rowsql;
+pub(crate) mod spec;
 pub mod sqlite;
 pub mod typemap;
 

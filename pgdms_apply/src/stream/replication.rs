@@ -135,7 +135,6 @@ pub struct SystemIdentity {
     pub system_id: String,
     pub timeline: u32,
     pub xlog_pos: Lsn,
-    pub dbname: Option<String>,
 }
 
 /// What CREATE_REPLICATION_SLOT says.
@@ -151,7 +150,7 @@ pub struct CreatedSlot {
 #[derive(Debug)]
 pub enum StreamMessage {
     /// One logical-decoding message: `wal_start` is the LSN of the WAL record it came from.
-    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    XLogData { wal_start: Lsn, data: Bytes },
     /// The server is alive and has sent everything up to `wal_end`.
     Keepalive { wal_end: Lsn, reply_requested: bool },
 }
@@ -410,7 +409,6 @@ impl ReplicationConnection {
             system_id: col(0).unwrap_or_default(),
             timeline: col(1).and_then(|t| t.parse().ok()).unwrap_or(0),
             xlog_pos: server_lsn("IDENTIFY_SYSTEM", col(2))?,
-            dbname: col(3),
         })
     }
 
@@ -552,9 +550,9 @@ impl ReplicationStream {
                     match data.get_u8() {
                         b'w' if data.len() >= 24 => {
                             let wal_start = Lsn(data.get_u64());
-                            let wal_end = Lsn(data.get_u64());
+                            let _wal_end = data.get_u64();
                             let _send_time = data.get_i64();
-                            return Ok(Some(StreamMessage::XLogData { wal_start, wal_end, data }));
+                            return Ok(Some(StreamMessage::XLogData { wal_start, data }));
                         }
                         b'k' if data.len() >= 17 => {
                             let wal_end = Lsn(data.get_u64());

@@ -15,12 +15,12 @@
 //! table and replays each object's DDL as the object's owner (see [`roles`]), so that the
 //! source's owners' code never runs with more than their rights.
 
-pub mod control;
+pub(crate) mod control;
 mod copy;
 mod ddl;
 mod plan;
 mod report;
-pub mod roles;
+pub(crate) mod roles;
 
 use super::control::{ControlStore, LoadedTable, MigrationRecord, Phase};
 use super::{CopyPath, LoadTarget, OnError, SourceSettings, Target, TargetError};
