@@ -461,13 +461,13 @@ impl<'t, T: Target> Applier<'t, T> {
             // Completed transactions may commit even while the next one is half received.
             // A group also ends when the stream goes idle (Event::Idle): the walsender sends
             // a keepalive whenever it has caught up, so a busy stream (a backlog) makes big
-            // groups and a quiet one commits each transaction at once.
-            if self.group_end.is_some() && !self.txn_streaming {
-                let full = self.group_rows >= self.opts.group_max_rows;
-                let old = self.group_started.is_some_and(|s| s.elapsed() >= self.opts.group_max_age);
-                if full || old {
-                    self.commit_group().await?;
-                }
+            // groups and a quiet one commits each transaction at once. (A full group has
+            // committed already, at its last transaction's commit.)
+            if self.group_end.is_some()
+                && !self.txn_streaming
+                && self.group_started.is_some_and(|s| s.elapsed() >= self.opts.group_max_age)
+            {
+                self.commit_group().await?;
             }
             if let Some(until) = self.opts.until {
                 let reached = self.group_end.map_or(*self.applied.borrow(), |(end, _)| end);
@@ -593,9 +593,12 @@ impl<'t, T: Target> Applier<'t, T> {
                     || std::mem::take(&mut self.txn_has_ddl)
                     || alone
                     || self.target.group_per_transaction()
+                    || self.group_rows >= self.opts.group_max_rows
                 {
                     // A large transaction is its own group: commit it now. So is one with
-                    // DDL: an enum label it added can only be used once committed.
+                    // DDL: an enum label it added can only be used once committed. A group
+                    // that is full commits at the transaction that filled it, however much
+                    // of the stream arrived in the same chunk.
                     self.txn_streaming = false;
                     self.commit_group().await?;
                 }
