@@ -457,3 +457,9 @@ CREATE EVENT TRIGGER pgdms_intercept_drop ON sql_drop
     EXECUTE FUNCTION pgdms.intercept_drop();
 CREATE EVENT TRIGGER pgdms_intercept_rewrite ON table_rewrite
     EXECUTE FUNCTION pgdms.intercept_rewrite();
+-- Also in sessions with session_replication_role = replica, as a replication apply runs: a
+-- database that is a migration's target and a source at once (B in A -> B -> C) must pass
+-- on the DDL it receives, or C would get B's rows in a shape it was never told of.
+ALTER EVENT TRIGGER pgdms_intercept_ddl ENABLE ALWAYS;
+ALTER EVENT TRIGGER pgdms_intercept_drop ENABLE ALWAYS;
+ALTER EVENT TRIGGER pgdms_intercept_rewrite ENABLE ALWAYS;
