@@ -94,7 +94,7 @@ echo "demo: decoding the slot up to $END with pgdms-apply dump" >&2
 
 psql_ -At -o /dev/null -c "select pg_drop_replication_slot('pgdms_demo')"
 
-until [ "$(psql_ -At -d demo_target -c "select phase from pgdms.migration" 2>/dev/null)" = cdc ]; do
+until [ "$(psql_ -At -d demo_target -c "select phase from pgdms_apply.migration" 2>/dev/null)" = cdc ]; do
     kill -0 "$MIGRATE" 2>/dev/null || { echo "demo: pgdms-apply migrate failed" >&2; exit 1; }
     sleep 0.2
 done

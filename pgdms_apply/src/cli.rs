@@ -67,7 +67,7 @@ struct SourceArgs {
 
 impl SourceArgs {
     fn conninfo(&self) -> anyhow::Result<ConnInfo> {
-        ConnInfo::parse(&self.source).context("invalid --source")
+        ConnInfo::parse(&self.source).map(|c| c.on("source")).context("invalid --source")
     }
 }
 
@@ -77,6 +77,7 @@ struct PluginArgs {
     #[arg(long, value_enum, default_value_t = Origin::Any)]
     origin: Origin,
     /// The wire-format version to ask the plugin for.
+    /// (A version the plugin does not speak is refused by the plugin, with a hint.)
     #[arg(long, default_value_t = pgdms_proto::PROTO_VERSION)]
     proto_version: u32,
 }
@@ -121,18 +122,18 @@ struct ApplyArgs {
     #[arg(long)]
     slot: String,
     /// What to do with a change the target rejects: stop (naming table, LSN and key), or log
-    /// it to pgdms.apply_exceptions on the target and go on.
+    /// it to pgdms_apply.apply_exceptions on the target and go on.
     #[arg(long, value_enum, default_value_t = OnError::Stop)]
     on_error: OnError,
     /// Commit a group of source transactions to the target once it holds this many rows...
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 200_000, value_parser = at_least_one)]
     group_max_rows: usize,
     /// ...or once it is this many milliseconds old (a group also commits as soon as the
     /// stream has nothing more waiting).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     group_max_ms: u64,
     /// Send changes to the target in batches of at most this many rows.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 50_000, value_parser = at_least_one)]
     batch_max_rows: usize,
     /// synchronous_commit of the target session. With "off", a crash of the target server can
     /// lose its last commits after they were acknowledged to the source, which then never
@@ -206,9 +207,9 @@ impl ApplyArgs {
         let mapping = self.mappings.load()?;
         Ok(ApplyOptions {
             slot: self.slot.clone(),
-            group_max_rows: self.group_max_rows.max(1),
+            group_max_rows: self.group_max_rows,
             group_max_age: Duration::from_millis(self.group_max_ms),
-            batch_max_rows: self.batch_max_rows.max(1),
+            batch_max_rows: self.batch_max_rows,
             plugin_options: self.plugin.options(),
             until: self.until,
             start_lsn: None,
@@ -266,7 +267,7 @@ struct MigrateArgs {
     #[arg(long, value_enum, default_value_t = Prep::DropAndCreate)]
     target_prep: Prep,
     /// Parallel load sessions (each a source and a target connection), and index builds.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     jobs: usize,
     /// Tables larger than this are loaded in parallel block ranges of about this size
     /// ("100MB"; 0, the default, never splits). A table loaded whole by a migration that
@@ -307,6 +308,15 @@ struct ValidateArgs {
 }
 
 /// "100MB", "1GB", "512kB", "1048576".
+/// A count that must be 1 or more (0 jobs or 0-row groups would do nothing, forever).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("\"{s}\" is not a whole number")),
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -342,6 +352,11 @@ struct DumpArgs {
     /// Stop once the stream has reached this LSN (X/Y), as pg_recvlogical --endpos does.
     #[arg(long)]
     endpos: Option<Lsn>,
+    /// Confirm what was read, so that the slot moves past it. Without it the slot stays
+    /// where it was: a migration's slot keeps every change for its target. To look at a
+    /// stream, use a slot of its own: --create-slot --temporary.
+    #[arg(long)]
+    ack: bool,
     #[command(flatten)]
     plugin: PluginArgs,
 }
@@ -406,8 +421,13 @@ fn shutdown_watch() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("stopping: committing what is complete");
+        tracing::info!("stopping: committing what is complete (a second signal stops at once)");
         let _ = tx.send(true);
+        // A second signal: the user will not wait. Every target transaction is whole or
+        // rolled back by the server when its session goes, so leaving now loses nothing.
+        shutdown_signal().await;
+        tracing::warn!("stopping at once: what was not committed rolls back, the same command resumes");
+        std::process::exit(130);
     });
     rx
 }
@@ -416,6 +436,7 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
     let sink = args.apply.sink()?;
     let mut opts = args.apply.options()?;
+    migrate::refuse_same_database(&source, &sink).await?;
     let mut conn = ReplicationConnection::connect(&source).await?;
     let slot = conn.slot(&opts.slot).await?;
     if args.create_slot && slot.is_none() {
@@ -466,7 +487,7 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
     let opts = MigrateOptions {
         mode: args.mode,
         prep: args.target_prep,
-        jobs: args.jobs.max(1),
+        jobs: args.jobs,
         split_bytes: args.split_tables_larger_than,
         pg_bin: args.pg_bin,
         apply: args.apply.options()?,
@@ -481,14 +502,19 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn print_reports(reports: &[crate::validate::TableReport]) -> anyhow::Result<()> {
-    let mut differ = 0;
+    let (mut differ, mut left_out) = (0, 0);
     for r in reports {
         println!("{}", crate::validate::describe(r));
         differ += usize::from(!r.ok());
+        left_out += usize::from(r.not_migrated.is_some());
     }
-    println!("{} tables compared, {} differ", reports.len(), differ);
+    let compared = reports.len() - left_out;
+    match left_out {
+        0 => println!("{compared} tables compared, {differ} differ"),
+        n => println!("{compared} tables compared, {differ} differ, {n} not migrated"),
+    }
     if differ > 0 {
-        anyhow::bail!("{differ} of {} tables differ between source and target", reports.len());
+        anyhow::bail!("{differ} of {compared} tables differ between source and target");
     }
     Ok(())
 }
@@ -566,12 +592,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 start_lsn: args.start_lsn,
                 endpos: args.endpos,
                 plugin_options: args.plugin.options(),
+                ack: args.ack,
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
             dump::run(&source, &opts, &mut out, shutdown_signal()).await
         }
     }
+}
+
+/// An error and its causes, each said once: many errors already print their cause in their
+/// own message (tokio-postgres's "db error: ERROR: ..."; ours that end in ": {source}"), so a
+/// cause whose text the message before it holds adds nothing.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        // tokio-postgres's word for "the server said", before what it said.
+        let text = text.strip_prefix("db error: ").unwrap_or(&text);
+        if out.contains(text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+    }
+    out
 }
 
 /// Runs the command line: parses the arguments, runs the command, and says how it ended.
@@ -595,11 +642,29 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json_logs {
-                tracing::error!(error = %format!("{e:#}"), "pgdms-apply failed");
+                tracing::error!(error = %error_chain(&e), "pgdms-apply failed");
             } else {
-                eprintln!("pgdms-apply: error: {e:#}");
+                eprintln!("pgdms-apply: error: {}", error_chain(&e));
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("could not connect to the target: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(Outer(io())).context("migrate");
+        assert_eq!(error_chain(&e), "migrate: could not connect to the target: Connection refused");
+        let e = anyhow::Error::new(io()).context("reading the slot");
+        assert_eq!(error_chain(&e), "reading the slot: Connection refused");
     }
 }

@@ -216,6 +216,9 @@ pub struct DumpOptions {
     pub start_lsn: Lsn,
     pub endpos: Option<Lsn>,
     pub plugin_options: Options,
+    /// Confirm what was written to the slot, so that it moves on. Off by default: a slot
+    /// is usually a migration's, and changes confirmed here would never reach its target.
+    pub ack: bool,
 }
 
 /// Streams the slot to `out` until `--endpos`, the end of the stream, or `shutdown`.
@@ -241,8 +244,12 @@ pub async fn run(
     tracing::info!(slot = %opts.slot, "streaming");
 
     let mut renderer = JsonRenderer::default();
-    // Everything up to `flushed` has been written out: the server may forget it.
+    // Everything up to `flushed` has been written out: with --ack, the server may forget it.
     let mut flushed = opts.start_lsn;
+    // What the status updates confirm: `flushed` with --ack; else nothing (an invalid
+    // position, which the walsender takes as "no confirmation"), so the slot stays where it
+    // was and the changes stay there for their consumer.
+    let confirm = |flushed: Lsn| if opts.ack { flushed } else { Lsn(0) };
     let mut in_txn = false;
     let mut last_status = Instant::now();
     let mut line = Vec::with_capacity(4096);
@@ -256,7 +263,7 @@ pub async fn run(
             msg = stream.recv() => msg?,
             _ = tokio::time::sleep(IDLE_PROBE), if opts.endpos.is_some() && !in_txn => {
                 // Ask where the server is; it answers with a keepalive.
-                stream.send_status(flushed, flushed, flushed, true).await?;
+                stream.send_status(flushed, confirm(flushed), confirm(flushed), true).await?;
                 continue;
             }
         };
@@ -303,13 +310,13 @@ pub async fn run(
                     }
                 }
                 if reply_requested {
-                    stream.send_status(flushed, flushed, flushed, false).await?;
+                    stream.send_status(flushed, confirm(flushed), confirm(flushed), false).await?;
                     last_status = Instant::now();
                 }
             }
         }
         if last_status.elapsed() >= STATUS_INTERVAL {
-            stream.send_status(flushed, flushed, flushed, false).await?;
+            stream.send_status(flushed, confirm(flushed), confirm(flushed), false).await?;
             last_status = Instant::now();
         }
     }
@@ -317,8 +324,11 @@ pub async fn run(
     if in_txn {
         tracing::warn!("stopped inside a transaction; it will be sent again from its start next time");
     }
-    stream.send_status(flushed, flushed, flushed, false).await?;
+    stream.send_status(flushed, confirm(flushed), confirm(flushed), false).await?;
     stream.finish().await?;
-    tracing::info!(confirmed = %flushed, "done");
+    match opts.ack {
+        true => tracing::info!(confirmed = %flushed, "done"),
+        false => tracing::info!(read_up_to = %flushed, "done; the slot was not advanced (--ack would have)"),
+    }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 fn progress(target: &Cluster) -> Option<String> {
-    target.query("select end_lsn::text from pgdms.apply_progress").into_iter().next().and_then(|r| r[0].clone())
+    target.query("select end_lsn::text from pgdms_apply.apply_progress").into_iter().next().and_then(|r| r[0].clone())
 }
 
 const MIXED_TABLES: &[&str] = &["matrix", "accounts", "docs", "events", "ident", "swap", "gone"];
@@ -219,7 +219,7 @@ fn a_change_the_target_rejects_stops_with_its_table_lsn_and_key_or_goes_to_the_e
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(target.rows("t"), ["(4,a)", "(5,\"here again\")", "(6,c)", "(7,d)"]);
     let exceptions =
-        target.query("select table_name, operation, key::text, error from pgdms.apply_exceptions order by id");
+        target.query("select table_name, operation, key::text, error from pgdms_apply.apply_exceptions order by id");
     assert_eq!(exceptions.len(), 2, "{exceptions:?}");
     assert_eq!(exceptions[0][0].as_deref(), Some("\"public\".\"t\""));
     assert_eq!(exceptions[0][2].as_deref(), Some("{\"id\": \"5\"}"));
@@ -472,7 +472,7 @@ fn a_row_missing_on_the_target_is_named_and_the_group_undone() {
     let out = cdc(&source, &target, "m", &["--until", &until, "--on-error", "log"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(target.rows("t"), ["(2,upd)", "(3,new)"]);
-    assert_eq!(target.value("select count(*) from pgdms.apply_exceptions where key = '{\"id\": \"1\"}'"), "1");
+    assert_eq!(target.value("select count(*) from pgdms_apply.apply_exceptions where key = '{\"id\": \"1\"}'"), "1");
 }
 
 #[test]
@@ -486,7 +486,7 @@ fn with_on_error_log_a_table_missing_on_the_target_loses_no_other_change() {
     let out = cdc(&source, &target, "l", &["--until", &until, "--on-error", "log"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(target.rows("a"), ["(1)", "(2)"]);
-    let errors = target.query("select table_name, error from pgdms.apply_exceptions");
+    let errors = target.query("select table_name, error from pgdms_apply.apply_exceptions");
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0][0].as_deref(), Some("\"public\".\"b\""));
     assert!(errors[0][1].as_deref().unwrap().contains("does not exist"));

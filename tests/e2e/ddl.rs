@@ -16,7 +16,7 @@ select format('%I.%I', n.nspname, c.relname), c.relkind::text,
        (select i.inhparent::regclass::text from pg_inherits i where i.inhrelid = c.oid),
        pg_get_expr(c.relpartbound, c.oid)
   from pg_class c join pg_namespace n on n.oid = c.relnamespace
- where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', 'pgdms')
+ where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', 'pgdms', 'pgdms_apply')
    and n.nspname !~ '^pg_' and c.relname !~ '^pgdms_'
 union all
 select format_type(t.oid, null), 'enum', string_agg(e.enumlabel, ', ' order by e.enumsortorder), null, null, null
@@ -246,7 +246,7 @@ fn a_rewrite_the_stream_cannot_carry_flags_the_table_for_reload() {
     source.create_slot("rw2");
     source.execute("alter table r add column z timestamptz default clock_timestamp()");
     catch_up(&source, &target, "rw2", &[]);
-    let flagged = target.query("select table_name, reason from pgdms.apply_reload_needed");
+    let flagged = target.query("select table_name, reason from pgdms_apply.apply_reload_needed");
     assert_eq!(flagged.len(), 1, "{flagged:?}");
     assert_eq!(flagged[0][0].as_deref(), Some("\"public\".\"r\""));
     assert!(flagged[0][1].as_deref().unwrap().contains("volatile default"), "{flagged:?}");
@@ -280,7 +280,7 @@ fn a_ddl_the_target_refuses_stops_the_apply_or_is_logged() {
 
     let out = cdc(&source, &target, "refuse", &["--until", &until, "--on-error", "log"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(target.value("select count(*) from pgdms.apply_exceptions where operation = 'ddl'"), "1");
+    assert_eq!(target.value("select count(*) from pgdms_apply.apply_exceptions where operation = 'ddl'"), "1");
 }
 
 #[test]

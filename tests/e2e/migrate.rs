@@ -22,18 +22,18 @@ fn cutover(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> st
 }
 
 fn phase(target: &Cluster, slot: &str) -> Option<String> {
-    if target.value("select to_regclass('pgdms.migration') is not null") != "t" {
+    if target.value("select to_regclass('pgdms_apply.migration') is not null") != "t" {
         return None;
     }
-    let rows = target.query(&format!("select phase from pgdms.migration where slot_name = '{slot}'"));
+    let rows = target.query(&format!("select phase from pgdms_apply.migration where slot_name = '{slot}'"));
     rows.into_iter().next().and_then(|r| r[0].clone())
 }
 
 fn loaded_tables(target: &Cluster) -> usize {
-    if target.value("select to_regclass('pgdms.load_progress') is not null") != "t" {
+    if target.value("select to_regclass('pgdms_apply.load_progress') is not null") != "t" {
         return 0;
     }
-    target.value("select count(*) from pgdms.load_progress").parse().unwrap()
+    target.value("select count(*) from pgdms_apply.load_progress").parse().unwrap()
 }
 
 fn terminate(child: &mut Child) {
@@ -47,7 +47,7 @@ fn user_tables(source: &Cluster) -> Vec<String> {
     source
         .query(
             "select format('%I.%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-              where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema', 'pgdms')
+              where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema', 'pgdms', 'pgdms_apply')
                 and c.relname !~ '^pgdms_' order by 1",
         )
         .into_iter()
@@ -192,7 +192,7 @@ fn a_full_load_killed_midway_resumes_with_only_the_unfinished_tables() {
     running.wait().unwrap();
     assert_eq!(phase(&target, "crash").as_deref(), Some("load"), "the crash must hit the load");
     let done_before: Vec<String> = target
-        .query("select table_name from pgdms.load_progress order by 1")
+        .query("select table_name from pgdms_apply.load_progress order by 1")
         .into_iter()
         .map(|r| r[0].clone().unwrap())
         .collect();
@@ -218,7 +218,7 @@ fn a_full_load_killed_midway_resumes_with_only_the_unfinished_tables() {
     assert!(out.status.success(), "rerun: {}", String::from_utf8_lossy(&out.stderr));
     // The tables loaded before the crash were not loaded again.
     for t in &done_before {
-        let at: String = target.value(&format!("select loaded_at < (select updated_at from pgdms.migration) from pgdms.load_progress where table_name = '{}'", t.replace('\'', "''")));
+        let at: String = target.value(&format!("select loaded_at < (select updated_at from pgdms_apply.migration) from pgdms_apply.load_progress where table_name = '{}'", t.replace('\'', "''")));
         assert_eq!(at, "t", "{t} was loaded again");
     }
     let tables: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();

@@ -88,7 +88,7 @@ fn forged_ddl_messages_are_dropped_reported_and_change_nothing() {
     assert!(!exists(&target, "public.evil") && !exists(&target, "public.evil2"), "a forged CREATE was applied");
     assert!(exists(&target, "public.secret"), "a forged DROP was applied");
     assert_eq!(is_superuser(&target, "mallory"), "f");
-    assert_eq!(target.value("select count(*) from pgdms.apply_reload_needed"), "0", "a forged rewrite was taken");
+    assert_eq!(target.value("select count(*) from pgdms_apply.apply_reload_needed"), "0", "a forged rewrite was taken");
     assert!(exists(&target, "ms.m"), "the genuine DDL must still replicate");
     assert_eq!(target.rows("t"), ["(1,after)"]);
 
@@ -135,7 +135,7 @@ fn a_vouched_for_message_still_gets_no_sql_past_the_apply() {
     assert!(stderr.contains("the source sent a type name that is not one"), "{stderr}");
     let out = cdc(&source, &target, "vouched", &["--until", &until, "--on-error", "log"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let errors = target.query("select error from pgdms.apply_exceptions where operation = 'ddl' order by id");
+    let errors = target.query("select error from pgdms_apply.apply_exceptions where operation = 'ddl' order by id");
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0][0].as_deref().unwrap().contains("a type name that is not one"), "{errors:?}");
     assert!(errors[1][0].as_deref().unwrap().contains("an expression that is not one"), "{errors:?}");
@@ -281,9 +281,9 @@ fn an_always_trigger_runs_with_its_owners_rights_only() {
             .stderr(Stdio::piped()),
     );
     pgdms_tests::wait_until(Duration::from_secs(60), "the migration to reach CDC", || {
-        target.value("select to_regclass('pgdms.migration') is not null") == "t"
+        target.value("select to_regclass('pgdms_apply.migration') is not null") == "t"
             && target
-                .query("select phase from pgdms.migration where slot_name = 'always'")
+                .query("select phase from pgdms_apply.migration where slot_name = 'always'")
                 .first()
                 .and_then(|r| r[0].clone())
                 == Some("cdc".into())
@@ -444,7 +444,7 @@ const VIA_ALICES_GATE: &str = "create table public.outcome (error text);
 fn a_commit_with_no_statement_text_is_no_call_of_pgdms_apply() {
     // A statement sent outside BEGIN commits at the protocol's Sync, when the server has no
     // statement text: a deferred trigger the target role's code put on a table of its own
-    // (pgdms.load_progress) fires then, and tries alice's gate.
+    // (pgdms_apply.load_progress) fires then, and tries alice's gate.
     let (source, target) = (Cluster::start(), Cluster::start_target());
     alice_setup(&source, &target, "create table app.t (id int primary key); insert into app.t values (1)");
     source.copy_schema_to(&target);
@@ -464,9 +464,9 @@ fn a_commit_with_no_statement_text_is_no_call_of_pgdms_apply() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     target.execute_as_target(&format!(
         "{VIA_ALICES_GATE}
-         create constraint trigger via_gate after insert or update on pgdms.load_progress
+         create constraint trigger via_gate after insert or update on pgdms_apply.load_progress
              deferrable initially deferred for each row execute function public.via_gate();
-         alter table pgdms.load_progress enable always trigger via_gate;"
+         alter table pgdms_apply.load_progress enable always trigger via_gate;"
     ));
     let second = load("second");
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
@@ -726,7 +726,7 @@ fn an_update_resolves_no_name_through_the_schema_a_0_1_0_install_used() {
     source.connect("app").batch_execute("alter extension pgdms update").unwrap();
     assert_eq!(is_superuser(&source, "dbo"), "f", "the update ran the database owner's operator");
     let version = source.connect("app").query_one("select extversion from pg_extension where extname = 'pgdms'", &[]);
-    assert_eq!(version.unwrap().get::<_, String>(0), "0.2.0");
+    assert_eq!(version.unwrap().get::<_, String>(0), env!("CARGO_PKG_VERSION"));
 }
 
 /// The server's message of an error.
@@ -818,8 +818,8 @@ fn an_install_of_0_1_0_is_fixed_by_alter_extension_update() {
          alter extension pgdms update;
          alter table t add column after_update text;",
     );
-    assert_eq!(source.value("select pgdms.version()"), "0.2.0");
-    assert_eq!(source.value("select extversion from pg_extension where extname = 'pgdms'"), "0.2.0");
+    assert_eq!(source.value("select pgdms.version()"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(source.value("select extversion from pg_extension where extname = 'pgdms'"), env!("CARGO_PKG_VERSION"));
     let mut fresh = source.connect("fresh");
     fresh
         .batch_execute(
@@ -865,4 +865,46 @@ fn no_password_is_shown_in_help_errors_or_logs() {
         assert!(!out.status.success(), "{all}");
         assert!(!all.contains(secret) && !all.contains("panicked"), "{target}: {all}");
     }
+}
+
+/// A source role forges pgdms-apply's control tables on the source, in the schema the
+/// target keeps them in (`pgdms_apply`): a migration recorded as done, an applied position
+/// far ahead. Neither the full load, nor the schema, nor CDC may carry them into the
+/// target's own, where they would make the apply skip or replay changes.
+#[test]
+fn a_source_role_cannot_write_the_targets_control_tables_through_the_stream() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    source.execute("create extension pgdms; create role app login; grant create on database postgres to app");
+    let forge = |sql: &str| source.connect_as("postgres", "app").batch_execute(sql).unwrap();
+    forge(
+        "create schema pgdms_apply;
+         create table pgdms_apply.migration (slot_name text primary key, phase text, consistent_point pg_lsn);
+         insert into pgdms_apply.migration values ('forged', 'done', 'FFFF/0');",
+    );
+    source.execute(
+        "create table public.t (id int primary key); insert into public.t values (1); grant insert on t to app",
+    );
+    let until = source.current_lsn();
+    let out = pgdms_tests::between("migrate", &source, &target, "forged", &["--until", &until]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // During CDC: the table made, then written, with the position of the running migration.
+    forge(
+        "create table pgdms_apply.apply_progress (slot_name text primary key, end_lsn pg_lsn, commit_time timestamptz);
+         insert into pgdms_apply.apply_progress values ('forged', 'FFFF/0', now());
+         update pgdms_apply.migration set phase = 'schema';
+         insert into public.t values (2);",
+    );
+    let until = source.current_lsn();
+    let out = pgdms_tests::between("migrate", &source, &target, "forged", &["--until", &until]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(target.value("select string_agg(id::text, ',' order by id) from t"), "1,2", "the real changes applied");
+    assert_eq!(target.value("select phase from pgdms_apply.migration where slot_name = 'forged'"), "cdc");
+    let applied = target.value("select end_lsn::text from pgdms_apply.apply_progress where slot_name = 'forged'");
+    assert!(!applied.starts_with("FFFF"), "the forged position reached the target: {applied}");
+    assert!(pgdms_tests::lsn_ge(&until, &applied), "applied {applied} is the source's, at most {until}");
+    // The forged tables' columns are not the target's: nothing of their layout arrived.
+    assert_eq!(
+        target.value("select count(*) from pg_attribute where attrelid = 'pgdms_apply.migration'::regclass and attname = 'updated_at'"),
+        "1"
+    );
 }

@@ -4,6 +4,7 @@
 use super::Reloaded;
 use crate::mapping::Mapping;
 use crate::model::{Change, ChangeKind, ColumnInfo, Old, RelInfo, Row, Val};
+use crate::sink::postgres::CONTROL_SCHEMA;
 use crate::sql::quote_ident;
 use bytes::Bytes;
 use pgdms_proto::ddl::DdlObject;
@@ -171,7 +172,7 @@ impl EventDecoder {
                 return Ok(None);
             }
         }
-        if self.mapping.is_some() {
+        if !self.excluded.is_empty() {
             match &record {
                 Record::Insert(Insert { relation, .. })
                 | Record::Update(Update { relation, .. })
@@ -222,6 +223,13 @@ impl EventDecoder {
                 let (mut schema, mut name) = (r.schema.to_string(), r.name.to_string());
                 let mut kept: Vec<usize> = (0..r.columns.len()).collect();
                 let mut names: Vec<String> = r.columns.iter().map(|c| c.name.to_string()).collect();
+                if r.schema == CONTROL_SCHEMA {
+                    // A source that is a migration's target too keeps that migration's state
+                    // here: not data, and never to be written into this target's own.
+                    self.excluded.insert(r.oid);
+                    self.relations.remove(&r.oid);
+                    return Ok(None);
+                }
                 if let Some(m) = &self.mapping {
                     if !m.includes(r.schema, r.name) {
                         self.excluded.insert(r.oid);
@@ -325,6 +333,9 @@ impl EventDecoder {
                 Event::Truncate { rels, restart_identity: t.restart_identity, lsn: lsn(t.lsn_offset) }
             }
             Record::Ddl(d) => {
+                if in_control_schema(&d.object) {
+                    return Ok(None);
+                }
                 if let DdlObject::Table { before, after } = &d.object {
                     let in_reload = [before.as_ref(), after.as_ref()].into_iter().flatten().any(|def| {
                         let name = format!("{}.{}", quote_ident(&def.schema), quote_ident(&def.name));
@@ -370,6 +381,18 @@ impl EventDecoder {
             // Other messages and the reserved kinds carry nothing to apply.
             _ => return Ok(None),
         }))
+    }
+}
+
+/// DDL on pgdms-apply's control schema (of a source that is also a migration's target).
+fn in_control_schema(object: &DdlObject) -> bool {
+    let control = |schema: &str| schema == CONTROL_SCHEMA;
+    match object {
+        DdlObject::Table { before, after } => [before, after].into_iter().flatten().any(|d| control(&d.schema)),
+        DdlObject::Type { before, after } => [before, after].into_iter().flatten().any(|d| control(&d.schema)),
+        DdlObject::Schema { before, after } => [before, after].into_iter().flatten().any(|d| control(&d.name)),
+        DdlObject::Rewrite { schema, .. } => control(schema),
+        DdlObject::CaptureFailed { .. } => false,
     }
 }
 

@@ -83,7 +83,7 @@ impl ApplyError {
             ) => ErrorKind::Transient,
             // A walsender terminated, a server restarting, and "slot is active for PID"
             // (55006) while an old walsender goes away.
-            ApplyError::Source(ReplicationError::Server(e))
+            ApplyError::Source(ReplicationError::Server(e) | ReplicationError::Rejected { error: e, .. })
                 if crate::error::sqlstate_connection_lost(&e.code) || e.code == "55006" =>
             {
                 ErrorKind::Transient

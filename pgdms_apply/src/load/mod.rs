@@ -6,7 +6,7 @@
 //! first, and stream each as `COPY (SELECT ...) TO STDOUT` from the source straight into
 //! `COPY ... FROM STDIN` on the target, binary when every column type has binary I/O,
 //! without staging anything. Each unit commits on its own; a table is recorded as loaded
-//! in `pgdms.load_progress` once its last unit committed, so a rerun after a crash knows
+//! in `pgdms_apply.load_progress` once its last unit committed, so a rerun after a crash knows
 //! which tables to load again.
 
 pub mod plan;
@@ -14,6 +14,7 @@ pub mod progress;
 pub mod rows;
 pub mod schema;
 pub mod sequences;
+pub mod skipped;
 
 use crate::pgconn::client::{connect, error_text, ConnectError, SqlConnection};
 use crate::pgconn::ConnInfo;
@@ -53,7 +54,7 @@ pub(crate) fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgre
 pub struct LoadOptions {
     /// Tables larger than this are cut into block ranges loaded in parallel (0: never).
     pub split_bytes: u64,
-    /// The slot whose migration this load belongs to (the key of `pgdms.load_progress`).
+    /// The slot whose migration this load belongs to (the key of `pgdms_apply.load_progress`).
     pub slot: String,
     /// Recorded with each table: changes committed before this LSN are in the copy.
     pub snapshot_lsn: Lsn,
@@ -94,7 +95,8 @@ pub async fn load(
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .map_err(sql_error("source"))?
-        .get(0);
+        .try_get(0)
+        .map_err(sql_error("source"))?;
     let tables: Vec<SourceTable> = plan::source_tables(&sources[0].client)
         .await
         .map_err(sql_error("could not list the source's tables"))?
@@ -241,7 +243,7 @@ async fn target_column_types(target: &tokio_postgres::Client, table: &SourceTabl
     if rows.len() != table.target_columns.len() {
         return Err(format!("the target's {} lacks columns of the source's", table.target_qualified()));
     }
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter().map(|r| r.try_get(0).map_err(|e| format!("target: {}", error_text(&e)))).collect()
 }
 
 /// Streams one unit from the source into the target, in a target transaction of its own.
@@ -270,10 +272,10 @@ async fn copy_unit(
     };
     let out_sql = format!("COPY ({}) TO STDOUT{out_format}", unit_query(table, blocks));
     let target_name = table.target_qualified();
-    let columns = table.target_column_list();
+    let columns = table.target_column_clause();
     let stage = format!("pg_temp.{}", crate::sql::quote_ident(&format!("pgdms_load_{}", table.oid)));
     let copy_into = if gate.is_some() { &stage } else { &target_name };
-    let in_sql = format!("COPY {copy_into} ({columns}) FROM STDIN{in_format}");
+    let in_sql = format!("COPY {copy_into}{columns} FROM STDIN{in_format}");
     let mut begin = "BEGIN".to_string();
     match gate {
         None if freeze => begin += &format!("; TRUNCATE ONLY {target_name}"),
@@ -328,7 +330,7 @@ async fn copy_unit(
                 .map(|(c, ty)| format!("s.{}::{ty}", crate::sql::quote_ident(c)))
                 .collect();
             let insert = format!(
-                "INSERT INTO {target_name} ({columns}) OVERRIDING SYSTEM VALUE SELECT {} FROM {stage} s",
+                "INSERT INTO {target_name}{columns} OVERRIDING SYSTEM VALUE SELECT {} FROM {stage} s",
                 values.join(", ")
             );
             let inserted = through_gate(target, call, &insert).await?;

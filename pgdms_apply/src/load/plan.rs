@@ -42,8 +42,14 @@ impl SourceTable {
         format!("{}.{}", quote_ident(&self.target_schema), quote_ident(&self.target_name))
     }
 
-    pub fn target_column_list(&self) -> String {
-        self.target_columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+    /// ` (a, b)`: the target columns as a COPY or INSERT names them; nothing for a table
+    /// that has none to write (no columns, or only generated ones), which SQL cannot spell
+    /// as `()` and which then means the same: every column that is not generated.
+    pub fn target_column_clause(&self) -> String {
+        if self.target_columns.is_empty() {
+            return String::new();
+        }
+        format!(" ({})", self.target_columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "))
     }
 
     /// Applies table mappings: target names, and removed columns left out. `None` when the
@@ -99,34 +105,34 @@ pub async fn source_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_po
                                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                                 LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), true),
-                    pg_relation_size(c.oid)::bigint, c.relpages::bigint
+                    -- NULL for a table dropped since the snapshot's catalog was read.
+                    coalesce(pg_relation_size(c.oid), 0)::bigint, c.relpages::bigint
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms_apply') AND n.nspname !~ '^pg_toast'
                 AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                    AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
               ORDER BY 1",
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
-            let (schema, name, columns): (String, String, Vec<String>) = (r.get(1), r.get(2), r.get(3));
-            SourceTable {
-                oid: r.get::<_, u32>(0),
+            let (schema, name, columns): (String, String, Vec<String>) = (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            Ok(SourceTable {
+                oid: r.try_get::<_, u32>(0)?,
                 target_schema: schema.clone(),
                 target_name: name.clone(),
                 target_columns: columns.clone(),
                 schema,
                 name,
                 columns,
-                binary: r.get(4),
-                bytes: r.get::<_, i64>(5).max(0) as u64,
-                pages: r.get::<_, i64>(6).max(0) as u64,
-            }
+                binary: r.try_get(4)?,
+                bytes: r.try_get::<_, i64>(5)?.max(0) as u64,
+                pages: r.try_get::<_, i64>(6)?.max(0) as u64,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Cuts tables larger than `split_bytes` into block ranges of about that size.

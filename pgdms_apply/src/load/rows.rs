@@ -30,7 +30,7 @@ pub async fn source_relations(client: &Client) -> Result<Vec<RelInfo>, tokio_pos
                LEFT JOIN pg_index ri ON ri.indrelid = c.oid
                     AND ((c.relreplident = 'd' AND ri.indisprimary) OR (c.relreplident = 'i' AND ri.indisreplident))
               WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms_apply') AND n.nspname !~ '^pg_toast'
                 AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                    AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
               ORDER BY n.nspname, c.relname, a.attnum",
@@ -39,41 +39,47 @@ pub async fn source_relations(client: &Client) -> Result<Vec<RelInfo>, tokio_pos
         .await?;
     let mut rels: Vec<RelInfo> = Vec::new();
     for r in rows {
-        let oid: u32 = r.get(0);
+        let oid: u32 = r.try_get(0)?;
         if rels.last().is_none_or(|l| l.oid != oid) {
-            let identity = match r.get::<_, &str>(3) {
+            let identity = match r.try_get::<_, &str>(3)? {
                 "f" => ReplicaIdentity::Full,
                 "i" => ReplicaIdentity::Index,
                 "n" => ReplicaIdentity::Nothing,
                 _ => ReplicaIdentity::Default,
             };
-            rels.push(RelInfo { oid, schema: r.get(1), name: r.get(2), replica_identity: identity, columns: vec![] });
+            rels.push(RelInfo {
+                oid,
+                schema: r.try_get(1)?,
+                name: r.try_get(2)?,
+                replica_identity: identity,
+                columns: vec![],
+            });
         }
-        let name: &str = r.get(9);
+        let name: &str = r.try_get(9)?;
         let (dms_type, _) = dms::dms_type_of(&PgTypeInfo {
-            oid: r.get(5),
-            typmod: r.get(6),
-            typtype: r.get::<_, &str>(7).as_bytes().first().copied().unwrap_or(b'b'),
-            is_array: r.get(8),
+            oid: r.try_get(5)?,
+            typmod: r.try_get(6)?,
+            typtype: r.try_get::<_, &str>(7)?.as_bytes().first().copied().unwrap_or(b'b'),
+            is_array: r.try_get(8)?,
             name,
         });
-        let identity = match r.get::<_, &str>(13) {
+        let identity = match r.try_get::<_, &str>(13)? {
             "a" => Identity::Always,
             "d" => Identity::ByDefault,
             _ => Identity::None,
         };
         let rel = rels.last_mut().expect("pushed above");
         rel.columns.push(ColumnInfo {
-            name: r.get(4),
-            type_oid: r.get(5),
-            type_sql: r.get(10),
-            type_name: r.get(16),
-            type_modifier: r.get(6),
-            key: r.get(15),
-            primary_key: r.get(14),
-            generated: r.get(12),
+            name: r.try_get(4)?,
+            type_oid: r.try_get(5)?,
+            type_sql: r.try_get(10)?,
+            type_name: r.try_get(16)?,
+            type_modifier: r.try_get(6)?,
+            key: r.try_get(15)?,
+            primary_key: r.try_get(14)?,
+            generated: r.try_get(12)?,
             identity,
-            not_null: r.get(11),
+            not_null: r.try_get(11)?,
             dms_type,
         });
     }

@@ -22,6 +22,8 @@ pub enum SchemaError {
     Failed { tool: String, status: String, stderr: String },
     #[error("the target refused parts of the schema:\n{0}")]
     Refused(String),
+    #[error("source: {0}")]
+    Source(String),
 }
 
 /// PostgreSQL's client programs: `--pg-bin` if given, else those of the source's major
@@ -59,6 +61,8 @@ async fn run_tool(
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
+        // A migration stopped by a signal drops this future: the tool goes with it.
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|source| SchemaError::Spawn { tool: path.clone(), source })?;
@@ -75,29 +79,60 @@ pub async fn dump(bin: &Path, source: &ConnInfo, snapshot: &str, dir: &Path) -> 
     let args = vec![
         "--format=custom".into(),
         "--schema-only".into(),
+        // A source that is itself a migration's target (B in A -> B -> C) keeps that
+        // migration's state in pgdms-apply's control schema: it is not part of the data.
+        format!("--exclude-schema={}", crate::sink::postgres::CONTROL_SCHEMA),
         format!("--snapshot={snapshot}"),
         format!("--file={}", file.display()),
         format!("--dbname={}", source.to_libpq()),
     ];
     run_tool(bin, "pg_dump", &args, &source.tool_env()).await?;
     // The restore list without the pgdms extension (and its comment): it stays on the source.
+    let ext_schema = extension_schema(source).await?;
     let toc = run_tool(bin, "pg_restore", &["--list".into(), file.display().to_string()], &[]).await?;
-    let list: String = toc.lines().filter(|l| !is_pgdms_entry(l)).map(|l| format!("{l}\n")).collect();
+    let list: String =
+        toc.lines().filter(|l| !is_pgdms_entry(l, ext_schema.as_deref())).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("schema.list"), list)
         .map_err(|source| SchemaError::Spawn { tool: dir.join("schema.list"), source })?;
     Ok(file)
 }
 
+/// The schema the source's pgdms extension was created in (`CREATE EXTENSION pgdms SCHEMA
+/// pgdms_audit`), when it holds nothing but the extension's relations: made for the
+/// extension, it stays with it. `public` or a schema with tables of its own is the user's.
+async fn extension_schema(source: &ConnInfo) -> Result<Option<String>, SchemaError> {
+    let conn =
+        crate::pgconn::client::connect(source, "pgdms-apply").await.map_err(|e| SchemaError::Source(e.to_string()))?;
+    let row = conn
+        .client
+        .query_opt(
+            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+              WHERE e.extname = 'pgdms' AND n.nspname NOT IN ('public', 'pgdms')
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c
+                                 WHERE c.relnamespace = n.oid AND c.relkind NOT IN ('i', 'I')
+                                   AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                                      AND d.objid = c.oid AND d.deptype = 'e'))",
+            &[],
+        )
+        .await
+        .map_err(|e| SchemaError::Source(crate::pgconn::client::error_text(&e)))?;
+    row.map(|r| r.try_get(0)).transpose().map_err(|e| SchemaError::Source(e.to_string()))
+}
+
 /// A `pg_restore --list` line of the pgdms extension or its comment
 /// (`2; 3079 16385 EXTENSION - pgdms` / `4021; 0 0 COMMENT - EXTENSION pgdms`), or of a
-/// schema `pgdms` made for it before CREATE EXTENSION (`5; 2615 16384 SCHEMA - pgdms
-/// postgres`, and its comment and grants): on the target, `pgdms` is pgdms-apply's own.
-fn is_pgdms_entry(line: &str) -> bool {
+/// schema made for it before CREATE EXTENSION (`pgdms`, or `ext_schema`: `5; 2615 16384
+/// SCHEMA - pgdms postgres`, and its comment and grants): the extension stays on the
+/// source, and a target that wants one installs it itself.
+fn is_pgdms_entry(line: &str, ext_schema: Option<&str>) -> bool {
     let t: Vec<&str> = line.split_whitespace().collect();
+    let ours = |name: &str| name == "pgdms" || Some(name) == ext_schema;
     matches!(t.as_slice(), [_, _, _, "EXTENSION", "-", "pgdms", ..])
         || matches!(t.as_slice(), [_, _, _, "COMMENT", "-", "EXTENSION", "pgdms", ..])
-        || matches!(t.as_slice(), [_, _, _, "SCHEMA", "-", "pgdms", ..])
-        || matches!(t.as_slice(), [_, _, _, "COMMENT" | "ACL", "-", "SCHEMA", "pgdms", ..])
+        || matches!(t.as_slice(), [_, _, _, "SCHEMA", "-", name, ..] if ours(name))
+        || matches!(t.as_slice(), [_, _, _, "COMMENT" | "ACL", "-", "SCHEMA", name, ..] if ours(name))
 }
 
 /// Restores one section of the archive into the target. Returns what was not migrated
@@ -196,13 +231,15 @@ mod tests {
 
     #[test]
     fn the_pgdms_extension_stays_on_the_source() {
-        assert!(is_pgdms_entry("2; 3079 16385 EXTENSION - pgdms "));
-        assert!(is_pgdms_entry("4021; 0 0 COMMENT - EXTENSION pgdms "));
-        assert!(is_pgdms_entry("5; 2615 16384 SCHEMA - pgdms postgres"));
-        assert!(is_pgdms_entry("4022; 0 0 ACL - SCHEMA pgdms postgres"));
-        assert!(!is_pgdms_entry("6; 2615 16390 SCHEMA - pgdms_audit postgres"));
-        assert!(!is_pgdms_entry("3; 3079 16390 EXTENSION - hstore "));
-        assert!(!is_pgdms_entry("215; 1259 16400 TABLE public pgdms postgres"));
+        assert!(is_pgdms_entry("2; 3079 16385 EXTENSION - pgdms ", None));
+        assert!(is_pgdms_entry("4021; 0 0 COMMENT - EXTENSION pgdms ", None));
+        assert!(is_pgdms_entry("5; 2615 16384 SCHEMA - pgdms postgres", None));
+        assert!(is_pgdms_entry("4022; 0 0 ACL - SCHEMA pgdms postgres", None));
+        assert!(!is_pgdms_entry("6; 2615 16390 SCHEMA - pgdms_audit postgres", None));
+        assert!(is_pgdms_entry("6; 2615 16390 SCHEMA - pgdms_audit postgres", Some("pgdms_audit")));
+        assert!(!is_pgdms_entry("6; 2615 16390 SCHEMA - other postgres", Some("pgdms_audit")));
+        assert!(!is_pgdms_entry("3; 3079 16390 EXTENSION - hstore ", None));
+        assert!(!is_pgdms_entry("215; 1259 16400 TABLE public pgdms postgres", Some("public")));
     }
 
     #[test]

@@ -22,7 +22,13 @@ pub async fn sync(source: &Client, target: &Client) -> Result<usize, LoadError> 
         .await
         .map_err(sql_error("could not read the source's sequences"))?;
     // last_value reads NULL both for a sequence never used and one the role may not read.
-    let unreadable: Vec<String> = rows.iter().filter(|r| !r.get::<_, bool>(3)).map(|r| r.get(0)).collect();
+    let read = "could not read the source's sequences";
+    let mut unreadable: Vec<String> = Vec::new();
+    for r in &rows {
+        if !r.try_get::<_, bool>(3).map_err(sql_error(read))? {
+            unreadable.push(r.try_get(0).map_err(sql_error(read))?);
+        }
+    }
     if !unreadable.is_empty() {
         return Err(LoadError::Table {
             table: unreadable.join(", "),
@@ -33,9 +39,9 @@ pub async fn sync(source: &Client, target: &Client) -> Result<usize, LoadError> 
     }
     let mut set = 0;
     for r in rows {
-        let name: String = r.get(0);
-        let last: Option<i64> = r.get(1);
-        let start: i64 = r.get(2);
+        let name: String = r.try_get(0).map_err(sql_error(read))?;
+        let last: Option<i64> = r.try_get(1).map_err(sql_error(read))?;
+        let start: i64 = r.try_get(2).map_err(sql_error(read))?;
         // Never used on the source: the target's next value is the start value too.
         let (value, is_called) = match last {
             Some(v) => (v, true),

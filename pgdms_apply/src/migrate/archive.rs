@@ -1,6 +1,6 @@
 //! The schema archive of a PostgreSQL migration: pg_dump's custom-format dump of the load's
 //! snapshot, whose pre-data is restored before the load and post-data after it. It is kept
-//! on the target (`pgdms.migration_schema`), so a run resumed after a crash builds the
+//! on the target (`pgdms_apply.migration_schema`), so a run resumed after a crash builds the
 //! post-data of the schema its tables were created with.
 
 use super::MigrateError;
@@ -63,8 +63,9 @@ pub(super) async fn stored_archive(tgt: &tokio_postgres::Client, slot: &str) -> 
     let write = |p: &std::path::Path, bytes: &[u8]| {
         std::fs::write(p, bytes).map_err(|e| MigrateError::Local(format!("could not write {}: {e}", p.display())))
     };
-    write(&path, row.get::<_, &[u8]>(0))?;
-    write(&dir.path().join("schema.list"), row.get::<_, &[u8]>(1))?;
+    let read = "could not read the kept schema archive";
+    write(&path, row.try_get::<_, &[u8]>(0).map_err(load::sql_error(read))?)?;
+    write(&dir.path().join("schema.list"), row.try_get::<_, &[u8]>(1).map_err(load::sql_error(read))?)?;
     Ok(Some(Archive { _dir: dir, path }))
 }
 
@@ -81,7 +82,8 @@ pub(super) async fn dump_current(pg_bin: &std::path::Path, source: &ConnInfo) ->
         .query_one("SELECT pg_export_snapshot()", &[])
         .await
         .map_err(load::sql_error("could not export a snapshot of the source"))?
-        .get(0);
+        .try_get(0)
+        .map_err(load::sql_error("could not export a snapshot of the source"))?;
     let path = schema::dump(pg_bin, source, &snapshot, dir.path()).await?;
     drop(src);
     Ok(Archive { _dir: dir, path })

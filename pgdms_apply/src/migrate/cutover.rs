@@ -32,6 +32,7 @@ pub async fn cutover(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<TableReport>, MigrateError> {
     let slot = apply_opts.slot.clone();
+    super::refuse_same_database(source, sink).await?;
     let mut target = sink.connect().await?;
     target.start(&slot).await?;
     let copy = target.copy_path();

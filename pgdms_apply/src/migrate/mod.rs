@@ -27,7 +27,7 @@ use crate::apply::{self, ApplyError, ApplyOptions, Finished};
 use crate::load::schema::{self, SchemaError};
 use crate::load::LoadError;
 use crate::mapping::Mapping;
-use crate::pgconn::ConnInfo;
+use crate::pgconn::{identity, ConnInfo};
 use crate::sink::control::{ControlStore, MigrationRecord, Phase};
 use crate::sink::spec::SinkFactory;
 use crate::sink::{LoadTarget, Target, TargetError};
@@ -113,16 +113,36 @@ fn refused(r: Refusal, slot: &str) -> MigrateError {
         Refusal::SlotGone => format!(
             "replication slot \"{slot}\" of this migration is gone: the changes since its start are lost. \
              Start over: delete the migration's records on the target (PostgreSQL: DELETE FROM \
-             pgdms.migration WHERE slot_name = '{slot}'; MySQL and SQLite: the same in pgdms_migration and \
+             pgdms_apply.migration WHERE slot_name = '{slot}'; MySQL and SQLite: the same in pgdms_migration and \
              pgdms_load_progress; JSON lines: remove the .progress file), then rerun"
         ),
         Refusal::ResumeIntoKeptTables => format!(
             "the last run of this migration stopped during the load, and with --target-prep do-nothing \
              the unfinished tables may hold part of a copy next to rows of their own: empty them and \
-             rerun with --target-prep truncate, or start over (DELETE FROM pgdms.migration \
+             rerun with --target-prep truncate, or start over (DELETE FROM pgdms_apply.migration \
              WHERE slot_name = '{slot}' on the target, and drop the slot)"
         ),
     })
+}
+
+/// Refuses a PostgreSQL target that is the source database itself (reached by whatever
+/// path), before anything is created on either side.
+pub async fn refuse_same_database(source: &ConnInfo, sink: &SinkFactory) -> Result<(), MigrateError> {
+    let crate::sink::spec::TargetSpec::Postgres(target) = &sink.spec else { return Ok(()) };
+    // A side that cannot be reached fails with its own message when it is connected to
+    // for the work itself; the check needs both.
+    let (from, to) = (identity::database_identity(source).await, identity::database_identity(target).await);
+    match (from, to) {
+        (Ok(Some(from)), Ok(Some(to))) if from == to => Err(MigrateError::Refused(format!(
+            "the target is the source itself: {} and {} reach the same database (system identifier {}, \
+             database oid {}). Nothing was created; give --target another database",
+            source.describe(),
+            target.describe(),
+            from.system_identifier,
+            from.database_oid
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Runs (or resumes) the migration of `source` into the target `sink` opens.
@@ -134,6 +154,7 @@ pub async fn migrate(
 ) -> Result<Finished, MigrateError> {
     let slot = opts.apply.slot.clone();
     let cdc = opts.mode == Mode::FullLoadAndCdc;
+    refuse_same_database(source, sink).await?;
     let mut target = sink.connect().await?;
     target.start(&slot).await?;
     let recorded = target.migration(&slot).await?;
@@ -170,25 +191,49 @@ pub async fn migrate(
         }
         Load::None => None,
     };
+    // A signal stops the load and the post-data step at once, by dropping them: what they
+    // had not committed rolls back with their sessions, as after a crash, and the same
+    // command resumes from what was committed (the tables recorded as loaded).
+    let mut stop = shutdown.clone();
+    let stopped = stop.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
     if let Some((snapshot, loaded)) = load {
-        match pg {
-            Some((copy, pg_bin)) => {
-                archive = postgres::copy_phase(source, copy, opts, pg_bin, snapshot, loaded.as_deref()).await?
+        name_tables_not_migrated(source, &opts.mapping).await?;
+        let loading = async {
+            match pg {
+                Some((copy, pg_bin)) => {
+                    postgres::copy_phase(source, copy, opts, pg_bin, snapshot, loaded.as_deref()).await
+                }
+                None => rows::load(source, &mut target, opts, snapshot, loaded.as_deref().unwrap_or_default())
+                    .await
+                    .map(|()| None),
             }
-            None => rows::load(source, &mut target, opts, snapshot, loaded.as_deref().unwrap_or_default()).await?,
+        };
+        tokio::select! {
+            loaded = loading => archive = loaded?,
+            _ = &mut stopped => return Ok(interrupted(&slot, "the full load")),
         }
     }
     if plan.post_data {
         let next = if cdc { Phase::Cdc } else { Phase::Done };
-        match pg {
-            // Indexes, sequences and table mappings, then the next phase, in one transaction.
-            Some((copy, pg_bin)) => postgres::post_data(source, copy, opts, pg_bin, archive.as_ref(), next).await?,
-            None => {
-                if !target.set_phase(&slot, next).await? {
-                    return Err(MigrateError::Refused(format!("the target lost the record of migration \"{slot}\"")));
+        let finishing = async {
+            match pg {
+                // Indexes, sequences and table mappings, then the next phase, in one transaction.
+                Some((copy, pg_bin)) => postgres::post_data(source, copy, opts, pg_bin, archive.as_ref(), next).await,
+                None => {
+                    if !target.set_phase(&slot, next).await? {
+                        return Err(MigrateError::Refused(format!(
+                            "the target lost the record of migration \"{slot}\""
+                        )));
+                    }
+                    tracing::info!(%slot, phase = %next, "migration phase");
+                    Ok(())
                 }
-                tracing::info!(%slot, phase = %next, "migration phase");
             }
+        };
+        tokio::select! {
+            done = finishing => done?,
+            _ = &mut stopped => return Ok(interrupted(&slot, "building indexes and constraints")),
         }
     }
     if !plan.stream {
@@ -199,6 +244,24 @@ pub async fn migrate(
     set_reloaded_tables(&mut target, &slot, &mut apply_opts).await?;
     drop(target);
     stream_changes(source, sink, opts.drop_slot_on_finish, &apply_opts, shutdown).await
+}
+
+/// A migration stopped by a signal while `during`.
+fn interrupted(slot: &str, during: &str) -> Finished {
+    tracing::info!(%slot, "stopped during {during}: what was committed stays, the same command resumes");
+    Finished::Interrupted
+}
+
+/// Says which of the source's tables the migration leaves out, and why.
+async fn name_tables_not_migrated(source: &ConnInfo, mapping: &Mapping) -> Result<(), MigrateError> {
+    let conn = crate::pgconn::client::connect(source, "pgdms-apply").await?;
+    let left_out = crate::load::skipped::not_migrated(&conn.client)
+        .await
+        .map_err(crate::load::sql_error("source: could not list the tables left out"))?;
+    for t in left_out.iter().filter(|t| mapping.includes(&t.schema, &t.name)) {
+        tracing::warn!(table = %t.qualified(), why = t.why, "not migrated");
+    }
+    Ok(())
 }
 
 /// Creates the migration's slot with an exported snapshot. Full load only: the slot is

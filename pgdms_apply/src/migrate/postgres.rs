@@ -105,7 +105,7 @@ pub(super) async fn map_schema(
                              '{}')
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms_apply') AND n.nspname !~ '^pg_toast'
                 AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                    AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
               ORDER BY c.relkind = 'p' DESC, c.relispartition, 1, 2",
@@ -121,13 +121,16 @@ pub(super) async fn map_schema(
             .map_err(|e| MigrateError::Refused(format!("{stmt}: {}", crate::pgconn::client::error_text(&e))))
     };
     for r in tables {
-        let (schema, name, key): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
+        let read = || load::sql_error("could not list the source's tables");
+        let (schema, name, key): (String, String, Vec<String>) =
+            (r.try_get(0).map_err(read())?, r.try_get(1).map_err(read())?, r.try_get(2).map_err(read())?);
         let q = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
         let exists: bool = target
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
             .await
             .map_err(load::sql_error("target"))?
-            .get(0);
+            .try_get(0)
+            .map_err(load::sql_error("target"))?;
         if !exists {
             continue;
         }
@@ -146,8 +149,9 @@ pub(super) async fn map_schema(
             .await
             .map_err(load::sql_error("target"))?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(load::sql_error("target"))?;
         for c in &own {
             match m.column(&schema, &name, c) {
                 // Key columns stay: updates and deletes find their rows by them.

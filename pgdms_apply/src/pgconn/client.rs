@@ -21,8 +21,10 @@ impl Drop for SqlConnection {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("could not connect to {to}: {source}")]
-    Connect { to: String, source: tokio_postgres::Error },
+    /// The server's own words (not tokio-postgres's "db error"), and not as a separate cause:
+    /// said once.
+    #[error("could not connect to {to}: {}", error_text(.error))]
+    Connect { to: String, error: tokio_postgres::Error },
     #[error("{0}")]
     Tls(String),
 }
@@ -54,7 +56,7 @@ pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<SqlConne
     if let Some(t) = info.connect_timeout {
         config.connect_timeout(std::time::Duration::from_secs(t));
     }
-    let failed = |source| ConnectError::Connect { to: info.describe(), source };
+    let failed = |error| ConnectError::Connect { to: info.describe(), error };
     let tls = super::tls::client_config(info).map_err(|e| ConnectError::Tls(e.to_string()))?;
     let (client, driver) = match tls {
         Some(tls) => {

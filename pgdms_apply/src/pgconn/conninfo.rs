@@ -47,6 +47,9 @@ pub struct ConnInfo {
     /// Command-line options for the server (`-c name=value ...`).
     pub options: Option<String>,
     pub connect_timeout: Option<u64>,
+    /// Which side of the migration it reaches ("source", "target"): every message about the
+    /// connection names it, so that an error says where it happened.
+    pub side: Option<&'static str>,
 }
 
 impl std::fmt::Debug for ConnInfo {
@@ -170,7 +173,14 @@ impl ConnInfo {
             application_name: get("application_name").or_else(|| get("fallback_application_name")),
             options: get("options"),
             connect_timeout,
+            side: None,
         })
+    }
+
+    /// The same settings, named as `side` of the migration in messages.
+    pub fn on(mut self, side: &'static str) -> ConnInfo {
+        self.side = Some(side);
+        self
     }
 
     /// A libpq connection string for PostgreSQL's own tools (pg_dump, pg_restore), without
@@ -216,7 +226,8 @@ impl ConnInfo {
 
     /// For messages: where this connects, without the password.
     pub fn describe(&self) -> String {
-        match &self.host {
+        let side = self.side.map(|s| format!("the {s}, ")).unwrap_or_default();
+        side + &match &self.host {
             Host::Unix(dir) => {
                 format!("{}@{}/.s.PGSQL.{} database \"{}\"", self.user, dir.display(), self.port, self.dbname)
             }

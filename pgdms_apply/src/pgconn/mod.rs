@@ -4,6 +4,7 @@
 
 pub(crate) mod client;
 pub(crate) mod conninfo;
+pub(crate) mod identity;
 pub(crate) mod tls;
 
 pub use conninfo::ConnInfo;

@@ -6,7 +6,8 @@
 //!   column and the value ([`ControlError::Corrupt`]), never "nothing applied", which would
 //!   replay or skip changes without a word.
 //! * The tables are described once ([`TABLES`]) and rendered per SQL dialect
-//!   ([`Dialect`]): PostgreSQL keeps them in schema `pgdms` (`pgdms.apply_progress`), MySQL
+//!   ([`Dialect`]): PostgreSQL keeps them in schema `pgdms_apply` (`pgdms_apply.apply_progress`), apart
+//!   from the `pgdms` schema of the extension, which a target may have too (A -> B -> C), MySQL
 //!   and SQLite as `pgdms_apply_progress`. The JSON-lines target keeps the same records in
 //!   its progress file.
 //! * The store is versioned ([`CONTROL_VERSION`], in table `control_version`): a target
@@ -400,7 +401,7 @@ impl Table {
 /// The SQL a target's control store runs on, for [`prepare`].
 pub trait ControlSql {
     fn dialect(&self) -> Dialect;
-    /// The quoted, qualified name of control table `table` (`pgdms.apply_progress`).
+    /// The quoted, qualified name of control table `table` (`pgdms_apply.apply_progress`).
     fn control_table(&self, table: &str) -> String;
     /// Runs one statement.
     fn control_execute(&mut self, sql: &str) -> impl Future<Output = Result<(), TargetError>>;
@@ -467,9 +468,12 @@ mod tests {
 
     #[test]
     fn a_corrupt_lsn_is_an_error_naming_table_and_value() {
-        assert_eq!(parse_lsn("pgdms.apply_progress", "end_lsn", "s", "16/B374D848").unwrap(), Lsn(0x16_B374_D848));
-        let e = parse_lsn("pgdms.apply_progress", "end_lsn", "s", "garbage").unwrap_err().to_string();
-        assert!(e.contains("pgdms.apply_progress.end_lsn"), "{e}");
+        assert_eq!(
+            parse_lsn("pgdms_apply.apply_progress", "end_lsn", "s", "16/B374D848").unwrap(),
+            Lsn(0x16_B374_D848)
+        );
+        let e = parse_lsn("pgdms_apply.apply_progress", "end_lsn", "s", "garbage").unwrap_err().to_string();
+        assert!(e.contains("pgdms_apply.apply_progress.end_lsn"), "{e}");
         assert!(e.contains("\"garbage\""), "{e}");
         assert!(parse_lsn("t", "c", "s", "").is_err());
         assert!(parse_lsn("t", "c", "s", "0/0/0").is_err());
@@ -481,8 +485,8 @@ mod tests {
     fn one_layout_renders_in_every_dialect() {
         let t = &TABLES[0];
         assert_eq!(
-            t.create(Dialect::Postgres, "pgdms.apply_progress"),
-            "CREATE TABLE IF NOT EXISTS pgdms.apply_progress (\"slot_name\" text NOT NULL, \"end_lsn\" pg_lsn NOT NULL, \
+            t.create(Dialect::Postgres, "pgdms_apply.apply_progress"),
+            "CREATE TABLE IF NOT EXISTS pgdms_apply.apply_progress (\"slot_name\" text NOT NULL, \"end_lsn\" pg_lsn NOT NULL, \
              \"commit_time\" timestamptz, \"applied_at\" timestamptz DEFAULT now() NOT NULL, \"resume_after_item\" bigint, \
              PRIMARY KEY (\"slot_name\"))"
         );

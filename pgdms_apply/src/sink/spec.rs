@@ -59,7 +59,7 @@ impl TargetSpec {
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
         });
         match scheme.map(|s| s.to_ascii_lowercase()).as_deref() {
-            None | Some("postgres" | "postgresql") => Ok(TargetSpec::Postgres(ConnInfo::parse(t)?)),
+            None | Some("postgres" | "postgresql") => Ok(TargetSpec::Postgres(ConnInfo::parse(t)?.on("target"))),
             Some("mysql" | "mariadb") => Ok(TargetSpec::MySql(t.to_string())),
             Some("sqlite") => {
                 let path = &t["sqlite:".len()..];

@@ -22,6 +22,9 @@ pub enum ReplicationError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Server(Box<ServerError>),
+    /// The server refused the connection at startup (no such database, not allowed, starting up).
+    #[error("could not connect to {target}: {error}")]
+    Rejected { target: String, error: Box<ServerError> },
     #[error("authentication failed: {0}")]
     Auth(String),
     #[error("unexpected message from the server: {0}")]
@@ -216,7 +219,10 @@ impl ReplicationConnection {
             server_params: HashMap::new(),
             target,
         };
-        conn.startup(info).await?;
+        conn.startup(info).await.map_err(|e| match e {
+            ReplicationError::Server(error) => ReplicationError::Rejected { target: conn.target.clone(), error },
+            other => other,
+        })?;
         Ok(conn)
     }
 

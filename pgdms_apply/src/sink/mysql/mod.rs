@@ -117,6 +117,18 @@ pub(super) fn server_error(e: mysql_async::Error) -> TargetError {
     }
 }
 
+/// Column `i` of a row MySQL sent, as `T`, or an error naming the column. mysql_async's
+/// typed reads (`Row::get`, and `query`/`query_first` into anything but a `Row`) panic on
+/// a value that does not convert, so replies are read as `Row`s and checked here.
+pub(super) fn column<T: mysql_async::prelude::FromValue>(row: &mysql_async::Row, i: usize) -> Result<T, TargetError> {
+    let name = || row.columns_ref().get(i).map_or_else(|| i.to_string(), |c| c.name_str().into_owned());
+    match row.get_opt::<T, _>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(TargetError::Refused(format!("MySQL's reply, column {}: {e}", name()))),
+        None => Err(TargetError::Refused(format!("MySQL's reply has no column {}", name()))),
+    }
+}
+
 impl MySqlTarget {
     /// Connects to `url` (`mysql://user:password@host:port/database`; `mariadb://` too).
     pub async fn connect(url: &str, opts: MapOptions, on_error: OnError) -> Result<Self, TargetError> {
@@ -149,8 +161,8 @@ impl MySqlTarget {
             mysql_async::Error::Server(s) => TargetError::Config(format!("MySQL refused the connection: {s}")),
             e => TargetError::Transient(format!("could not connect to MySQL: {e}")),
         })?;
-        let version: Option<String> = conn.query_first("SELECT VERSION()").await.map_err(server_error)?;
-        let version = version.unwrap_or_default();
+        let version: Option<mysql_async::Row> = conn.query_first("SELECT VERSION()").await.map_err(server_error)?;
+        let version: String = version.map(|r| column(&r, 0)).transpose()?.unwrap_or_default();
         // No-pad binary collations: MariaDB's and MySQL 8's names differ.
         let mariadb = version.contains("MariaDB");
         let collation = if mariadb { "utf8mb4_nopad_bin" } else { "utf8mb4_0900_bin" };
@@ -213,7 +225,7 @@ impl Target for MySqlTarget {
     async fn start(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         self.slot = slot.to_string();
         self.control_tables().await?;
-        let row: Option<(String, Option<u64>)> = self
+        let row: Option<mysql_async::Row> = self
             .conn
             .query_first(format!(
                 "SELECT end_lsn, resume_after_item FROM {} WHERE slot_name = {}",
@@ -222,7 +234,8 @@ impl Target for MySqlTarget {
             ))
             .await
             .map_err(server_error)?;
-        let Some((end, resume)) = row else { return Ok(None) };
+        let Some(row) = row else { return Ok(None) };
+        let (end, resume): (String, Option<u64>) = (column(&row, 0)?, column(&row, 1)?);
         self.resume_after = resume;
         if let Some(r) = self.resume_after {
             tracing::info!(done = r, "resuming inside a source transaction that DDL committed in parts");

@@ -2,7 +2,7 @@
 //! how far into a source transaction the target got is recorded before each.
 
 use super::sql::{abbreviated, literal_default, normal_type, text};
-use super::{server_error, MySqlTarget, TargetColumn, D};
+use super::{column, server_error, MySqlTarget, TargetColumn, D};
 use crate::model::batch::key_columns;
 use crate::model::{ColumnInfo, RelInfo};
 use crate::sink::typemap;
@@ -67,7 +67,8 @@ impl MySqlTarget {
     pub(super) async fn ensure_database(&mut self, db: &str) -> Result<(), TargetError> {
         let sql =
             format!("CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE {}", D.quote(db), self.collation);
-        let exists: Option<String> = self
+        // Read as a row: only whether there is one matters.
+        let exists: Option<mysql_async::Row> = self
             .conn
             .query_first(format!(
                 "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
@@ -82,7 +83,7 @@ impl MySqlTarget {
     }
 
     pub(super) async fn read_columns(&mut self, place: &(String, String)) -> Result<Vec<TargetColumn>, TargetError> {
-        let rows: Vec<(String, String, String)> = self
+        let rows: Vec<mysql_async::Row> = self
             .conn
             .query(format!(
                 "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS \
@@ -92,10 +93,12 @@ impl MySqlTarget {
             ))
             .await
             .map_err(server_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, t, nullable)| TargetColumn { name, type_: normal_type(&t), nullable: nullable == "YES" })
-            .collect())
+        rows.iter()
+            .map(|r| {
+                let (name, t, nullable): (String, String, String) = (column(r, 0)?, column(r, 1)?, column(r, 2)?);
+                Ok(TargetColumn { name, type_: normal_type(&t), nullable: nullable == "YES" })
+            })
+            .collect()
     }
 
     pub(super) async fn columns(&mut self, place: &(String, String)) -> Result<Vec<TargetColumn>, TargetError> {

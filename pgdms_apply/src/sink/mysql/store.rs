@@ -2,7 +2,7 @@
 //! (`crate::sink::control`) in the control database.
 
 use super::sql::text;
-use super::{server_error, MySqlTarget};
+use super::{column, server_error, MySqlTarget};
 use crate::sink::control::{
     self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord, Phase,
 };
@@ -27,7 +27,8 @@ impl ControlSql for MySqlTarget {
         self.run(sql).await
     }
     async fn control_columns(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
-        self.conn
+        let rows: Vec<mysql_async::Row> = self
+            .conn
             .query(format!(
                 "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} \
                  ORDER BY ORDINAL_POSITION",
@@ -35,18 +36,20 @@ impl ControlSql for MySqlTarget {
                 text(&format!("pgdms_{table}"))
             ))
             .await
-            .map_err(server_error)
+            .map_err(server_error)?;
+        rows.iter().map(|r| column(r, 0)).collect()
     }
     async fn control_version(&mut self) -> Result<Option<i64>, TargetError> {
         let sql = format!("SELECT max(version) FROM {}", ControlSql::control_table(self, control::VERSION_TABLE));
-        let v: Option<Option<i64>> = self.conn.query_first(sql).await.map_err(server_error)?;
-        Ok(v.flatten())
+        let row: Option<mysql_async::Row> = self.conn.query_first(sql).await.map_err(server_error)?;
+        // max() is NULL over an empty table: no version yet.
+        Ok(row.map(|r| column::<Option<i64>>(&r, 0)).transpose()?.flatten())
     }
 }
 
 impl ControlStore for MySqlTarget {
     async fn migration(&mut self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
-        let row: Option<(String, String)> = self
+        let row: Option<mysql_async::Row> = self
             .conn
             .query_first(format!(
                 "SELECT phase, consistent_point FROM {} WHERE slot_name = {}",
@@ -55,7 +58,8 @@ impl ControlStore for MySqlTarget {
             ))
             .await
             .map_err(server_error)?;
-        let Some((phase, point)) = row else { return Ok(None) };
+        let Some(row) = row else { return Ok(None) };
+        let (phase, point): (String, String) = (column(&row, 0)?, column(&row, 1)?);
         Ok(Some(MigrationRecord::parse("pgdms_migration", slot, &phase, &point)?))
     }
 
@@ -91,7 +95,7 @@ impl ControlStore for MySqlTarget {
     }
 
     async fn loaded_tables(&mut self, slot: &str) -> Result<Vec<LoadedTable>, TargetError> {
-        let rows: Vec<(u32, String, String)> = self
+        let rows: Vec<mysql_async::Row> = self
             .conn
             .query(format!(
                 "SELECT source_oid, table_name, snapshot_lsn FROM {} WHERE slot_name = {}",
@@ -100,8 +104,11 @@ impl ControlStore for MySqlTarget {
             ))
             .await
             .map_err(server_error)?;
-        rows.into_iter()
-            .map(|(oid, name, lsn)| Ok(LoadedTable::parse("pgdms_load_progress", slot, oid, name, &lsn)?))
+        rows.iter()
+            .map(|r| {
+                let (oid, name, lsn): (u32, String, String) = (column(r, 0)?, column(r, 1)?, column(r, 2)?);
+                Ok(LoadedTable::parse("pgdms_load_progress", slot, oid, name, &lsn)?)
+            })
             .collect()
     }
 }

@@ -1,5 +1,5 @@
 //! A PostgreSQL target's control store: the layout of `crate::sink::control` in schema
-//! `pgdms`, read and written through any session on the target (the apply's, or a load
+//! `pgdms_apply`, read and written through any session on the target (the apply's, or a load
 //! session inside its own transaction).
 
 use super::CONTROL_SCHEMA;
@@ -16,6 +16,43 @@ fn failed(what: &'static str) -> impl Fn(tokio_postgres::Error) -> TargetError {
             TargetError::Refused(format!("{what}: {}", error_text(&e)))
         }
     }
+}
+
+/// Releases before 0.3 kept the control tables in schema `pgdms`, the extension's name:
+/// a target with the extension installed (A -> B -> C, or B -> A after a cutover) could not
+/// hold both. A target written by them has its tables moved, as they are, into
+/// `pgdms_apply` (the role that made them owns them), and the old schema dropped when
+/// that leaves it empty and no extension lives in it.
+fn move_from_old_schema() -> String {
+    let tables: Vec<String> =
+        control::TABLES.iter().map(|t| t.name).chain([control::VERSION_TABLE]).map(quote_literal).collect();
+    format!(
+        "DO $pgdms$
+         DECLARE t text;
+         BEGIN
+           IF to_regclass('{CONTROL_SCHEMA}.{version}') IS NOT NULL THEN RETURN; END IF;
+           FOR t IN SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = 'pgdms' AND c.relkind = 'r' AND c.relname = ANY (ARRAY[{tables}])
+                       AND pg_catalog.pg_has_role(c.relowner, 'USAGE')
+                       AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                          AND d.objid = c.oid AND d.deptype = 'e')
+           LOOP
+             EXECUTE pg_catalog.format('ALTER TABLE pgdms.%I SET SCHEMA {CONTROL_SCHEMA}', t);
+           END LOOP;
+           IF EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = 'pgdms'
+                         AND pg_catalog.pg_has_role(n.nspowner, 'USAGE')
+                         AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid)
+                         AND NOT EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extnamespace = n.oid)
+                         AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                          WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                                            AND d.refobjid = n.oid)) THEN
+             DROP SCHEMA pgdms;
+           END IF;
+         END $pgdms$",
+        version = control::VERSION_TABLE,
+        tables = tables.join(", ")
+    )
 }
 
 /// The control store over one session.
@@ -35,6 +72,7 @@ impl ControlSql for PgControl<'_> {
     }
 
     async fn control_columns(&mut self, table: &str) -> Result<Vec<String>, TargetError> {
+        let read = failed("could not read pgdms's tables on the target");
         let rows = self
             .0
             .query(
@@ -43,17 +81,19 @@ impl ControlSql for PgControl<'_> {
                 &[&self.control_table(table)],
             )
             .await
-            .map_err(failed("could not read pgdms's tables on the target"))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+            .map_err(&read)?;
+        rows.iter().map(|r| r.try_get(0).map_err(&read)).collect()
     }
 
     async fn control_version(&mut self) -> Result<Option<i64>, TargetError> {
+        let read = failed("could not read pgdms's control version");
         let row = self
             .0
             .query_opt(&format!("SELECT max(version) FROM {CONTROL_SCHEMA}.{}", control::VERSION_TABLE), &[])
             .await
-            .map_err(failed("could not read pgdms's control version"))?;
-        Ok(row.and_then(|r| r.get(0)))
+            .map_err(&read)?;
+        // max() is NULL over an empty table: no version yet.
+        Ok(row.map(|r| r.try_get::<_, Option<i64>>(0)).transpose().map_err(&read)?.flatten())
     }
 }
 
@@ -64,6 +104,7 @@ impl PgControl<'_> {
             .batch_execute(&format!("SET client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}"))
             .await
             .map_err(failed("could not create pgdms's schema on the target"))?;
+        self.0.batch_execute(&move_from_old_schema()).await.map_err(failed("could not move pgdms's tables"))?;
         let prepared = control::prepare(self).await;
         self.0.batch_execute("RESET client_min_messages").await.map_err(failed("target"))?;
         prepared
@@ -72,24 +113,27 @@ impl PgControl<'_> {
     /// The end LSN applied for `slot`.
     pub async fn applied(&self, slot: &str) -> Result<Option<pgdms_proto::Lsn>, TargetError> {
         let table = self.control_table("apply_progress");
+        let read = failed("could not read pgdms_apply.apply_progress");
         let row = self
             .0
             .query_opt(&format!("SELECT end_lsn::text FROM {table} WHERE slot_name = $1"), &[&slot])
             .await
-            .map_err(failed("could not read pgdms.apply_progress"))?;
+            .map_err(&read)?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(control::parse_lsn(&table, "end_lsn", slot, row.get(0))?))
+        Ok(Some(control::parse_lsn(&table, "end_lsn", slot, row.try_get(0).map_err(&read)?)?))
     }
 
     pub async fn migration(&self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
         let table = self.control_table("migration");
+        let read = failed("could not read pgdms_apply.migration");
         let row = self
             .0
             .query_opt(&format!("SELECT phase, consistent_point::text FROM {table} WHERE slot_name = $1"), &[&slot])
             .await
-            .map_err(failed("could not read pgdms.migration"))?;
+            .map_err(&read)?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(MigrationRecord::parse(&table, slot, row.get(0), row.get(1))?))
+        let (phase, point) = (row.try_get(0).map_err(&read)?, row.try_get(1).map_err(&read)?);
+        Ok(Some(MigrationRecord::parse(&table, slot, phase, point)?))
     }
 
     pub async fn begin_migration(&self, slot: &str, record: MigrationRecord) -> Result<(), TargetError> {
@@ -132,6 +176,7 @@ impl PgControl<'_> {
 
     pub async fn loaded_tables(&self, slot: &str) -> Result<Vec<LoadedTable>, TargetError> {
         let table = self.control_table("load_progress");
+        let read = failed("could not read pgdms_apply.load_progress");
         let rows = self
             .0
             .query(
@@ -139,7 +184,13 @@ impl PgControl<'_> {
                 &[&slot],
             )
             .await
-            .map_err(failed("could not read pgdms.load_progress"))?;
-        rows.iter().map(|r| Ok(LoadedTable::parse(&table, slot, r.get(0), r.get(1), r.get(2))?)).collect()
+            .map_err(&read)?;
+        rows.iter()
+            .map(|r| {
+                let (oid, name, lsn) =
+                    (r.try_get(0).map_err(&read)?, r.try_get(1).map_err(&read)?, r.try_get(2).map_err(&read)?);
+                Ok(LoadedTable::parse(&table, slot, oid, name, lsn)?)
+            })
+            .collect()
     }
 }

@@ -71,6 +71,16 @@ impl<T> OrFailed<T> for Result<T, Refused> {
     }
 }
 
+/// Column `i` of a catalog query's row, read without trusting the reply (a NULL or another
+/// type is an error, not a panic).
+fn column<'r, T: tokio_postgres::types::FromSql<'r>>(
+    row: &'r tokio_postgres::Row,
+    i: usize,
+    statement: &str,
+) -> Result<T, DdlFailed> {
+    row.try_get(i).map_err(|error| DdlFailed { statement: statement.to_string(), error: error.into() })
+}
+
 fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
@@ -130,6 +140,14 @@ impl<'c> Replay<'c> {
             .map_err(|error| DdlFailed { statement: sql.to_string(), error: error.into() })
     }
 
+    /// The single row of `sql` (any other number of rows is an error).
+    async fn query_one(&self, sql: &str, param: &str) -> Result<tokio_postgres::Row, DdlFailed> {
+        self.client
+            .query_one(sql, &[&param])
+            .await
+            .map_err(|error| DdlFailed { statement: sql.to_string(), error: error.into() })
+    }
+
     /// The target's spelling of the source's type `name` with modifier `typmod`: one type
     /// name, resolved on the target, or refused.
     async fn target_type(&mut self, name: &str, typmod: i32) -> Result<String, DdlFailed> {
@@ -143,7 +161,7 @@ impl<'c> Replay<'c> {
             .query_one(RESOLVE, &[&name, &typmod])
             .await
             .map_err(|error| DdlFailed { statement: RESOLVE.into(), error: error.into() })?;
-        let Some(spelled) = row.get::<_, Option<String>>(0) else {
+        let Some(spelled) = column::<Option<String>>(&row, 0, RESOLVE)? else {
             return Err(DdlFailed { statement: RESOLVE.into(), error: DdlError::NoSuchType(name.into()) });
         };
         self.types.insert((name.to_string(), typmod), spelled.clone());
@@ -152,35 +170,32 @@ impl<'c> Replay<'c> {
 
     async fn exists(&self, regclass_or_type: &str, qualified: &str) -> Result<bool, DdlFailed> {
         let sql = format!("SELECT {regclass_or_type}($1) IS NOT NULL");
-        Ok(self.query(&sql, qualified).await?[0].get(0))
+        column(&self.query_one(&sql, qualified).await?, 0, &sql)
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<TargetColumn>, DdlFailed> {
-        let rows = self
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+        const COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
                         CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, \
                         a.attidentity::text, a.attinhcount > 0 \
                    FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                table,
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| TargetColumn {
-                name: r.get(0),
-                type_sql: r.get(1),
-                not_null: r.get(2),
-                default: r.get(3),
-                identity: match r.get::<_, String>(4).as_str() {
-                    "a" => Identity::Always,
-                    "d" => Identity::ByDefault,
-                    _ => Identity::None,
-                },
-                inherited: r.get(5),
+                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+        let rows = self.query(COLUMNS, table).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TargetColumn {
+                    name: column(r, 0, COLUMNS)?,
+                    type_sql: column(r, 1, COLUMNS)?,
+                    not_null: column(r, 2, COLUMNS)?,
+                    default: column(r, 3, COLUMNS)?,
+                    identity: match column::<&str>(r, 4, COLUMNS)? {
+                        "a" => Identity::Always,
+                        "d" => Identity::ByDefault,
+                        _ => Identity::None,
+                    },
+                    inherited: column(r, 5, COLUMNS)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Sequences a default draws from (`serial` columns) must exist before the default.
@@ -382,15 +397,15 @@ impl<'c> Replay<'c> {
         name: &str,
         a: &TableDef,
     ) -> Result<Option<(Option<String>, bool)>, DdlFailed> {
-        let rows = self
-            .query(
-                "SELECT c.conname::text, array(SELECT attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) \
+        const KEY: &str =
+            "SELECT c.conname::text, array(SELECT attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) \
                         JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.n ORDER BY k.i) \
-                   FROM pg_constraint c WHERE c.conrelid = to_regclass($1) AND c.contype = 'p'",
-                name,
-            )
-            .await?;
-        let current: Option<(String, Vec<String>)> = rows.first().map(|r| (r.get(0), r.get(1)));
+                   FROM pg_constraint c WHERE c.conrelid = to_regclass($1) AND c.contype = 'p'";
+        let rows = self.query(KEY, name).await?;
+        let current: Option<(String, Vec<String>)> = match rows.first() {
+            Some(r) => Some((column(r, 0, KEY)?, column(r, 1, KEY)?)),
+            None => None,
+        };
         let wanted: Option<Vec<String>> = a
             .primary_key
             .as_ref()
@@ -402,15 +417,15 @@ impl<'c> Replay<'c> {
     }
 
     async fn partition_membership(&mut self, name: &str, a: &TableDef) -> Result<(), DdlFailed> {
-        let rows = self
-            .query(
-                "SELECT n.nspname::text, c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent \
+        const PARENT: &str =
+            "SELECT n.nspname::text, c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent \
                    JOIN pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE i.inhrelid = to_regclass($1) AND c.relkind = 'p'",
-                name,
-            )
-            .await?;
-        let current: Option<(String, String)> = rows.first().map(|r| (r.get(0), r.get(1)));
+                  WHERE i.inhrelid = to_regclass($1) AND c.relkind = 'p'";
+        let rows = self.query(PARENT, name).await?;
+        let current: Option<(String, String)> = match rows.first() {
+            Some(r) => Some((column(r, 0, PARENT)?, column(r, 1, PARENT)?)),
+            None => None,
+        };
         let wanted = a.partition_of.as_ref().map(|p| (p.schema.clone(), p.name.clone()));
         if current == wanted {
             return Ok(());
@@ -533,10 +548,10 @@ impl<'c> Replay<'c> {
         let attrs_sql = "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
                           WHERE attrelid = (SELECT typrelid FROM pg_type WHERE oid = to_regtype($1)) \
                             AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
-        let read = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String)> {
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        let read = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<(String, String)>, DdlFailed> {
+            rows.iter().map(|r| Ok((column(r, 0, attrs_sql)?, column(r, 1, attrs_sql)?))).collect()
         };
-        let mut have = read(self.query(attrs_sql, name).await?);
+        let mut have = read(self.query(attrs_sql, name).await?)?;
         let has = |have: &[(String, String)], n: &str| have.iter().any(|(h, _)| h == n);
         if let Some(b) = before {
             for gone in b.attributes.iter().filter(|o| !a.attributes.iter().any(|n| n.attnum == o.attnum)) {
@@ -556,7 +571,7 @@ impl<'c> Replay<'c> {
                     }
                 }
             }
-            have = read(self.query(attrs_sql, name).await?);
+            have = read(self.query(attrs_sql, name).await?)?;
         }
         for now in &a.attributes {
             let want = self.target_type(&now.type_name, now.type_modifier).await?;
@@ -579,7 +594,10 @@ impl<'c> Replay<'c> {
     /// the target has, so the sort order is the source's.
     async fn enum_labels(&mut self, name: &str, before: Option<&TypeDef>, a: &TypeDef) -> Result<(), DdlFailed> {
         let labels_sql = "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = to_regtype($1) ORDER BY enumsortorder";
-        let mut have: Vec<String> = self.query(labels_sql, name).await?.iter().map(|r| r.get(0)).collect();
+        let read = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<String>, DdlFailed> {
+            rows.iter().map(|r| column(r, 0, labels_sql)).collect()
+        };
+        let mut have: Vec<String> = read(self.query(labels_sql, name).await?)?;
         if let Some(b) = before.filter(|b| b.labels.len() == a.labels.len()) {
             for (old, new) in b.labels.iter().zip(&a.labels).filter(|(o, n)| o != n) {
                 if have.contains(old) && !have.contains(new) {
@@ -591,7 +609,7 @@ impl<'c> Replay<'c> {
                     .await?;
                 }
             }
-            have = self.query(labels_sql, name).await?.iter().map(|r| r.get(0)).collect();
+            have = read(self.query(labels_sql, name).await?)?;
         }
         for (i, label) in a.labels.iter().enumerate() {
             if have.contains(label) {
@@ -613,8 +631,8 @@ impl<'c> Replay<'c> {
             (Some(b), None) => self.run(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&b.name))).await,
             (None, Some(a)) => self.run(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&a.name))).await,
             (Some(b), Some(a)) if b.name != a.name => {
-                let found = self.query("SELECT to_regnamespace($1) IS NOT NULL", &quote_ident(&b.name)).await?;
-                if found[0].get(0) {
+                const FOUND: &str = "SELECT to_regnamespace($1) IS NOT NULL";
+                if column(&self.query_one(FOUND, &quote_ident(&b.name)).await?, 0, FOUND)? {
                     self.run(format!("ALTER SCHEMA {} RENAME TO {}", quote_ident(&b.name), quote_ident(&a.name)))
                         .await?;
                 }

@@ -38,8 +38,8 @@ use pgdms_proto::ddl::DdlObject;
 use pgdms_proto::Ddl;
 use pgdms_proto::Lsn;
 use plan::{
-    change_statement, column_list, net_statements, split_net, unnest_safe, written_columns, NetSplit, NoIdentity,
-    Planned,
+    change_statement, column_clause, column_list, net_statements, split_net, unnest_safe, written_columns, NetSplit,
+    NoIdentity, Planned,
 };
 use roles::{Object, RoleError, Roles};
 use std::collections::{HashMap, HashSet};
@@ -58,8 +58,10 @@ type CopiedTables<'b> = Vec<(&'b TableBatch, &'b NetTable)>;
 /// rather than array parameters.
 const UNNEST_MAX_ROWS: usize = 5_000;
 
-/// Where the target keeps its own tables.
-pub const CONTROL_SCHEMA: &str = "pgdms";
+/// pgdms-apply's own schema on a PostgreSQL target. Never migrated from a source (a source
+/// can be another migration's target): the source's catalog queries leave it out by this
+/// name, `pg_dump` excludes it, and the apply passes over its changes and DDL.
+pub const CONTROL_SCHEMA: &str = "pgdms_apply";
 
 pub struct PostgresTarget {
     conn: SqlConnection,
@@ -202,7 +204,13 @@ pub async fn lock_for_truncate(
             &[&tables],
         )
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    row.map(|r| r.try_get(0)).transpose()
+}
+
+/// A reply's column that does not read as its type: a refusal (asking again would not
+/// change it), not a lost connection.
+fn unreadable(e: tokio_postgres::Error) -> TargetError {
+    TargetError::Refused(format!("target: {e}"))
 }
 
 pub fn role_error(e: RoleError) -> TargetError {
@@ -222,8 +230,16 @@ impl PostgresTarget {
         synchronous_commit: &str,
         target_role: Option<&str>,
     ) -> Result<Self, TargetError> {
+        use crate::pgconn::client::ConnectError;
         let conn = crate::pgconn::client::connect(info, "pgdms-apply").await.map_err(|e| match e {
-            crate::pgconn::client::ConnectError::Tls(t) => TargetError::Config(t),
+            ConnectError::Tls(t) => TargetError::Config(t),
+            // The server answered, and not with "not now": no such database, no such role, a
+            // wrong password. Trying again gives the same answer.
+            ConnectError::Connect { ref error, .. }
+                if error.code().is_some_and(|c| !crate::error::sqlstate_connection_lost(c.code())) =>
+            {
+                TargetError::Config(e.to_string())
+            }
             other => TargetError::Transient(other.to_string()),
         })?;
         Ok(PostgresTarget {
@@ -474,7 +490,7 @@ impl PostgresTarget {
         columns: &str,
         rows: impl Iterator<Item = Vec<&'r Val>>,
     ) -> Result<u64, tokio_postgres::Error> {
-        let sink = self.conn.client.copy_in(&format!("COPY {table} ({columns}) FROM STDIN")).await?;
+        let sink = self.conn.client.copy_in(&format!("COPY {table}{columns} FROM STDIN")).await?;
         futures_util::pin_mut!(sink);
         let mut buf = BytesMut::with_capacity(256 * 1024);
         for row in rows {
@@ -533,23 +549,24 @@ impl PostgresTarget {
             let qstage = stage;
             if !deletes.is_empty() {
                 self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
-                let key_list = column_list(rel, &t.key_cols);
+                let key_list = column_clause(rel, &t.key_cols);
                 self.copy_rows(&qstage, &key_list, deletes.iter().map(|k| k.iter().collect()))
                     .await
                     .map_err(|e| error_text(&e))?;
                 let sql = format!("DELETE FROM ONLY {target} t USING {qstage} s WHERE {key_match}");
                 let n = self.execute_as(role, &sql).await?;
                 if n != deletes.len() as u64 {
-                    return Err(format!(
-                        "{} of {} rows to delete were not found",
-                        deletes.len() as u64 - n,
-                        deletes.len()
-                    ));
+                    // The server's count may exceed the rows staged (a key the target holds
+                    // twice): no subtraction that could overflow.
+                    return Err(match (deletes.len() as u64).checked_sub(n) {
+                        Some(missing) => format!("{missing} of {} rows to delete were not found", deletes.len()),
+                        None => format!("{n} rows deleted where {} were expected", deletes.len()),
+                    });
                 }
             }
             for (set, rows) in &updates {
                 self.conn.client.batch_execute(&format!("TRUNCATE {qstage}")).await.map_err(|e| error_text(&e))?;
-                let list = column_list(rel, &written);
+                let list = column_clause(rel, &written);
                 // Key values from the op's key: under REPLICA IDENTITY FULL the row marks
                 // every column that kept its value, keys included, as unchanged.
                 let staged_rows = rows.iter().map(|(key, r)| {
@@ -570,7 +587,7 @@ impl PostgresTarget {
             }
         }
         if !inserts.is_empty() {
-            let list = column_list(rel, &written);
+            let list = column_clause(rel, &written);
             let rows = inserts.iter().map(|r| written.iter().map(|&i| &r[i]).collect());
             if role.is_none() {
                 self.copy_rows(&target, &list, rows).await.map_err(|e| error_text(&e))?;
@@ -581,7 +598,7 @@ impl PostgresTarget {
                 let copied = self.copy_rows(&stage, &list, rows).await.map_err(|e| error_text(&e))?;
                 let values: Vec<String> = written.iter().map(|&i| staged(i)).collect();
                 let sql = format!(
-                    "INSERT INTO {target} ({list}){} SELECT {} FROM {stage} s",
+                    "INSERT INTO {target}{list}{} SELECT {} FROM {stage} s",
                     plan::overriding(rel),
                     values.join(", ")
                 );
@@ -777,7 +794,7 @@ impl Target for PostgresTarget {
         })?;
         self.roles = Some(Roles::assume(&self.conn.client, self.target_role.as_deref()).await.map_err(role_error)?);
         let path = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
-        self.search_path = path.map_err(connection_error)?.get(0);
+        self.search_path = path.map_err(connection_error)?.try_get(0).map_err(unreadable)?;
         let mut store = PgControl(&self.conn.client);
         store.prepare().await?;
         store.applied(slot).await
@@ -876,7 +893,8 @@ impl Target for PostgresTarget {
                 // that the session's own path finds. Rolling back to the savepoint restores it.
                 self.run("SAVEPOINT pgdms_ddl").await?;
                 let previous = self.conn.client.query_one("SELECT current_setting('search_path')", &[]).await;
-                let previous: String = previous.map_err(|e| TargetError::Transient(e.to_string()))?.get(0);
+                let previous: String =
+                    previous.map_err(|e| TargetError::Transient(e.to_string()))?.try_get(0).map_err(unreadable)?;
                 self.run(
                     "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false), \
                             pg_catalog.set_config('standard_conforming_strings', 'on', false)",

@@ -52,6 +52,16 @@ pub fn column_list(rel: &RelInfo, cols: &[usize]) -> String {
     cols.iter().map(|&i| quote_ident(&rel.columns[i].name)).collect::<Vec<_>>().join(", ")
 }
 
+/// ` (a, b)`: the columns as a COPY or INSERT names them; nothing when there are none (a
+/// table without columns, or with generated ones only), which SQL cannot spell as `()` and
+/// which then means the same: every column that is not generated.
+pub fn column_clause(rel: &RelInfo, cols: &[usize]) -> String {
+    if cols.is_empty() {
+        return String::new();
+    }
+    format!(" ({})", column_list(rel, cols))
+}
+
 pub fn overriding(rel: &RelInfo) -> &'static str {
     if rel.columns.iter().any(|c| c.identity == Identity::Always) {
         " OVERRIDING SYSTEM VALUE"
@@ -191,7 +201,15 @@ pub fn net_statements(t: &TableBatch, net: &NetTable) -> Vec<Planned> {
             expect: Some(rows.len() as u64),
         });
     }
-    if !inserts.is_empty() {
+    if !inserts.is_empty() && written.is_empty() {
+        // Rows with nothing to write (no columns, or generated ones only) still count.
+        out.push(Planned {
+            gated: false,
+            sql: format!("INSERT INTO {target} SELECT FROM pg_catalog.generate_series(1, {})", inserts.len()),
+            params: Vec::new(),
+            expect: Some(inserts.len() as u64),
+        });
+    } else if !inserts.is_empty() {
         out.push(Planned {
             gated: false,
             sql: format!(
@@ -228,6 +246,11 @@ fn row_condition(
             .collect();
         return Ok((cond.join(" AND "), vals.iter().map(|v| v.to_pg_text()).collect()));
     }
+    if written_columns(rel).is_empty() {
+        // No column but generated ones (or none at all): every row of the table is the same
+        // row, so any one of them is the one the source changed, key or no key.
+        return Ok((format!("ctid = (SELECT ctid FROM ONLY {} LIMIT 1)", rel.qualified()), Vec::new()));
+    }
     let Old::Full(row) = old else { return Err(NoIdentity) };
     // No key: the whole old row identifies it; of identical rows, change one, as the source
     // did. Compared as text, which every type has (json or point have no equality
@@ -255,6 +278,12 @@ pub fn change_statement(c: &Change) -> Result<Option<Planned>, NoIdentity> {
     let written = written_columns(rel);
     let cast = |i: usize, n: usize| format!("${n}::{}", rel.columns[i].type_sql);
     Ok(Some(match &c.kind {
+        ChangeKind::Insert { .. } if written.is_empty() => Planned {
+            gated: false,
+            sql: format!("INSERT INTO {target} DEFAULT VALUES"),
+            params: Vec::new(),
+            expect: Some(1),
+        },
         ChangeKind::Insert { new } => {
             let values: Vec<String> = written.iter().enumerate().map(|(n, &i)| cast(i, n + 1)).collect();
             Planned {

@@ -151,19 +151,20 @@ impl Roles {
                 &[],
             )
             .await?;
-        let target: String = row.get(0);
-        let version: i32 = row.get(2);
-        if row.get::<_, bool>(1) {
+        let target: String = row.try_get(0)?;
+        let version: i32 = row.try_get(2)?;
+        if row.try_get::<_, bool>(1)? {
             return Err(RoleError::Superuser(target));
         }
-        if let Some(powerful) = row.get::<_, Option<String>>(3) {
+        if let Some(powerful) = row.try_get::<_, Option<String>>(3)? {
             return Err(RoleError::Powerful { role: target, powerful });
         }
-        if row.get::<_, bool>(4) && version < 160000 {
+        if row.try_get::<_, bool>(4)? && version < 160000 {
             return Err(RoleError::CreateRole(target));
         }
         static WARNED: std::sync::Once = std::sync::Once::new();
-        if row.get::<_, bool>(5) {
+        // NULL when the session user was dropped meanwhile: no superuser then.
+        if row.try_get::<_, Option<bool>>(5)?.unwrap_or(false) {
             WARNED.call_once(|| tracing::warn!(
                 role = %target,
                 "logged in to the target as a superuser: code of the source's owners that runs while pgdms-apply writes \
@@ -206,12 +207,12 @@ impl Roles {
             )
             .await?;
         if let Some(row) = unsafe_schema {
-            return Err(RoleError::UnsafeSearchPath { schema: row.get(0), why: row.get(1) });
+            return Err(RoleError::UnsafeSearchPath { schema: row.try_get(0)?, why: row.try_get(1)? });
         }
         let target_oid: i64 = client
             .query_one("SELECT oid::bigint FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
             .await?
-            .get(0);
+            .try_get(0)?;
         let may_become = if version >= 160000 { "SET" } else { "MEMBER" };
         Ok(Roles {
             target,
@@ -243,7 +244,7 @@ impl Roles {
         let found = match rows.first() {
             None => None,
             Some(r) => {
-                let (owner, superuser, may): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+                let (owner, superuser, may): (String, bool, bool) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
                 if owner == self.target {
                     Some(None)
                 } else if superuser {
@@ -295,7 +296,7 @@ impl Roles {
             return Ok(call.clone());
         }
         let row = client.query_one("SELECT oid::bigint FROM pg_catalog.pg_roles WHERE rolname = $1", &[&owner]).await?;
-        let owner_oid: i64 = row.get(0);
+        let owner_oid: i64 = row.try_get(0)?;
         let function = format!("pgdms_gate.{}", quote_ident(&format!("as_{owner_oid}")));
         let signature = format!("{function}(text, text[])");
         let body = gate_body(&function, self.target_oid, self.server_version);
@@ -315,7 +316,7 @@ impl Roles {
         );
         // Made by another session already: nothing to wait for.
         if let Some(row) = client.query_opt(&valid, &[]).await? {
-            return Ok(self.remember(owner, &function, owner_oid, &body, row));
+            return self.remember(owner, &function, owner_oid, &body, row);
         }
         let run = |sql: String| async move { client.batch_execute(&sql).await };
         if own_transaction {
@@ -341,7 +342,7 @@ impl Roles {
                 let schema_owner: i64 = client
                     .query_one("SELECT nspowner::bigint FROM pg_catalog.pg_namespace WHERE nspname = 'pgdms_gate'", &[])
                     .await?
-                    .get(0);
+                    .try_get(0)?;
                 if schema_owner != self.target_oid {
                     return Ok(None);
                 }
@@ -369,7 +370,7 @@ impl Roles {
             run(if matches!(made, Ok(Some(_))) { "COMMIT" } else { "ROLLBACK" }.into()).await?;
         }
         let row = made?.ok_or(RoleError::GateSchema)?;
-        Ok(self.remember(owner, &function, owner_oid, &body, row))
+        self.remember(owner, &function, owner_oid, &body, row)
     }
 
     /// The call of a gate found valid (`row`: its oid and proconfig), kept for the session.
@@ -380,8 +381,8 @@ impl Roles {
         owner_oid: i64,
         body: &str,
         row: tokio_postgres::Row,
-    ) -> String {
-        let (oid, config): (i64, String) = (row.get(0), row.get(1));
+    ) -> Result<String, RoleError> {
+        let (oid, config): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
         // Checked again at every call, in the statement that calls it (the owner owns the
         // gate and could make it run as its caller, or set another search_path on it).
         let call = format!(
@@ -396,7 +397,7 @@ impl Roles {
             quote_literal(body),
         );
         self.gates.insert(owner.to_string(), call.clone());
-        call
+        Ok(call)
     }
 }
 
