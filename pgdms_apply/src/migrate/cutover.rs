@@ -24,6 +24,17 @@ pub struct CutoverOptions {
     pub skip_validate: bool,
 }
 
+/// The next transaction id the source's server will assign: it moves only when a
+/// transaction writes (in any database of the server).
+async fn next_xid(client: &tokio_postgres::Client) -> Result<u64, MigrateError> {
+    let row = client
+        .query_one("SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text", &[])
+        .await
+        .map_err(load::sql_error("source"))?;
+    let text: String = row.try_get(0).map_err(load::sql_error("source"))?;
+    text.parse().map_err(|_| MigrateError::Refused(format!("the source's next transaction id is \"{text}\"")))
+}
+
 pub async fn cutover(
     source: &ConnInfo,
     sink: &SinkFactory,
@@ -44,11 +55,16 @@ pub async fn cutover(
         )));
     }
     let src = connect(source, "pgdms-apply cutover").await?;
-    let until: String =
-        src.client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(load::sql_error("source"))?.get(0);
+    let until: String = src
+        .client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(load::sql_error("source"))?;
     let until = until
         .parse()
         .map_err(|_| MigrateError::Refused(format!("the source's pg_current_wal_lsn() is \"{until}\", not an LSN")))?;
+    let xids_before = next_xid(&src.client).await?;
     tracing::info!(%slot, %until, "catching up to the source's current position");
     let mut opts = apply_opts.clone();
     opts.until = Some(until);
@@ -69,6 +85,16 @@ pub async fn cutover(
         }
     }
     if reports.iter().any(|r| !r.ok()) {
+        // Writes after the cutover point are on the source and not (yet) on the target: the
+        // differences may be theirs, which is not the target's fault.
+        let written = next_xid(&src.client).await?.saturating_sub(xids_before);
+        if written > 0 {
+            tracing::warn!(
+                %slot, cutover_point = %until, transactions = written,
+                "the source was written while the cutover ran: the differences may be those writes, not the \
+                 target's. Stop the writers (or make the source read-only) and run cutover again"
+            );
+        }
         tracing::warn!(%slot, "tables differ: the slot is kept, to stream again after fixing the target");
         return Ok(reports);
     }
