@@ -119,7 +119,9 @@ sql tgt_pgdms "create table if not exists lag_samples (source_commit timestamptz
     alter table lag_samples owner to $TARGET_ROLE" >/dev/null
 sql tgt_pgdms "create or replace function lag_sample() returns trigger language plpgsql as \$\$
     begin insert into lag_samples select commit_time, clock_timestamp() from pgdms_apply.apply_progress; return null; end \$\$;
-    create trigger lag_sample after insert or update on pgdms_apply.apply_progress for each row execute function lag_sample();
+    -- Groups only: an idle position recorded between them keeps the last commit time.
+    create trigger lag_sample after update on pgdms_apply.apply_progress for each row
+        when (new.commit_time is distinct from old.commit_time) execute function lag_sample();
     alter table pgdms_apply.apply_progress enable always trigger lag_sample;" >/dev/null
 PGDMS_LOG=warn "$APPLY" cdc --source "$(conn src)" --target "$(target_conn tgt_pgdms)" --slot bench_pgdms --synchronous-commit off &
 APPLY_PID=$!

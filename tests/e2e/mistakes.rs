@@ -194,3 +194,84 @@ fn a_dump_of_a_migrations_slot_leaves_it_where_it_was_unless_asked() {
     let after = confirmed();
     assert!(!pgdms_tests::lsn_ge(&caught_up, &after), "--ack confirms what it printed: {caught_up} then {after}");
 }
+
+#[test]
+fn a_cutover_while_the_source_is_still_written_says_so() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    source.execute("create extension pgdms; create table t (id bigserial primary key, v text)");
+    let until = source.current_lsn();
+    let out = pgdms_tests::between("migrate", &source, &target, "busy", &["--until", &until]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // A writer that does not stop for the cutover.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, mut client) = (stop.clone(), source.connect("postgres"));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.batch_execute("insert into t (v) select 'late' from generate_series(1, 100)").unwrap();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = pgdms_apply()
+        .args(["cutover", "--source", &source.conninfo("postgres"), "--target", &target.target_conninfo("postgres")])
+        .args(["--slot", "busy"])
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "the tables differ: {said}");
+    assert!(said.contains("the source was written while the cutover ran"), "{said}");
+}
+
+#[test]
+fn a_slot_advanced_behind_the_applys_back_is_refused_and_an_idle_stream_is_not_taken_for_that() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    source.execute("create table t (id int primary key)");
+    source.execute("create database other");
+    source.copy_schema_to(&target);
+    source.create_slot("s");
+    let confirmed = || source.value("select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 's'");
+    source.execute("insert into t values (1)");
+    pgdms_tests::catch_up(&source, &target, "s", &[]);
+    let caught_up = confirmed();
+
+    // An idle stream: the WAL moves on (another database is written) with nothing to apply.
+    // The apply confirms that idle position, and records it on the target first.
+    let mut running = Running::spawn(pgdms_tests::cdc(&source, &target, "s", &[]).stderr(Stdio::piped()));
+    let mut other = source.connect("other");
+    other.batch_execute("create table x (a int)").unwrap();
+    wait_until(Duration::from_secs(30), "the idle position confirmed", || {
+        other.batch_execute("insert into x select generate_series(1, 100)").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        !pgdms_tests::lsn_ge(&caught_up, &confirmed())
+    });
+    Command::new("kill").args(["-TERM", &running.id().to_string()]).status().unwrap();
+    assert!(running.wait().unwrap().success());
+    // ...which a restart does not take for someone else's doing.
+    source.execute("insert into t values (2)");
+    pgdms_tests::catch_up(&source, &target, "s", &[]);
+    assert_eq!(target.value("select count(*) from t"), "2");
+
+    // Changes confirmed behind the apply's back, by dump --ack and by SQL, are refused.
+    for (n, advance) in [(3, "dump"), (4, "sql")] {
+        source.execute(&format!("insert into t values ({n})"));
+        match advance {
+            "dump" => {
+                source.dump("s", &["--ack"]);
+            }
+            _ => source.execute("select count(*) from pg_logical_slot_get_binary_changes('s', null, null)"),
+        }
+        let until = source.current_lsn();
+        let out = pgdms_tests::cdc(&source, &target, "s", &["--until", &until]).output().unwrap();
+        let said = text(&out);
+        assert!(!out.status.success(), "{advance}: {said}");
+        assert!(said.contains("was advanced past what the target holds"), "{advance}: {said}");
+        assert_eq!(target.value("select count(*) from t"), "2", "{advance}: nothing changed on the target");
+        // The way on that the message gives, for a user who knows what was skipped.
+        let at = confirmed();
+        let out = pgdms_tests::cdc(&source, &target, "s", &["--until", &until, "--start-lsn", &at]).output().unwrap();
+        assert!(out.status.success(), "{advance}: {}", text(&out));
+    }
+}

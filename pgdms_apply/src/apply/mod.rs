@@ -113,7 +113,7 @@ enum ReceiverEnd {
 }
 
 /// Checks the slot before streaming from it, with a fix for each way it can be unusable.
-async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), ApplyError> {
+async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<crate::stream::SlotInfo, ApplyError> {
     let Some(info) = conn.slot(slot).await? else {
         return Err(ApplyError::Slot(format!(
             "replication slot \"{slot}\" does not exist; create it with `pgdms-apply slot create --slot {slot}` \
@@ -139,7 +139,27 @@ async fn check_slot(conn: &mut ReplicationConnection, slot: &str) -> Result<(), 
             "replication slot \"{slot}\" belongs to another database than --source names"
         )));
     }
-    Ok(())
+    Ok(info)
+}
+
+/// Refuses a slot that confirms more than the target recorded as applied: something else
+/// consumed or advanced it, and the changes in between are gone for this target. (The apply
+/// records every position before confirming it, an idle stream's too, so it cannot be the
+/// apply's own doing.)
+fn check_not_advanced_behind(slot: &str, confirmed: Option<Lsn>, acked: Option<Lsn>) -> Result<(), ApplyError> {
+    let (Some(confirmed), Some(acked)) = (confirmed, acked) else { return Ok(()) };
+    if confirmed <= acked {
+        return Ok(());
+    }
+    Err(ApplyError::Slot(format!(
+        "replication slot \"{slot}\" was advanced past what the target holds: the source confirms changes up to \
+         {confirmed}, the target applied them up to {acked}. Something else consumed or advanced the slot \
+         (pgdms-apply dump --ack, pg_logical_slot_get_changes, pg_replication_slot_advance, a second apply); \
+         the changes in between never reached this target and cannot be decoded again. Nothing was changed on \
+         the target. Load it again with a new migration (pgdms-apply slot drop --slot {slot}; on the target \
+         DELETE FROM pgdms_apply.migration and pgdms_apply.apply_progress WHERE slot_name = '{slot}'; then \
+         pgdms-apply migrate), or, if you know those changes are on the target, pass --start-lsn {confirmed}"
+    )))
 }
 
 /// One connection's worth of streaming: returns when interrupted, at `until`, or on error.
@@ -152,7 +172,11 @@ pub async fn run_session<T: Target>(
     let progress = target.start(&opts.slot).await?;
     let mut conn = ReplicationConnection::connect(source).await?;
     let system = conn.identify_system().await?;
-    check_slot(&mut conn, &opts.slot).await?;
+    let slot = check_slot(&mut conn, &opts.slot).await?;
+    if opts.start_lsn.is_none() && opts.start_time.is_none() {
+        let acked = target.acknowledged(&opts.slot).await?;
+        check_not_advanced_behind(&opts.slot, slot.confirmed_flush_lsn, acked)?;
+    }
     let start = progress.unwrap_or_default();
     tracing::info!(
         slot = %opts.slot,
@@ -169,7 +193,9 @@ pub async fn run_session<T: Target>(
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(32);
     let (applied_tx, applied_rx) = watch::channel(start);
     let decoder = EventDecoder::with_mapping(opts.mapping.clone()).with_reloaded(opts.reloaded.clone());
-    let receiver = tokio::spawn(receive(stream, decoder, events_tx, applied_rx, start, opts.until.is_some()));
+    let idle_acks = !target.records_acknowledged();
+    let receiver =
+        tokio::spawn(receive(stream, decoder, events_tx, applied_rx, start, opts.until.is_some(), idle_acks));
     let mut applier = Applier::new(target, opts, progress, applied_tx);
     let result = applier.run(events_rx, shutdown).await;
     let receiver_end = tokio::time::timeout(Duration::from_secs(4), receiver).await;
@@ -186,6 +212,8 @@ pub async fn run_session<T: Target>(
 
 /// Events per chunk handed to the applier.
 const CHUNK: usize = 1024;
+/// Least time between two idle positions recorded on the target.
+const ADVANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Minimum interval between standby status updates caused by applied progress.
 const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -201,13 +229,25 @@ struct Reporter {
     last_status: Instant,
     /// A report held back by STATUS_MIN_INTERVAL, to send when it passes.
     due: Option<Instant>,
+    /// Confirm an idle stream's WAL end directly; else only what the applier published,
+    /// which it recorded on the target first (`Target::records_acknowledged`).
+    idle_acks: bool,
 }
 
 impl Reporter {
-    /// As flushed: what the target committed, or with nothing in flight, the idle WAL end.
-    fn position(&self, applied: Lsn) -> Lsn {
+    /// As received: what the target committed, or with nothing in flight, the idle WAL end.
+    fn received(&self, applied: Lsn) -> Lsn {
         if !self.in_txn && applied >= self.received_end {
             applied.max(self.idle_end)
+        } else {
+            applied
+        }
+    }
+
+    /// As flushed: what the source may forget.
+    fn position(&self, applied: Lsn) -> Lsn {
+        if self.idle_acks {
+            self.received(applied)
         } else {
             applied
         }
@@ -220,7 +260,7 @@ impl Reporter {
         reply: bool,
     ) -> Result<(), ReplicationError> {
         let pos = self.position(applied);
-        stream.send_status(pos, pos, pos, reply).await?;
+        stream.send_status(self.received(applied), pos, pos, reply).await?;
         self.reported = pos;
         self.last_status = Instant::now();
         self.due = None;
@@ -249,6 +289,7 @@ async fn receive(
     mut applied: watch::Receiver<Lsn>,
     start: Lsn,
     probe_when_idle: bool,
+    idle_acks: bool,
 ) -> ReceiverEnd {
     let mut chunk: Vec<Event> = Vec::with_capacity(CHUNK);
     let mut rep = Reporter {
@@ -258,6 +299,7 @@ async fn receive(
         reported: start,
         last_status: Instant::now(),
         due: None,
+        idle_acks,
     };
     let result: Result<(), ApplyError> = async {
         loop {
@@ -394,6 +436,8 @@ struct Applier<'t, T: Target> {
     group_end: Option<(Lsn, i64)>,
     /// The stream was idle, with everything applied, at this WAL position.
     caught_up_to: Lsn,
+    /// When an idle position was last recorded on the target (`Target::advance`).
+    last_advance: Option<Instant>,
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -416,6 +460,7 @@ impl<'t, T: Target> Applier<'t, T> {
             group_started: None,
             group_end: None,
             caught_up_to: Lsn(0),
+            last_advance: None,
         }
     }
 
@@ -527,6 +572,7 @@ impl<'t, T: Target> Applier<'t, T> {
                 if self.txn.is_empty() && !self.txn_streaming {
                     self.commit_group().await?;
                     self.caught_up_to = self.caught_up_to.max(wal_end);
+                    self.advance_when_idle(wal_end).await?;
                 }
             }
             Event::Begin { commit_lsn, commit_time, .. } => {
@@ -569,7 +615,9 @@ impl<'t, T: Target> Applier<'t, T> {
             Event::Commit { end_lsn, commit_time } => {
                 if self.skipping_txn {
                     self.skipping_txn = false;
-                    if self.group_end.is_none() {
+                    // A target that records what is confirmed gets this position with the
+                    // next idle one (`advance_when_idle`), not confirmed unrecorded.
+                    if self.group_end.is_none() && !self.target.records_acknowledged() {
                         self.publish(end_lsn);
                     }
                     return Ok(());
@@ -604,6 +652,22 @@ impl<'t, T: Target> Applier<'t, T> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The stream is idle at `wal_end` with everything applied: on a target that records
+    /// what is confirmed, record it (at most every ADVANCE_INTERVAL: the source keeps a
+    /// little more WAL meanwhile), then let the receiver confirm it.
+    async fn advance_when_idle(&mut self, wal_end: Lsn) -> Result<(), ApplyError> {
+        if !self.target.records_acknowledged()
+            || wal_end <= *self.applied.borrow()
+            || self.last_advance.is_some_and(|t| t.elapsed() < ADVANCE_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.target.advance(wal_end).await?;
+        self.last_advance = Some(Instant::now());
+        self.publish(wal_end);
         Ok(())
     }
 

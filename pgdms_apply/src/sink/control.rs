@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 /// The version of the control tables' layout this release writes.
 /// 1: the first versioned layout, one set of columns for every target kind.
-pub const CONTROL_VERSION: i64 = 1;
+pub const CONTROL_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -235,6 +235,10 @@ pub const TABLES: &[Table] = &[
             col("commit_time", Kind::CommitTime, false),
             col("applied_at", Kind::Now, true),
             col("resume_after_item", Kind::Count, false),
+            // The position the apply may confirm to the source: everything before it is
+            // applied, or had nothing to apply. A slot found past it was advanced by
+            // someone else. NULL when written by a release before 0.3 (control version 1).
+            col("acked_lsn", Kind::Lsn, false),
         ],
         key: &["slot_name"],
     },
@@ -488,7 +492,7 @@ mod tests {
             t.create(Dialect::Postgres, "pgdms_apply.apply_progress"),
             "CREATE TABLE IF NOT EXISTS pgdms_apply.apply_progress (\"slot_name\" text NOT NULL, \"end_lsn\" pg_lsn NOT NULL, \
              \"commit_time\" timestamptz, \"applied_at\" timestamptz DEFAULT now() NOT NULL, \"resume_after_item\" bigint, \
-             PRIMARY KEY (\"slot_name\"))"
+             \"acked_lsn\" pg_lsn, PRIMARY KEY (\"slot_name\"))"
         );
         let exceptions = TABLES.iter().find(|t| t.name == "apply_exceptions").unwrap();
         let sqlite = exceptions.create(Dialect::Sqlite, "\"pgdms_apply_exceptions\"");

@@ -137,6 +137,25 @@ pub trait Target {
         false
     }
 
+    /// Does the target record every position the apply acknowledges to the source (so
+    /// that a slot found ahead of it was advanced behind the apply's back)? Then the apply
+    /// confirms an idle stream's position only after [`Target::advance`] recorded it.
+    fn records_acknowledged(&self) -> bool {
+        false
+    }
+
+    /// The source had nothing more to apply up to `lsn` (an idle stream's position): record
+    /// it as the acknowledged position, outside any group.
+    fn advance(&mut self, _lsn: Lsn) -> impl Future<Output = Result<(), TargetError>> {
+        std::future::ready(Ok(()))
+    }
+
+    /// The position last recorded by [`Target::advance`] or a commit, when this target
+    /// records them (`None`: not known, as on a target written by an older release).
+    fn acknowledged(&mut self, _slot: &str) -> impl Future<Output = Result<Option<Lsn>, TargetError>> {
+        std::future::ready(Ok(None))
+    }
+
     /// The source described `rel` anew right after its DDL record (at `lsn`): a target
     /// that creates tables from relation records gives it this shape now.
     fn described(&mut self, _rel: &RelInfo, _lsn: Lsn) -> impl Future<Output = Result<(), TargetError>> {

@@ -185,6 +185,15 @@ impl Target for Sink {
     async fn described(&mut self, rel: &RelInfo, lsn: Lsn) -> Result<(), TargetError> {
         each!(self, t => t.described(rel, lsn).await)
     }
+    fn records_acknowledged(&self) -> bool {
+        each!(self, t => t.records_acknowledged())
+    }
+    async fn advance(&mut self, lsn: Lsn) -> Result<(), TargetError> {
+        each!(self, t => t.advance(lsn).await)
+    }
+    async fn acknowledged(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
+        each!(self, t => t.acknowledged(slot).await)
+    }
 }
 
 impl ControlStore for Sink {

@@ -2,4 +2,4 @@
 
 pub mod replication;
 
-pub use replication::{ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};
+pub use replication::{ReplicationConnection, ReplicationError, ReplicationStream, SlotInfo, StreamMessage};

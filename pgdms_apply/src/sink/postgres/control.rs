@@ -123,6 +123,38 @@ impl PgControl<'_> {
         Ok(Some(control::parse_lsn(&table, "end_lsn", slot, row.try_get(0).map_err(&read)?)?))
     }
 
+    /// The acknowledged position recorded for `slot` (see `control::TABLES`).
+    pub async fn acknowledged(&self, slot: &str) -> Result<Option<pgdms_proto::Lsn>, TargetError> {
+        let table = self.control_table("apply_progress");
+        let read = failed("could not read pgdms_apply.apply_progress");
+        let row = self
+            .0
+            .query_opt(&format!("SELECT acked_lsn::text FROM {table} WHERE slot_name = $1"), &[&slot])
+            .await
+            .map_err(&read)?;
+        let Some(text) = row.map(|r| r.try_get::<_, Option<String>>(0)).transpose().map_err(&read)?.flatten() else {
+            return Ok(None);
+        };
+        Ok(Some(control::parse_lsn(&table, "acked_lsn", slot, &text)?))
+    }
+
+    /// Records that nothing is left to apply before `lsn`, in a transaction of its own.
+    pub async fn advance(&self, slot: &str, lsn: pgdms_proto::Lsn) -> Result<(), TargetError> {
+        let table = self.control_table("apply_progress");
+        self.0
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (slot_name, end_lsn, applied_at, acked_lsn) VALUES ($1, $2::text::pg_lsn, now(), $2::text::pg_lsn)
+                     ON CONFLICT (slot_name) DO UPDATE SET end_lsn = greatest({table}.end_lsn, excluded.end_lsn),
+                                                           acked_lsn = greatest({table}.acked_lsn, excluded.acked_lsn)"
+                ),
+                &[&slot, &lsn.to_string()],
+            )
+            .await
+            .map_err(failed("could not record the acknowledged position in pgdms_apply.apply_progress"))?;
+        Ok(())
+    }
+
     pub async fn migration(&self, slot: &str) -> Result<Option<MigrationRecord>, TargetError> {
         let table = self.control_table("migration");
         let read = failed("could not read pgdms_apply.migration");

@@ -1042,9 +1042,10 @@ impl Target for PostgresTarget {
         let progress = Planned {
             gated: false,
             sql: format!(
-                "INSERT INTO {CONTROL_SCHEMA}.apply_progress (slot_name, end_lsn, commit_time, applied_at) \
-                 VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) \
-                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, commit_time = excluded.commit_time, applied_at = now()"
+                "INSERT INTO {CONTROL_SCHEMA}.apply_progress (slot_name, end_lsn, commit_time, applied_at, acked_lsn) \
+                 VALUES ($1, $2::pg_lsn, $3::timestamptz, now(), $2::pg_lsn) \
+                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, commit_time = excluded.commit_time, applied_at = now(), \
+                 acked_lsn = greatest({CONTROL_SCHEMA}.apply_progress.acked_lsn, excluded.acked_lsn)"
             ),
             params: vec![Some(self.slot.clone()), Some(end_lsn.to_string()), commit_time],
             expect: Some(1),
@@ -1059,6 +1060,18 @@ impl Target for PostgresTarget {
                 TargetError::Refused(format!("the target refused to commit at source LSN {end_lsn}: {why}"))
             }
         })
+    }
+
+    fn records_acknowledged(&self) -> bool {
+        true
+    }
+
+    async fn advance(&mut self, lsn: Lsn) -> Result<(), TargetError> {
+        PgControl(&self.conn.client).advance(&self.slot, lsn).await
+    }
+
+    async fn acknowledged(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
+        PgControl(&self.conn.client).acknowledged(slot).await
     }
 
     async fn rollback(&mut self) -> Result<(), TargetError> {
