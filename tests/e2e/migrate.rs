@@ -21,14 +21,6 @@ fn cutover(source: &Cluster, target: &Cluster, slot: &str, extra: &[&str]) -> st
         .unwrap()
 }
 
-fn phase(target: &Cluster, slot: &str) -> Option<String> {
-    if target.value("select to_regclass('pgdms_apply.migration') is not null") != "t" {
-        return None;
-    }
-    let rows = target.query(&format!("select phase from pgdms_apply.migration where slot_name = '{slot}'"));
-    rows.into_iter().next().and_then(|r| r[0].clone())
-}
-
 fn loaded_tables(target: &Cluster) -> usize {
     if target.value("select to_regclass('pgdms_apply.load_progress') is not null") != "t" {
         return 0;
@@ -138,7 +130,7 @@ fn a_live_database_migrates_with_no_gap_and_no_duplicate() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(120), "the full load to finish", || {
-        phase(&target, "live").as_deref() == Some("cdc")
+        target.migration_phase("live").as_deref() == Some("cdc")
     });
     assert!(bench.join().unwrap().status.success());
     stop.store(true, Ordering::Relaxed);
@@ -190,7 +182,7 @@ fn a_full_load_killed_midway_resumes_with_only_the_unfinished_tables() {
     wait_until(Duration::from_secs(60), "two tables loaded", || loaded_tables(&target) >= 2);
     running.kill().unwrap(); // SIGKILL, in the middle of the load
     running.wait().unwrap();
-    assert_eq!(phase(&target, "crash").as_deref(), Some("load"), "the crash must hit the load");
+    assert_eq!(target.migration_phase("crash").as_deref(), Some("load"), "the crash must hit the load");
     let done_before: Vec<String> = target
         .query("select table_name from pgdms_apply.load_progress order by 1")
         .into_iter()

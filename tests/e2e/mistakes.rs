@@ -119,17 +119,6 @@ fn bad_command_lines_and_connection_strings_say_what_to_do() {
     }
 }
 
-fn phase(target: &Cluster, slot: &str) -> Option<String> {
-    if target.value("select to_regclass('pgdms_apply.migration') is not null") != "t" {
-        return None;
-    }
-    target
-        .query(&format!("select phase from pgdms_apply.migration where slot_name = '{slot}'"))
-        .into_iter()
-        .next()
-        .and_then(|r| r[0].clone())
-}
-
 #[test]
 fn a_stop_during_a_long_table_copy_exits_within_seconds_and_the_rerun_resumes_exactly() {
     let (source, target) = (Cluster::start(), Cluster::start_target());
@@ -160,7 +149,7 @@ fn a_stop_during_a_long_table_copy_exits_within_seconds_and_the_rerun_resumes_ex
     let mut stderr = String::new();
     std::io::Read::read_to_string(running.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "a stop is not a failure: {status}: {stderr}");
-    assert_eq!(phase(&target, "stop").as_deref(), Some("load"), "stopped inside the load: {stderr}");
+    assert_eq!(target.migration_phase("stop").as_deref(), Some("load"), "stopped inside the load: {stderr}");
     assert_eq!(target.value("select count(*) from big"), "0", "the interrupted copy rolled back");
 
     source.execute("update big set v = 'changed' where id <= 10; delete from small where id = 1");

@@ -25,17 +25,6 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn phase(target: &Cluster, slot: &str) -> Option<String> {
-    if target.value("select to_regclass('pgdms_apply.migration') is not null") != "t" {
-        return None;
-    }
-    target
-        .query(&format!("select phase from pgdms_apply.migration where slot_name = '{slot}'"))
-        .into_iter()
-        .next()
-        .and_then(|r| r[0].clone())
-}
-
 /// The shapes, each with some rows.
 fn create_shapes(source: &Cluster, schema: &str, table: &str, column: &str) {
     let wide_columns: Vec<String> = (1..=1600).map(|i| format!("c{i} int")).collect();
@@ -132,7 +121,7 @@ fn every_table_shape_loads_replicates_and_validates() {
             std::io::Read::read_to_string(running.stderr.as_mut().unwrap(), &mut err).unwrap();
             panic!("migrate exited with {status} during the load: {err}");
         }
-        phase(&target, "shapes").as_deref() == Some("cdc")
+        target.migration_phase("shapes").as_deref() == Some("cdc")
     });
     change_shapes(&source, 2, &qs, &qt, &qc);
     // Created, filled and dropped inside one transaction, while CDC runs.

@@ -423,6 +423,15 @@ impl Cluster {
             .collect()
     }
 
+    /// The phase pgdms-apply recorded on this target for the migration of `slot`, if any.
+    pub fn migration_phase(&self, slot: &str) -> Option<String> {
+        if self.value("select to_regclass('pgdms_apply.migration') is not null") != "t" {
+            return None;
+        }
+        let rows = self.query(&format!("select phase from pgdms_apply.migration where slot_name = '{slot}'"));
+        rows.into_iter().next().and_then(|r| r[0].clone())
+    }
+
     /// `pg_postmaster_start_time()`: unchanged as long as the server did not restart or crash.
     pub fn postmaster_start_time(&self) -> String {
         self.value("select pg_postmaster_start_time()::text")
