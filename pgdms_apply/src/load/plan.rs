@@ -109,11 +109,11 @@ pub async fn source_tables(client: &Client) -> Result<Vec<SourceTable>, tokio_po
                     coalesce(pg_relation_size(c.oid), 0)::bigint, c.relpages::bigint
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms_apply') AND n.nspname !~ '^pg_toast'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname !~ '^pg_toast'
                 AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                    AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
               ORDER BY 1",
-            &[],
+            &[&crate::sink::postgres::CONTROL_SCHEMA],
         )
         .await?;
     rows.iter()

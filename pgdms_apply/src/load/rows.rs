@@ -30,11 +30,11 @@ pub async fn source_relations(client: &Client) -> Result<Vec<RelInfo>, tokio_pos
                LEFT JOIN pg_index ri ON ri.indrelid = c.oid
                     AND ((c.relreplident = 'd' AND ri.indisprimary) OR (c.relreplident = 'i' AND ri.indisreplident))
               WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms_apply') AND n.nspname !~ '^pg_toast'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname !~ '^pg_toast'
                 AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                    AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
               ORDER BY n.nspname, c.relname, a.attnum",
-            &[],
+            &[&crate::sink::postgres::CONTROL_SCHEMA],
         )
         .await?;
     let mut rels: Vec<RelInfo> = Vec::new();

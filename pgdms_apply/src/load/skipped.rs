@@ -29,13 +29,13 @@ pub async fn not_migrated(client: &Client) -> Result<Vec<NotMigrated>, tokio_pos
             "SELECT n.nspname::text, c.relname::text
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'u'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms_apply') AND n.nspname !~ '^pg_toast'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname !~ '^pg_toast'
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
                                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
                                    AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
                                    AND d.deptype = 'e')
               ORDER BY 1, 2",
-            &[],
+            &[&crate::sink::postgres::CONTROL_SCHEMA],
         )
         .await?;
     rows.iter().map(|r| Ok(NotMigrated { schema: r.try_get(0)?, name: r.try_get(1)?, why: UNLOGGED })).collect()

@@ -105,11 +105,11 @@ pub(super) async fn map_schema(
                              '{}')
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgdms_apply') AND n.nspname !~ '^pg_toast'
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname !~ '^pg_toast'
                 AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                    AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
               ORDER BY c.relkind = 'p' DESC, c.relispartition, 1, 2",
-            &[],
+            &[&crate::sink::postgres::CONTROL_SCHEMA],
         )
         .await
         .map_err(load::sql_error("could not list the source's tables"))?;

@@ -59,8 +59,8 @@ type CopiedTables<'b> = Vec<(&'b TableBatch, &'b NetTable)>;
 const UNNEST_MAX_ROWS: usize = 5_000;
 
 /// pgdms-apply's own schema on a PostgreSQL target. Never migrated from a source (a source
-/// can be another migration's target): the source's catalog queries leave it out by this
-/// name, `pg_dump` excludes it, and the apply passes over its changes and DDL.
+/// can be another migration's target): the source's catalog queries take this name as a
+/// parameter and leave it out, `pg_dump` excludes it, and the apply passes over its changes and DDL.
 pub const CONTROL_SCHEMA: &str = "pgdms_apply";
 
 pub struct PostgresTarget {
