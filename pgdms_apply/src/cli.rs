@@ -8,7 +8,7 @@ use crate::migrate::{self, MigrateOptions, Mode, Prep};
 use crate::pgconn::ConnInfo;
 use crate::sink::spec::{SinkFactory, SinkSettings, TargetSpec};
 use crate::sink::typemap::{LongVarchar, MapOptions};
-use crate::sink::{OnError, Target};
+use crate::sink::{OnError, OnTableError, Target};
 use crate::stream::ReplicationConnection;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -125,6 +125,14 @@ struct ApplyArgs {
     /// it to pgdms_apply.apply_exceptions on the target and go on.
     #[arg(long, value_enum, default_value_t = OnError::Stop)]
     on_error: OnError,
+    /// What to do with a table the target refuses (its load fails, or, with --on-error
+    /// stop, a change of it): stop, naming it (what was loaded and applied stays; the same
+    /// command resumes once the cause is fixed), or suspend it: set it aside, recorded in
+    /// pgdms_apply.suspended_table on the target, pass over its changes, counting them,
+    /// and go on with every other table. `migrate --reload-table` brings it back.
+    /// PostgreSQL targets.
+    #[arg(long, value_enum, default_value_t = OnTableError::Stop)]
+    on_table_error: OnTableError,
     /// Commit a group of source transactions to the target once it holds this many rows...
     #[arg(long, default_value_t = 200_000, value_parser = at_least_one)]
     group_max_rows: usize,
@@ -216,6 +224,7 @@ impl ApplyArgs {
             start_time: None,
             mapping: (!mapping.is_identity()).then(|| std::sync::Arc::new(mapping)),
             reloaded: Default::default(),
+            on_table_error: self.on_table_error,
         })
     }
 
@@ -280,6 +289,14 @@ struct MigrateArgs {
     /// the source's major version.
     #[arg(long, env = "PGDMS_PG_BIN")]
     pg_bin: Option<std::path::PathBuf>,
+    /// Copy this table again from a new snapshot of the source, then stream on, taking its
+    /// changes over exactly: how a suspended table (--on-table-error suspend), or one a
+    /// rewrite on the source flagged, is brought back into step. SCHEMA.NAME, a part quoted
+    /// when it holds a dot or capitals ("Sales"."Orders"), % matching any run of characters;
+    /// a partitioned table stands for its partitions. Repeatable. The migration's slot must
+    /// not be streamed from meanwhile (stop the running migrate first). PostgreSQL targets.
+    #[arg(long, value_name = "SCHEMA.NAME")]
+    reload_table: Vec<migrate::reload::TablePattern>,
 }
 
 #[derive(Args)]
@@ -436,6 +453,12 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
     let sink = args.apply.sink()?;
     let mut opts = args.apply.options()?;
+    if opts.on_table_error == OnTableError::Suspend && !matches!(sink.spec, TargetSpec::Postgres(_)) {
+        anyhow::bail!(
+            "--on-table-error suspend needs a PostgreSQL target for now: this target cannot record suspended tables. \
+             Leave it out (a refused table then stops the apply, naming it)"
+        );
+    }
     migrate::refuse_same_database(&source, &sink).await?;
     let mut conn = ReplicationConnection::connect(&source).await?;
     let slot = conn.slot(&opts.slot).await?;
@@ -471,6 +494,7 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
         Finished::Interrupted => tracing::info!("stopped"),
         Finished::Reached => tracing::info!(until = %opts.until.unwrap_or_default(), "reached --until"),
     }
+    migrate::check_suspended(&sink, &opts.slot).await?;
     Ok(())
 }
 
@@ -493,25 +517,38 @@ async fn migrate_cmd(args: MigrateArgs) -> anyhow::Result<()> {
         apply: args.apply.options()?,
         drop_slot_on_finish: args.apply.drop_slot_on_finish,
         mapping: args.apply.mappings.load()?,
+        reload: args.reload_table,
     };
     match migrate::migrate(&source, &sink, &opts, shutdown_watch()).await? {
         Finished::Interrupted => tracing::info!("stopped; run the same command again to resume"),
         Finished::Reached => tracing::info!("migration done"),
     }
+    migrate::check_suspended(&sink, &opts.apply.slot).await?;
     Ok(())
 }
 
 fn print_reports(reports: &[crate::validate::TableReport]) -> anyhow::Result<()> {
-    let (mut differ, mut left_out) = (0, 0);
+    let (mut differ, mut left_out, mut suspended) = (0, 0, 0);
     for r in reports {
         println!("{}", crate::validate::describe(r));
         differ += usize::from(!r.ok());
         left_out += usize::from(r.not_migrated.is_some());
+        suspended += usize::from(r.suspended.is_some());
     }
     let compared = reports.len() - left_out;
-    match left_out {
-        0 => println!("{compared} tables compared, {differ} differ"),
-        n => println!("{compared} tables compared, {differ} differ, {n} not migrated"),
+    let mut summary = format!("{compared} tables compared, {differ} differ");
+    if suspended > 0 {
+        summary += &format!(" ({suspended} suspended)");
+    }
+    if left_out > 0 {
+        summary += &format!(", {left_out} not migrated");
+    }
+    println!("{summary}");
+    if suspended > 0 {
+        anyhow::bail!(
+            "{differ} of {compared} tables differ between source and target, {suspended} of them suspended: \
+             bring those back with migrate --reload-table"
+        );
     }
     if differ > 0 {
         anyhow::bail!("{differ} of {compared} tables differ between source and target");
@@ -621,6 +658,9 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// The exit status of a run that ended with tables suspended (`--on-table-error suspend`).
+pub const SUSPENDED_EXIT: u8 = 3;
+
 /// Runs the command line: parses the arguments, runs the command, and says how it ended.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -640,6 +680,15 @@ pub fn main() -> ExitCode {
     let json_logs = matches!(cli.log_format, LogFormat::Json);
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Not a failure of the run: it did what it could, and says which tables it set aside.
+        Err(e) if matches!(e.downcast_ref(), Some(migrate::MigrateError::Suspended { .. })) => {
+            if json_logs {
+                tracing::warn!(error = %e, "pgdms-apply: tables suspended");
+            } else {
+                eprintln!("pgdms-apply: {e}");
+            }
+            ExitCode::from(SUSPENDED_EXIT)
+        }
         Err(e) => {
             if json_logs {
                 tracing::error!(error = %error_chain(&e), "pgdms-apply failed");

@@ -95,7 +95,7 @@ pub struct Mapping {
 }
 
 /// `%` matches any run of characters; everything else matches itself.
-fn like(pattern: &str, name: &str) -> bool {
+pub(crate) fn like(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('%').collect();
     if parts.len() == 1 {
         return pattern == name;

@@ -46,11 +46,13 @@ pub async fn validate_all(
         .into_iter()
         .filter_map(|t| t.mapped(mapping))
         .collect();
+    let suspended = suspended_tables(target).await?;
     let mut reports = Vec::with_capacity(tables.len());
     for t in &tables {
-        let r = compare(source, target, t)
+        let mut r = compare(source, target, t)
             .await
             .map_err(|e| ValidateError::Table { table: t.qualified(), error: e.to_string() })?;
+        r.suspended = suspended.iter().find(|s| s.source_oid == t.oid).cloned();
         reports.push(r);
     }
     let left_out = crate::load::skipped::not_migrated(source).await.map_err(sql("source"))?;
@@ -64,6 +66,7 @@ pub async fn validate_all(
             different: Vec::new(),
             truncated: false,
             not_migrated: Some(t.why),
+            suspended: None,
         });
     }
     let _ = source.batch_execute("COMMIT").await;
@@ -87,6 +90,28 @@ pub struct TableReport {
     pub truncated: bool,
     /// Not compared: the migration does not carry this table, for this reason.
     pub not_migrated: Option<&'static str>,
+    /// Set aside by `--on-table-error suspend` (any migration into this target): not in
+    /// step with the source, whatever its rows show.
+    pub suspended: Option<crate::sink::control::SuspendedTable>,
+}
+
+/// The tables set aside on the target, by any migration into it (none when the target has
+/// no control tables).
+async fn suspended_tables(target: &Client) -> Result<Vec<crate::sink::control::SuspendedTable>, ValidateError> {
+    let table = format!("{}.suspended_table", crate::sink::postgres::CONTROL_SCHEMA);
+    let exists: bool = target
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(sql("target"))?
+        .try_get(0)
+        .map_err(sql("target"))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    crate::sink::postgres::control::PgControl(target)
+        .suspended(None)
+        .await
+        .map_err(|e| ValidateError::Table { table, error: e.to_string() })
 }
 
 impl TableReport {
@@ -94,7 +119,8 @@ impl TableReport {
     /// is reported as such, and was named when the migration began.
     pub fn ok(&self) -> bool {
         self.not_migrated.is_some()
-            || self.target_rows == Some(self.source_rows)
+            || self.suspended.is_none()
+                && self.target_rows == Some(self.source_rows)
                 && self.missing.is_empty()
                 && self.extra.is_empty()
                 && self.different.is_empty()
@@ -188,6 +214,7 @@ pub async fn compare(source: &Client, target: &Client, t: &SourceTable) -> Resul
         different: Vec::new(),
         truncated: false,
         not_migrated: None,
+        suspended: None,
     };
     let Some(d) = d else { return Ok(report) };
     let differing: Vec<i32> = (0..BUCKETS as i32).filter(|b| s.get(b) != d.get(b)).collect();
@@ -220,6 +247,13 @@ pub async fn compare(source: &Client, target: &Client, t: &SourceTable) -> Resul
 pub fn describe(r: &TableReport) -> String {
     if let Some(why) = r.not_migrated {
         return format!("NOT MIGRATED  {}: {why}", r.table);
+    }
+    if let Some(s) = &r.suspended {
+        return format!(
+            "SUSPENDED  {}: set aside by --on-table-error suspend ({}), {} changes passed over since; \
+             bring it back with migrate --reload-table",
+            r.table, s.error, s.passed_over
+        );
     }
     if r.ok() {
         return format!("ok       {} ({} rows)", r.table, r.source_rows);

@@ -115,6 +115,7 @@ fn run(
         start_lsn: None,
         start_time: None,
         mapping: None,
+        on_table_error: Default::default(),
     };
     let info = ConnInfo::parse(&source.conninfo("postgres")).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -174,6 +175,7 @@ fn a_refused_change_is_not_retried() {
     let db = dir.path().join("t.db");
     let refused = || TargetError::Change {
         table: "public.t".into(),
+        source_oid: None,
         operation: "insert",
         lsn: Lsn(0),
         key: "id=1".into(),

@@ -17,7 +17,7 @@ use crate::error::ErrorKind;
 use crate::model::batch::Batch;
 use crate::model::{Change, RelInfo};
 use crate::pgconn::ConnInfo;
-use crate::sink::{Target, TargetError};
+use crate::sink::{OnTableError, Target, TargetError};
 use crate::stream::replication::{IDLE_PROBE, STATUS_INTERVAL};
 use crate::stream::{ReplicationConnection, ReplicationError, ReplicationStream, StreamMessage};
 use decode::{Event, EventDecoder, EventError};
@@ -50,6 +50,9 @@ pub struct ApplyOptions {
     pub start_time: Option<i64>,
     /// Table mappings (selection, names, removed columns).
     pub mapping: Option<Arc<crate::mapping::Mapping>>,
+    /// A table whose change the target refuses (with `--on-error stop`): stop, or set it
+    /// aside and go on.
+    pub on_table_error: crate::sink::OnTableError,
 }
 
 /// Reloaded tables and the LSN of the snapshot each was copied from, by source oid and by
@@ -196,7 +199,13 @@ pub async fn run_session<T: Target>(
     let idle_acks = !target.records_acknowledged();
     let receiver =
         tokio::spawn(receive(stream, decoder, events_tx, applied_rx, start, opts.until.is_some(), idle_acks));
+    // Tables set aside (`--on-table-error suspend`): their changes are passed over, counted.
+    let suspended = target.suspended_tables(&opts.slot).await?;
+    for t in &suspended {
+        tracing::warn!(table = %t.name, error = %t.error, "suspended: its changes are passed over until --reload-table");
+    }
     let mut applier = Applier::new(target, opts, progress, applied_tx);
+    applier.suspended = suspended.iter().map(|t| t.source_oid).collect();
     let result = applier.run(events_rx, shutdown).await;
     let receiver_end = tokio::time::timeout(Duration::from_secs(4), receiver).await;
     match (result, receiver_end) {
@@ -438,6 +447,9 @@ struct Applier<'t, T: Target> {
     caught_up_to: Lsn,
     /// When an idle position was last recorded on the target (`Target::advance`).
     last_advance: Option<Instant>,
+    /// Source oids of the tables set aside, and their changes passed over in the open group.
+    suspended: HashSet<u32>,
+    passed_over: HashMap<u32, i64>,
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -461,6 +473,8 @@ impl<'t, T: Target> Applier<'t, T> {
             group_end: None,
             caught_up_to: Lsn(0),
             last_advance: None,
+            suspended: HashSet::new(),
+            passed_over: HashMap::new(),
         }
     }
 
@@ -587,6 +601,11 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.new_in_txn.clear();
                 self.txn_streaming = false;
             }
+            Event::Change(c) if self.suspended.contains(&c.rel.oid) => {
+                if !self.skipping_txn {
+                    *self.passed_over.entry(c.rel.oid).or_default() += 1;
+                }
+            }
             Event::Change(c) => {
                 if !self.skipping_txn {
                     if !self.anew_while_skipping.is_empty() && self.anew_while_skipping.remove(&c.rel.oid) {
@@ -598,8 +617,11 @@ impl<'t, T: Target> Applier<'t, T> {
                     }
                 }
             }
-            Event::Truncate { rels, restart_identity, lsn } => {
-                if !self.skipping_txn {
+            Event::Truncate { mut rels, restart_identity, lsn } => {
+                if !self.suspended.is_empty() {
+                    rels.retain(|r| !self.suspended.contains(&r.oid));
+                }
+                if !self.skipping_txn && !rels.is_empty() {
                     for r in &rels {
                         self.txn_describes_anew |= self.anew_while_skipping.remove(&r.oid);
                     }
@@ -747,6 +769,7 @@ impl<'t, T: Target> Applier<'t, T> {
         if self.txn_streaming {
             self.txn_streaming = false;
             self.batch.clear();
+            self.passed_over.clear();
             self.target.rollback().await?;
         }
         Ok(())
@@ -755,6 +778,10 @@ impl<'t, T: Target> Applier<'t, T> {
     async fn commit_group(&mut self) -> Result<(), ApplyError> {
         let Some((end_lsn, commit_time)) = self.group_end.take() else { return Ok(()) };
         self.flush_batch().await?;
+        if !self.passed_over.is_empty() {
+            let counts: Vec<(u32, i64)> = self.passed_over.drain().collect();
+            self.target.passed_over(&counts).await?;
+        }
         self.target.commit(end_lsn, commit_time).await?;
         tracing::debug!(end_lsn = %end_lsn, rows = self.group_rows, "group committed");
         self.group_rows = 0;
@@ -814,10 +841,22 @@ where
                 // Whatever the group held was not committed; say so to the server if it listens.
                 let _ = target.rollback().await;
             }
-            result
+            match result {
+                Err(ApplyError::Target(TargetError::Change { source_oid: Some(oid), table, lsn, error, .. }))
+                    if opts.on_table_error == OnTableError::Suspend && target.suspends_tables() =>
+                {
+                    // Set aside, committed on its own; the next session passes over its
+                    // changes from the last committed group on.
+                    target.suspend(oid, &table, lsn, &error).await?;
+                    tracing::error!(%table, %lsn, %error, "table suspended: the target refused a change of it; its changes are passed over until --reload-table");
+                    Ok(None)
+                }
+                other => other.map(Some),
+            }
         };
         match attempt.await {
-            Ok(done) => return Ok(done),
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => continue,
             Err(e) if *shutdown.borrow() => return Err(e),
             Err(e) => {
                 let Some(backoff) = retry.after(e.kind()) else { return Err(e) };

@@ -62,6 +62,8 @@ pub struct LoadOptions {
     /// copied with FREEZE in one transaction (its rows need no hint-bit writes later, which
     /// the index builds would otherwise do).
     pub freeze: bool,
+    /// A table the target refuses: stop the load, or set it aside and load the others.
+    pub on_table_error: crate::sink::OnTableError,
 }
 
 /// A source session inside the exported snapshot.
@@ -166,13 +168,55 @@ async fn worker(
             None => None,
         };
         let gate = gate.as_ref().map(|(owner, call)| (*owner, call.as_str()));
-        let rows = copy_unit(source, target, table, gate, unit.blocks, freeze, progress)
-            .await
-            .map_err(|error| LoadError::Table { table: name.clone(), error })?;
+        let rows = match copy_unit(source, target, table, gate, unit.blocks, freeze, progress).await {
+            Ok(rows) => rows,
+            // Suspended only while both sessions stand: a lost connection is no fault of the
+            // table's, and would set every later one aside too.
+            Err(error)
+                if opts.on_table_error == crate::sink::OnTableError::Suspend
+                    && !source.is_closed()
+                    && !target.is_closed() =>
+            {
+                suspend(target, queue, opts, unit.table, table, &error).await?;
+                continue;
+            }
+            Err(error) => {
+                return Err(LoadError::Table {
+                    table: name,
+                    error: format!(
+                        "{error}. The tables loaded so far stay loaded: fix the cause and run the same command \
+                         to load the rest, or pass --on-table-error suspend to set such a table aside and go on"
+                    ),
+                })
+            }
+        };
         if let Some(table_rows) = progress.unit_finished(&name, rows) {
             mark_loaded(target, opts, table, table_rows).await?;
         }
     }
+}
+
+/// Sets a table the target refused aside (`--on-table-error suspend`): recorded on the
+/// target, its units still queued dropped. Units already committed stay until a reload
+/// empties the table.
+async fn suspend(
+    target: &tokio_postgres::Client,
+    queue: &Mutex<VecDeque<Unit>>,
+    opts: &LoadOptions,
+    index: usize,
+    table: &SourceTable,
+    error: &str,
+) -> Result<(), LoadError> {
+    if let Ok(mut q) = queue.lock() {
+        q.retain(|u| u.table != index);
+    }
+    let name = table.qualified();
+    crate::sink::postgres::control::PgControl(target)
+        .suspend(&opts.slot, table.oid, &name, "load", opts.snapshot_lsn, error)
+        .await
+        .map_err(|e| LoadError::Target(e.to_string()))?;
+    tracing::error!(table = %name, %error, "table suspended: the target refused its rows; the load goes on without it, and its changes are passed over until --reload-table");
+    Ok(())
 }
 
 /// Empties the tables about to be loaded, in one statement (tables referencing each other
@@ -187,6 +231,32 @@ async fn empty_tables(
     let names: Vec<String> = tables.iter().map(|t| t.target_qualified()).collect();
     let truncate = format!("TRUNCATE {}", names.iter().map(|t| format!("ONLY {t}")).collect::<Vec<_>>().join(", "));
     let refused = |e| LoadError::Target(format!("{WHAT}: {}", crate::sink::postgres::role_error(e)));
+    // A table another one's foreign key references (a reload, after the post-data) cannot
+    // be truncated alone: its rows are deleted instead, each table as its owner, with no
+    // trigger or foreign-key action firing (session_replication_role = replica).
+    if referenced_from_outside(client, &names).await.map_err(sql_error(WHAT))? {
+        let deleted = async {
+            client.batch_execute("BEGIN").await.map_err(|e| format!("target: {}", error_text(&e)))?;
+            for name in &names {
+                let statement = format!("DELETE FROM ONLY {name}");
+                match roles.owner(client, Object::Table, name).await.map_err(|e| refused(e).to_string())? {
+                    Some(owner) => {
+                        let call = roles.gate(client, &owner, true).await.map_err(|e| refused(e).to_string())?;
+                        through_gate(client, &call, &statement).await?;
+                    }
+                    None => {
+                        client.batch_execute(&statement).await.map_err(|e| format!("target: {}", error_text(&e)))?
+                    }
+                }
+            }
+            client.batch_execute("COMMIT").await.map_err(|e| format!("target: {}", error_text(&e)))
+        }
+        .await;
+        if deleted.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        return deleted.map_err(|e| LoadError::Target(format!("{WHAT}: {e}")));
+    }
     let mut owners = std::collections::HashSet::new();
     for name in &names {
         owners.insert(roles.owner(client, Object::Table, name).await.map_err(refused)?);
@@ -220,6 +290,23 @@ async fn empty_tables(
         ))),
         Err(e) => Err(sql_error(WHAT)(e)),
     }
+}
+
+/// Whether a foreign key of a table outside `tables` references one of them.
+async fn referenced_from_outside(
+    client: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<bool, tokio_postgres::Error> {
+    client
+        .query_one(
+            "WITH t AS (SELECT pg_catalog.to_regclass(n) AS oid FROM pg_catalog.unnest($1::pg_catalog.text[]) n)
+             SELECT EXISTS (SELECT FROM pg_catalog.pg_constraint c
+                             WHERE c.contype = 'f' AND c.confrelid IN (SELECT oid FROM t)
+                               AND c.conrelid NOT IN (SELECT oid FROM t WHERE oid IS NOT NULL))",
+            &[&tables],
+        )
+        .await?
+        .try_get(0)
 }
 
 /// Runs `statement` through an owner's gate (see sink::postgres::roles).
@@ -362,7 +449,9 @@ async fn mark_loaded(
     target
         .execute(
             &format!(
-                "INSERT INTO {CONTROL_SCHEMA}.load_progress (slot_name, source_oid, table_name, rows, bytes, snapshot_lsn)
+                // Loaded whole: no longer set aside.
+                "WITH unsuspended AS (DELETE FROM {CONTROL_SCHEMA}.suspended_table WHERE slot_name = $1 AND source_oid = $2)
+                 INSERT INTO {CONTROL_SCHEMA}.load_progress (slot_name, source_oid, table_name, rows, bytes, snapshot_lsn)
                  VALUES ($1, $2, $3, $4, $5, $6::text::pg_lsn)
                  ON CONFLICT (slot_name, source_oid) DO UPDATE
                     SET rows = excluded.rows, bytes = excluded.bytes, snapshot_lsn = excluded.snapshot_lsn, loaded_at = now()"

@@ -21,6 +21,7 @@ mod archive;
 pub mod cutover;
 pub mod plan;
 mod postgres;
+pub mod reload;
 mod rows;
 
 use crate::apply::{self, ApplyError, ApplyOptions, Finished};
@@ -68,6 +69,8 @@ pub struct MigrateOptions {
     pub drop_slot_on_finish: bool,
     /// Table mappings (also in `apply.mapping`, for CDC).
     pub mapping: Mapping,
+    /// `--reload-table`: tables to copy again from a new snapshot before streaming on.
+    pub reload: Vec<reload::TablePattern>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,53 @@ pub enum MigrateError {
     /// A local file (the schema archive) could not be written or read.
     #[error("{0}")]
     Local(String),
+    /// The run ended with tables set aside (`--on-table-error suspend`).
+    #[error("{}", describe_suspended(slot, tables))]
+    Suspended { slot: String, tables: Vec<crate::sink::control::SuspendedTable> },
+}
+
+fn describe_suspended(slot: &str, tables: &[crate::sink::control::SuspendedTable]) -> String {
+    let list: Vec<String> =
+        tables.iter().map(|t| format!("{} ({} changes passed over; {})", t.name, t.passed_over, t.error)).collect();
+    let first = tables.first().map_or("SCHEMA.NAME", |t| t.name.as_str());
+    format!(
+        "{} of migration \"{slot}\" suspended, not in step with the source: {}. Fix the cause on the target, \
+         then run the same migrate command with --reload-table for each (--reload-table '{first}')",
+        match tables.len() {
+            1 => "1 table".to_string(),
+            n => format!("{n} tables"),
+        },
+        list.join("; ")
+    )
+}
+
+/// Ends a run that left tables suspended with [`MigrateError::Suspended`], which names them.
+pub async fn check_suspended(sink: &SinkFactory, slot: &str) -> Result<(), MigrateError> {
+    // Only a PostgreSQL target records suspended tables (and opening another kind again,
+    // a stream file, is not free of effects).
+    if !matches!(sink.spec, crate::sink::spec::TargetSpec::Postgres(_)) {
+        return Ok(());
+    }
+    let mut target = sink.connect().await?;
+    target.start(slot).await?;
+    let tables = target.suspended_tables(slot).await?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::Suspended { slot: slot.to_string(), tables })
+}
+
+/// Refuses table-level options a target cannot honour, before anything is created.
+fn check_table_options(target: &impl Target, opts: &MigrateOptions) -> Result<(), MigrateError> {
+    let suspend = opts.apply.on_table_error == crate::sink::OnTableError::Suspend;
+    if (suspend || !opts.reload.is_empty()) && !target.suspends_tables() {
+        let what = if suspend { "--on-table-error suspend" } else { "--reload-table" };
+        return Err(MigrateError::Refused(format!(
+            "{what} needs a PostgreSQL target for now: this target cannot record suspended tables. \
+             Leave it out (a refused table then stops the migration, naming it)"
+        )));
+    }
+    Ok(())
 }
 
 impl From<crate::pgconn::client::ConnectError> for MigrateError {
@@ -156,13 +206,27 @@ pub async fn migrate(
     let cdc = opts.mode == Mode::FullLoadAndCdc;
     refuse_same_database(source, sink).await?;
     let mut target = sink.connect().await?;
+    check_table_options(&target, opts)?;
     target.start(&slot).await?;
     let recorded = target.migration(&slot).await?;
+    if !opts.reload.is_empty() && matches!(recorded.map(|r| r.phase), None | Some(Phase::Schema)) {
+        return Err(MigrateError::Refused(format!(
+            "--reload-table: the target holds no loaded migration from slot \"{slot}\" to reload tables into. \
+             Run migrate without --reload-table first"
+        )));
+    }
     let copy = target.copy_path();
     // A row-wise target creates each table as it loads it: --target-prep is PostgreSQL's.
     let prep = if copy.is_some() { opts.prep } else { Prep::DropAndCreate };
     let mut repl = ReplicationConnection::connect(source).await?;
-    let exists = repl.slot(&slot).await?.is_some();
+    let slot_info = repl.slot(&slot).await?;
+    let exists = slot_info.is_some();
+    if !opts.reload.is_empty() && slot_info.as_ref().is_some_and(|s| s.active) {
+        return Err(MigrateError::Refused(format!(
+            "--reload-table: slot \"{slot}\" is being streamed from (another pgdms-apply runs this migration). \
+             Stop it (Ctrl-C or SIGTERM), then run this command: it reloads the tables and streams on"
+        )));
+    }
     let plan = plan::plan(recorded.map(|r| r.phase), opts.mode, prep, exists).map_err(|r| refused(r, &slot))?;
     if plan.start_over {
         tracing::info!(%slot, "the last run stopped while creating the schema: starting over");
@@ -234,6 +298,13 @@ pub async fn migrate(
         tokio::select! {
             done = finishing => done?,
             _ = &mut stopped => return Ok(interrupted(&slot, "building indexes and constraints")),
+        }
+    }
+    if let (false, Some(copy)) = (opts.reload.is_empty(), &copy) {
+        let snapshot = reload_snapshot(source).await?;
+        tokio::select! {
+            done = reload::reload(source, copy, opts, &opts.reload, snapshot) => done?,
+            _ = &mut stopped => return Ok(interrupted(&slot, "reloading tables")),
         }
     }
     if !plan.stream {

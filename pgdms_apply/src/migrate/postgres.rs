@@ -65,6 +65,7 @@ pub(super) async fn copy_phase(
         // Only tables this migration created: TRUNCATE would fail on a table another one's
         // foreign key references, and must never empty a table the user keeps.
         freeze: opts.prep == Prep::DropAndCreate,
+        on_table_error: opts.apply.on_table_error,
     };
     // With drop-and-create the tables are loaded under the source's names and renamed (and
     // their removed columns dropped) once the post-data is built on them; otherwise the

@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 /// The version of the control tables' layout this release writes.
 /// 1: the first versioned layout, one set of columns for every target kind.
-pub const CONTROL_VERSION: i64 = 2;
+pub const CONTROL_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -128,6 +128,19 @@ impl LoadedTable {
     ) -> Result<Self, ControlError> {
         Ok(LoadedTable { source_oid, name, snapshot_lsn: parse_lsn(table, "snapshot_lsn", slot, snapshot_lsn)? })
     }
+}
+
+/// A table set aside by `--on-table-error suspend`: the target refused its rows, so its
+/// changes are passed over (and counted) until `--reload-table` copies it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuspendedTable {
+    pub source_oid: u32,
+    /// Its source name, `"schema"."name"`.
+    pub name: String,
+    /// What the target said.
+    pub error: String,
+    /// Changes of it passed over since.
+    pub passed_over: i64,
 }
 
 /// Reads a stored LSN, strictly.
@@ -304,6 +317,21 @@ pub const TABLES: &[Table] = &[
             col("recorded_at", Kind::Now, true),
         ],
         key: &["id"],
+    },
+    Table {
+        name: "suspended_table",
+        columns: &[
+            col("slot_name", Kind::Slot, true),
+            col("source_oid", Kind::Oid, true),
+            col("table_name", Kind::Text, true),
+            // "load" or "cdc": when the target refused it.
+            col("suspended_in", Kind::Word, true),
+            col("lsn", Kind::Lsn, true),
+            col("error", Kind::Text, true),
+            col("changes_passed_over", Kind::Count, true),
+            col("suspended_at", Kind::Now, true),
+        ],
+        key: &["slot_name", "source_oid"],
     },
     Table {
         name: "apply_reload_needed",

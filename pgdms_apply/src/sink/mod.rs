@@ -29,6 +29,20 @@ use pgdms_proto::Lsn;
 use std::future::Future;
 use std::sync::Arc;
 
+/// What to do with a table the target refuses (its load fails, or a change of it cannot be
+/// applied with `--on-error stop`): the reference's table-level error handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnTableError {
+    /// Stop the migration, naming the table; what was loaded and applied stays, and the
+    /// same command resumes once the cause is fixed.
+    #[default]
+    Stop,
+    /// Set the table aside (recorded in the target's `pgdms_apply.suspended_table`), pass
+    /// over its changes, counting them, and go on with every other table; `--reload-table`
+    /// brings it back.
+    Suspend,
+}
+
 /// What to do when a change cannot be applied (a constraint violation, a missing table...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnError {
@@ -46,7 +60,15 @@ pub enum TargetError {
     Transient(String),
     /// A change that cannot be applied.
     #[error("cannot apply {operation} on {table} at LSN {lsn} (key {key}): {error}")]
-    Change { table: String, operation: &'static str, lsn: Lsn, key: String, error: String },
+    Change {
+        table: String,
+        /// The source table's oid, for a row change (not DDL).
+        source_oid: Option<u32>,
+        operation: &'static str,
+        lsn: Lsn,
+        key: String,
+        error: String,
+    },
     /// Updates or deletes of a table the source logs no old key for.
     #[error(
         "cannot apply {operation} on {table} at LSN {lsn}: the source logs no key for its rows. \
@@ -154,6 +176,37 @@ pub trait Target {
     /// records them (`None`: not known, as on a target written by an older release).
     fn acknowledged(&mut self, _slot: &str) -> impl Future<Output = Result<Option<Lsn>, TargetError>> {
         std::future::ready(Ok(None))
+    }
+
+    /// Can this target set tables aside (`--on-table-error suspend`, `--reload-table`)?
+    fn suspends_tables(&self) -> bool {
+        false
+    }
+
+    /// The tables of `slot` set aside by `--on-table-error suspend`.
+    fn suspended_tables(
+        &mut self,
+        _slot: &str,
+    ) -> impl Future<Output = Result<Vec<control::SuspendedTable>, TargetError>> {
+        std::future::ready(Ok(Vec::new()))
+    }
+
+    /// Sets table `source_oid` aside after the target refused a change of it at `lsn`,
+    /// outside any group (the caller rolled the group back).
+    fn suspend(
+        &mut self,
+        _source_oid: u32,
+        _name: &str,
+        _lsn: Lsn,
+        _error: &str,
+    ) -> impl Future<Output = Result<(), TargetError>> {
+        std::future::ready(Err(TargetError::Config("this target cannot set tables aside".into())))
+    }
+
+    /// Counts changes of suspended tables passed over (source oid, count), inside the open
+    /// group (opening one if needed), so that the count is exact across restarts.
+    fn passed_over(&mut self, _counts: &[(u32, i64)]) -> impl Future<Output = Result<(), TargetError>> {
+        std::future::ready(Ok(()))
     }
 
     /// The source described `rel` anew right after its DDL record (at `lsn`): a target

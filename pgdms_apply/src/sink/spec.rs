@@ -2,7 +2,7 @@
 //! and [`Sink`], the target of that kind, which every command drives through the target
 //! traits whatever it is.
 
-use super::control::{ControlStore, LoadedTable, MigrationRecord, Phase};
+use super::control::{ControlStore, LoadedTable, MigrationRecord, Phase, SuspendedTable};
 use super::jsonl::JsonlTarget;
 use super::mysql::MySqlTarget;
 use super::postgres::PostgresTarget;
@@ -193,6 +193,18 @@ impl Target for Sink {
     }
     async fn acknowledged(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         each!(self, t => t.acknowledged(slot).await)
+    }
+    fn suspends_tables(&self) -> bool {
+        each!(self, t => t.suspends_tables())
+    }
+    async fn suspended_tables(&mut self, slot: &str) -> Result<Vec<SuspendedTable>, TargetError> {
+        each!(self, t => t.suspended_tables(slot).await)
+    }
+    async fn suspend(&mut self, source_oid: u32, name: &str, lsn: Lsn, error: &str) -> Result<(), TargetError> {
+        each!(self, t => t.suspend(source_oid, name, lsn, error).await)
+    }
+    async fn passed_over(&mut self, counts: &[(u32, i64)]) -> Result<(), TargetError> {
+        each!(self, t => t.passed_over(counts).await)
     }
 }
 

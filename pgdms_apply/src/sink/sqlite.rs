@@ -168,6 +168,7 @@ impl SqliteTarget {
             if let Err(e) = self.execute(stmt) {
                 let error = TargetError::Change {
                     table: c.rel.qualified(),
+                    source_oid: Some(c.rel.oid),
                     operation: c.operation(),
                     lsn: c.lsn,
                     key: super::rowsql::key_text(c),

@@ -40,6 +40,7 @@ impl MySqlTarget {
         let TargetError::Refused(message) = error else { return Err(error) };
         let error = TargetError::Change {
             table: c.rel.qualified(),
+            source_oid: Some(c.rel.oid),
             operation: c.operation(),
             lsn: c.lsn,
             key: crate::sink::rowsql::key_text(c),

@@ -4,7 +4,7 @@
 
 use super::CONTROL_SCHEMA;
 use crate::pgconn::client::error_text;
-use crate::sink::control::{self, ControlSql, Dialect, LoadedTable, MigrationRecord, Phase};
+use crate::sink::control::{self, ControlSql, Dialect, LoadedTable, MigrationRecord, Phase, SuspendedTable};
 use crate::sink::TargetError;
 use crate::sql::quote_literal;
 
@@ -200,7 +200,8 @@ impl PgControl<'_> {
             .batch_execute(&format!(
                 "DELETE FROM {CONTROL_SCHEMA}.migration WHERE slot_name = {lit};
                  DELETE FROM {CONTROL_SCHEMA}.load_progress WHERE slot_name = {lit};
-                 DELETE FROM {CONTROL_SCHEMA}.migration_schema WHERE slot_name = {lit};"
+                 DELETE FROM {CONTROL_SCHEMA}.migration_schema WHERE slot_name = {lit};
+                 DELETE FROM {CONTROL_SCHEMA}.suspended_table WHERE slot_name = {lit};"
             ))
             .await
             .map_err(failed("could not reset the migration's records"))
@@ -224,5 +225,77 @@ impl PgControl<'_> {
                 Ok(LoadedTable::parse(&table, slot, oid, name, lsn)?)
             })
             .collect()
+    }
+
+    /// Sets table `source_oid` aside (`--on-table-error suspend`), in the session's
+    /// transaction if it has one; a table suspended already keeps its count.
+    pub async fn suspend(
+        &self,
+        slot: &str,
+        source_oid: u32,
+        name: &str,
+        suspended_in: &str,
+        lsn: pgdms_proto::Lsn,
+        error: &str,
+    ) -> Result<(), TargetError> {
+        self.0
+            .execute(
+                &format!(
+                    "INSERT INTO {CONTROL_SCHEMA}.suspended_table
+                            (slot_name, source_oid, table_name, suspended_in, lsn, error, changes_passed_over)
+                     VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, 0)
+                     ON CONFLICT (slot_name, source_oid) DO UPDATE
+                        SET table_name = excluded.table_name, suspended_in = excluded.suspended_in,
+                            lsn = excluded.lsn, error = excluded.error, suspended_at = now()"
+                ),
+                &[&slot, &source_oid, &name, &suspended_in, &lsn.to_string(), &error],
+            )
+            .await
+            .map_err(failed("could not record the suspended table in pgdms_apply.suspended_table"))?;
+        Ok(())
+    }
+
+    /// The tables of `slot` set aside, by source name.
+    pub async fn suspended(&self, slot: Option<&str>) -> Result<Vec<SuspendedTable>, TargetError> {
+        let read = failed("could not read pgdms_apply.suspended_table");
+        let rows = self
+            .0
+            .query(
+                &format!(
+                    "SELECT source_oid, table_name, error, changes_passed_over FROM {CONTROL_SCHEMA}.suspended_table
+                      WHERE slot_name = $1 OR $1 IS NULL ORDER BY table_name"
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(&read)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SuspendedTable {
+                    source_oid: r.try_get(0).map_err(&read)?,
+                    name: r.try_get(1).map_err(&read)?,
+                    error: r.try_get(2).map_err(&read)?,
+                    passed_over: r.try_get(3).map_err(&read)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts changes of suspended tables passed over, in the session's transaction (the
+    /// group that passed over them).
+    pub async fn passed_over(&self, slot: &str, counts: &[(u32, i64)]) -> Result<(), TargetError> {
+        let (oids, counts): (Vec<u32>, Vec<i64>) = counts.iter().copied().unzip();
+        self.0
+            .execute(
+                &format!(
+                    "UPDATE {CONTROL_SCHEMA}.suspended_table s SET changes_passed_over = s.changes_passed_over + c.n
+                       FROM unnest($2::oid[], $3::bigint[]) c(oid, n)
+                      WHERE s.slot_name = $1 AND s.source_oid = c.oid"
+                ),
+                &[&slot, &oids, &counts],
+            )
+            .await
+            .map_err(failed("could not count the changes passed over in pgdms_apply.suspended_table"))?;
+        Ok(())
     }
 }

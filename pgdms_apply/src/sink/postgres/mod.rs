@@ -22,7 +22,7 @@ mod plan;
 mod report;
 pub(crate) mod roles;
 
-use super::control::{ControlStore, LoadedTable, MigrationRecord, Phase};
+use super::control::{ControlStore, LoadedTable, MigrationRecord, Phase, SuspendedTable};
 use super::{CopyPath, LoadTarget, OnError, SourceSettings, Target, TargetError};
 use crate::model::batch::{Batch, NetOp, NetTable, TableBatch, TableMode};
 use crate::model::Row;
@@ -660,6 +660,7 @@ impl PostgresTarget {
                 if !log {
                     return Err(TargetError::Change {
                         table,
+                        source_oid: Some(c.rel.oid),
                         operation,
                         lsn,
                         key: report::describe_key(c),
@@ -938,6 +939,7 @@ impl Target for PostgresTarget {
         if self.on_error == OnError::Stop {
             return Err(TargetError::Change {
                 table: record.object_identity.clone(),
+                source_oid: None,
                 operation: "ddl",
                 lsn,
                 key: record.command_tag.clone(),
@@ -977,6 +979,7 @@ impl Target for PostgresTarget {
             Ok(false) => Ok(()),
             Err(failed) => Err(TargetError::Change {
                 table: rel.qualified(),
+                source_oid: None,
                 operation: "ddl",
                 lsn,
                 key: "CREATE TABLE".into(),
@@ -1006,6 +1009,7 @@ impl Target for PostgresTarget {
             if let Some(trigger) = lock_for_truncate(&self.conn.client, &names).await.map_err(connection_error)? {
                 return Err(TargetError::Change {
                     table: list.join(", "),
+                    source_oid: None,
                     operation: "truncate",
                     lsn,
                     key: "(all rows)".into(),
@@ -1026,6 +1030,7 @@ impl Target for PostgresTarget {
             }
             Err((_, why)) => Err(TargetError::Change {
                 table: list.join(", "),
+                source_oid: (rels.len() == 1).then(|| rels[0].oid),
                 operation: "truncate",
                 lsn,
                 key: "(all rows)".into(),
@@ -1072,6 +1077,23 @@ impl Target for PostgresTarget {
 
     async fn acknowledged(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         PgControl(&self.conn.client).acknowledged(slot).await
+    }
+
+    fn suspends_tables(&self) -> bool {
+        true
+    }
+
+    async fn suspended_tables(&mut self, slot: &str) -> Result<Vec<SuspendedTable>, TargetError> {
+        PgControl(&self.conn.client).suspended(Some(slot)).await
+    }
+
+    async fn suspend(&mut self, source_oid: u32, name: &str, lsn: Lsn, error: &str) -> Result<(), TargetError> {
+        PgControl(&self.conn.client).suspend(&self.slot, source_oid, name, "cdc", lsn, error).await
+    }
+
+    async fn passed_over(&mut self, counts: &[(u32, i64)]) -> Result<(), TargetError> {
+        self.open_group().await?;
+        PgControl(&self.conn.client).passed_over(&self.slot, counts).await
     }
 
     async fn rollback(&mut self) -> Result<(), TargetError> {
