@@ -100,7 +100,10 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
         "create table \"Orders\" (id int primary key, note varchar(10) not null, doc jsonb not null, flag boolean);
          create table plain (k text primary key, v int);
          insert into \"Orders\" select g, 'n' || g, jsonb_build_object('g', g), g % 2 = 0 from generate_series(1, 500) g;
-         insert into plain values ('a', 1), ('b', 2);",
+         insert into plain values ('a', 1), ('b', 2);
+         -- SQLite cannot hold a table without columns to write: named as not migrated, passed over.
+         create table nocols (); insert into nocols default values;
+         create table gen_only (nb int generated always as (7) stored); insert into gen_only default values;",
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("target.db");
@@ -144,7 +147,9 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
          alter table \"Orders\" rename column note to remark;
          alter table plain drop column v;
          insert into plain values ('d');
-         create table created_empty (id int primary key);",
+         create table created_empty (id int primary key);
+         insert into nocols default values; create table nocols_later (); insert into nocols_later default values;
+         insert into gen_only default values;",
     );
     let lsn = source.current_lsn();
     wait_until(Duration::from_secs(60), "CDC to catch up", || {
@@ -155,6 +160,12 @@ fn sqlite_full_load_and_cdc_follow_the_dms_mapping() {
     let created: i64 =
         db.query_row("select count(*) from sqlite_master where name = 'created_empty'", [], |r| r.get(0)).unwrap();
     assert_eq!(created, 1, "a table created on the source exists on SQLite before its first row");
+    let columnless: i64 = db
+        .query_row("select count(*) from sqlite_master where name in ('nocols', 'nocols_later', 'gen_only')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(columnless, 0, "tables without columns to write are not migrated to SQLite");
     // Kill it mid-stream, write more, restart: nothing lost, nothing twice.
     kill(&mut run, "-KILL");
     source.execute(
@@ -484,7 +495,10 @@ fn mysql_full_load_and_cdc_follow_the_dms_mapping_exactly_once() {
          alter table keyless replica identity full;
          insert into keyless values (1, 'x'), (1, 'x'), (2, 'y');
          create table plain (k int primary key, v text);
-         insert into plain values (1, 'one');",
+         insert into plain values (1, 'one');
+         -- MySQL cannot hold a table without columns to write: named as not migrated, passed over.
+         create table nocols (); insert into nocols default values;
+         create table gen_only (nb int generated always as (7) stored); insert into gen_only default values;",
     );
     let target = my.url("");
     let slot = "to_mysql";
@@ -553,7 +567,9 @@ fn mysql_full_load_and_cdc_follow_the_dms_mapping_exactly_once() {
          alter table \"Sales\".items alter column qty set not null;
          create table created_empty (id int primary key, at timestamptz);
          create table newt (id bigint primary key, t timestamptz);
-         insert into newt values (1, '2024-01-01 00:00:00+02');",
+         insert into newt values (1, '2024-01-01 00:00:00+02');
+         insert into nocols default values; insert into gen_only default values;
+         create table nocols_later (); insert into nocols_later default values;",
     );
     let lsn = source.current_lsn();
     wait_until(Duration::from_secs(60), "CDC to catch up", || mysql_caught_up(&my, slot, &lsn));
@@ -561,6 +577,11 @@ fn mysql_full_load_and_cdc_follow_the_dms_mapping_exactly_once() {
         my.value("select count(*) from information_schema.tables where table_schema = 'public' and table_name = 'created_empty'"),
         Some("1".into()),
         "a table created on the source exists on MySQL before its first row"
+    );
+    assert_eq!(
+        my.value("select count(*) from information_schema.tables where table_schema = 'public' and table_name in ('nocols', 'gen_only', 'nocols_later')"),
+        Some("0".into()),
+        "tables without columns to write are not migrated to MySQL"
     );
     assert_eq!(
         my.value("select is_nullable from information_schema.columns where table_schema = 'Sales' and table_name = 'items' and column_name = 'qty'"),

@@ -450,6 +450,8 @@ struct Applier<'t, T: Target> {
     /// Source oids of the tables set aside, and their changes passed over in the open group.
     suspended: HashSet<u32>,
     passed_over: HashMap<u32, i64>,
+    /// Tables without columns named as not migrated (a target that cannot hold them).
+    columnless_named: HashSet<u32>,
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -475,6 +477,7 @@ impl<'t, T: Target> Applier<'t, T> {
             last_advance: None,
             suspended: HashSet::new(),
             passed_over: HashMap::new(),
+            columnless_named: HashSet::new(),
         }
     }
 
@@ -558,6 +561,7 @@ impl<'t, T: Target> Applier<'t, T> {
                     self.txn_describes_anew |= anew;
                     if let Some(TxnItem::Ddl { ddl, lsn }) = self.txn.last() {
                         if matches!(&ddl.object, pgdms_proto::DdlObject::Table { after: Some(a), .. } if a.oid == rel.oid)
+                            && (!rel.writes_no_columns() || self.target.holds_columnless_tables())
                         {
                             let lsn = *lsn;
                             self.txn.push(TxnItem::Described { rel, lsn });
@@ -601,6 +605,9 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.new_in_txn.clear();
                 self.txn_streaming = false;
             }
+            Event::Change(c) if c.rel.writes_no_columns() && !self.target.holds_columnless_tables() => {
+                self.columnless_passed_over(&c.rel);
+            }
             Event::Change(c) if self.suspended.contains(&c.rel.oid) => {
                 if !self.skipping_txn {
                     *self.passed_over.entry(c.rel.oid).or_default() += 1;
@@ -620,6 +627,9 @@ impl<'t, T: Target> Applier<'t, T> {
             Event::Truncate { mut rels, restart_identity, lsn } => {
                 if !self.suspended.is_empty() {
                     rels.retain(|r| !self.suspended.contains(&r.oid));
+                }
+                if !self.target.holds_columnless_tables() {
+                    rels.retain(|r| !r.writes_no_columns());
                 }
                 if !self.skipping_txn && !rels.is_empty() {
                     for r in &rels {
@@ -675,6 +685,14 @@ impl<'t, T: Target> Applier<'t, T> {
             }
         }
         Ok(())
+    }
+
+    /// A change of a table without columns, which this target cannot hold: passed over,
+    /// said once per table and session.
+    fn columnless_passed_over(&mut self, rel: &RelInfo) {
+        if self.columnless_named.insert(rel.oid) {
+            tracing::warn!(table = %rel.qualified(), "not migrated: a table without columns to write (none, or only generated ones), which this target cannot hold; its changes are passed over");
+        }
     }
 
     /// The stream is idle at `wal_end` with everything applied: on a target that records

@@ -33,6 +33,14 @@ pub(super) async fn load<T: LoadTarget>(
         }
         let Some((target_rel, kept)) = mapped(&rel, &opts.mapping) else { continue };
         let source_name = rel.qualified();
+        if target_rel.writes_no_columns() && !target.holds_columnless_tables() {
+            tracing::warn!(
+                table = %source_name,
+                why = "no columns to write (none, or only generated ones): a table of this target needs at least one",
+                "not migrated"
+            );
+            continue;
+        }
         target.load_begin(&target_rel, snapshot_lsn).await?;
         let mut reader = TableReader::open(src, &rel, 1000)
             .await

@@ -129,6 +129,12 @@ pub struct RelInfo {
 }
 
 impl RelInfo {
+    /// No column a row-wise target writes: none at all, or only generated ones (which the
+    /// DMS mapping does not carry).
+    pub fn writes_no_columns(&self) -> bool {
+        self.columns.iter().all(|c| c.generated)
+    }
+
     /// "schema"."name", quoted for SQL.
     pub fn qualified(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))

@@ -178,6 +178,13 @@ pub trait Target {
         std::future::ready(Ok(None))
     }
 
+    /// Can this target hold a table without columns to write (`CREATE TABLE t ()`, or only
+    /// generated columns)? MySQL and SQLite cannot: such a table is named as not migrated,
+    /// and its changes passed over.
+    fn holds_columnless_tables(&self) -> bool {
+        true
+    }
+
     /// Can this target set tables aside (`--on-table-error suspend`, `--reload-table`)?
     fn suspends_tables(&self) -> bool {
         false

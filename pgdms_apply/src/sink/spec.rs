@@ -194,6 +194,9 @@ impl Target for Sink {
     async fn acknowledged(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
         each!(self, t => t.acknowledged(slot).await)
     }
+    fn holds_columnless_tables(&self) -> bool {
+        each!(self, t => t.holds_columnless_tables())
+    }
     fn suspends_tables(&self) -> bool {
         each!(self, t => t.suspends_tables())
     }

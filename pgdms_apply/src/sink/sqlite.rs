@@ -262,6 +262,10 @@ impl Target for SqliteTarget {
         self.ensure(rel).map(|_| ())
     }
 
+    fn holds_columnless_tables(&self) -> bool {
+        false
+    }
+
     async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), TargetError> {
         self.open_group()?;
         self.conn

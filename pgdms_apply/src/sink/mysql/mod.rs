@@ -327,6 +327,10 @@ impl Target for MySqlTarget {
         true
     }
 
+    fn holds_columnless_tables(&self) -> bool {
+        false
+    }
+
     async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), TargetError> {
         self.open_group().await?;
         let sql = format!(
