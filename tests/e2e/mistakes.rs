@@ -264,3 +264,56 @@ fn a_slot_advanced_behind_the_applys_back_is_refused_and_an_idle_stream_is_not_t
         assert!(out.status.success(), "{advance}: {}", text(&out));
     }
 }
+
+#[test]
+fn a_migrations_slot_advanced_before_its_first_change_was_applied_is_refused() {
+    let (source, target) = (Cluster::start(), Cluster::start_target());
+    source.execute("create table t (id int primary key, n int); insert into t values (1, 100)");
+    source.copy_schema_to(&target);
+    source.execute("create extension pgdms");
+    // The load stops on a row the target refuses: the slot exists, nothing was streamed.
+    target.execute_as_target("alter table t add constraint small check (n < 10)");
+    let migrate = || pgdms_tests::between("migrate", &source, &target, "first", &["--target-prep", "truncate"]);
+    let out = migrate().output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(target.migration_phase("first").as_deref(), Some("load"));
+    // A change, consumed behind the migration's back before its first session.
+    source.execute("insert into t values (2, 1)");
+    source.dump("first", &["--ack"]);
+    target.execute_as_target("alter table t drop constraint small");
+    let until = source.current_lsn();
+    let out = migrate().args(["--until", &until]).output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("was advanced past what the target holds"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+}
+
+#[test]
+fn a_slot_advanced_behind_a_sqlite_targets_back_is_refused() {
+    let source = Cluster::start();
+    source.execute("create extension pgdms; create table t (id int primary key); insert into t values (1)");
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("sqlite:{}", dir.path().join("t.db").display());
+    let migrate = |until: &str| {
+        pgdms_apply()
+            .args(["migrate", "--source", &source.conninfo("postgres"), "--target", &target, "--slot", "lite"])
+            .args(["--until", until])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&source.current_lsn());
+    assert!(out.status.success(), "{}", text(&out));
+    // Caught up and idle: a rerun is not refused.
+    let out = migrate(&source.current_lsn());
+    assert!(out.status.success(), "{}", text(&out));
+    source.execute("insert into t values (2)");
+    source.dump("lite", &["--ack"]);
+    let out = migrate(&source.current_lsn());
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("was advanced past what the target holds"), "{said}");
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    let rows: i64 = db.query_row("select count(*) from t", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 1, "nothing changed on the target");
+}

@@ -160,8 +160,10 @@ fn check_not_advanced_behind(slot: &str, confirmed: Option<Lsn>, acked: Option<L
          (pgdms-apply dump --ack, pg_logical_slot_get_changes, pg_replication_slot_advance, a second apply); \
          the changes in between never reached this target and cannot be decoded again. Nothing was changed on \
          the target. Load it again with a new migration (pgdms-apply slot drop --slot {slot}; on the target \
-         DELETE FROM pgdms_apply.migration and pgdms_apply.apply_progress WHERE slot_name = '{slot}'; then \
-         pgdms-apply migrate), or, if you know those changes are on the target, pass --start-lsn {confirmed}"
+         DELETE FROM pgdms_apply.migration and pgdms_apply.apply_progress WHERE slot_name = '{slot}', or on \
+         MySQL and SQLite the same in pgdms_migration, pgdms_apply_progress and pgdms_load_progress; then \
+         pgdms-apply migrate), or, if you know those changes are on the target, pass --start-lsn {confirmed} \
+         to pgdms-apply cdc"
     )))
 }
 

@@ -270,8 +270,10 @@ impl Target for SqliteTarget {
         self.open_group()?;
         self.conn
             .execute(
-                "INSERT INTO pgdms_apply_progress (slot_name, end_lsn, commit_time, applied_at) VALUES (?1, ?2, ?3, datetime('now'))
-                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, commit_time = excluded.commit_time, applied_at = excluded.applied_at",
+                // A commit's end is past every position acknowledged before it.
+                "INSERT INTO pgdms_apply_progress (slot_name, end_lsn, commit_time, applied_at, acked_lsn) VALUES (?1, ?2, ?3, datetime('now'), ?2)
+                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, commit_time = excluded.commit_time,
+                                                       applied_at = excluded.applied_at, acked_lsn = excluded.acked_lsn",
                 rusqlite::params![self.slot, end_lsn.to_string(), commit_time],
             )
             .map_err(err)?;
@@ -287,6 +289,35 @@ impl Target for SqliteTarget {
             self.conn.execute_batch("ROLLBACK").map_err(err)?;
         }
         Ok(())
+    }
+
+    fn records_acknowledged(&self) -> bool {
+        true
+    }
+
+    async fn advance(&mut self, lsn: Lsn) -> Result<(), TargetError> {
+        self.conn
+            .execute(
+                "INSERT INTO pgdms_apply_progress (slot_name, end_lsn, applied_at, acked_lsn) VALUES (?1, ?2, datetime('now'), ?2)
+                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, acked_lsn = excluded.acked_lsn",
+                rusqlite::params![self.slot, lsn.to_string()],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn acknowledged(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
+        let row: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT acked_lsn FROM pgdms_apply_progress WHERE slot_name = ?1", [slot], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(err(e)) })?;
+        let recorded = match row {
+            Some(acked) => acked,
+            // Nothing applied yet: a migration's slot confirms its consistent point.
+            None => self.migration(slot).await?.map(|m| m.consistent_point.to_string()),
+        };
+        Ok(recorded.map(|l| control::parse_lsn("pgdms_apply_progress", "acked_lsn", slot, &l)).transpose()?)
     }
 }
 

@@ -30,7 +30,7 @@ mod schema;
 mod sql;
 mod store;
 
-use super::control;
+use super::control::{self, ControlStore};
 use super::rowsql::{Converter, Dialect};
 use super::typemap::MapOptions;
 use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
@@ -331,15 +331,50 @@ impl Target for MySqlTarget {
         false
     }
 
+    fn records_acknowledged(&self) -> bool {
+        true
+    }
+
+    async fn advance(&mut self, lsn: Lsn) -> Result<(), TargetError> {
+        let sql = format!(
+            "INSERT INTO {} (slot_name, end_lsn, applied_at, resume_after_item, acked_lsn) VALUES ({}, {lsn}, NOW(6), NULL, {lsn}) \
+             ON DUPLICATE KEY UPDATE end_lsn = VALUES(end_lsn), resume_after_item = NULL, acked_lsn = VALUES(acked_lsn)",
+            self.control_place("pgdms_apply_progress"),
+            text(&self.slot),
+            lsn = text(&lsn.to_string())
+        );
+        self.run(&sql).await
+    }
+
+    async fn acknowledged(&mut self, slot: &str) -> Result<Option<Lsn>, TargetError> {
+        let row: Option<mysql_async::Row> = self
+            .conn
+            .query_first(format!(
+                "SELECT acked_lsn FROM {} WHERE slot_name = {}",
+                self.control_place("pgdms_apply_progress"),
+                text(slot)
+            ))
+            .await
+            .map_err(server_error)?;
+        let recorded: Option<String> = match row {
+            Some(row) => column(&row, 0)?,
+            // Nothing applied yet: a migration's slot confirms its consistent point.
+            None => self.migration(slot).await?.map(|m| m.consistent_point.to_string()),
+        };
+        Ok(recorded.map(|l| control::parse_lsn("pgdms_apply_progress", "acked_lsn", slot, &l)).transpose()?)
+    }
+
     async fn commit(&mut self, end_lsn: Lsn, commit_time: i64) -> Result<(), TargetError> {
         self.open_group().await?;
         let sql = format!(
-            "INSERT INTO {} (slot_name, end_lsn, commit_time, applied_at, resume_after_item) VALUES ({}, {}, {commit_time}, NOW(6), NULL) \
+            // A commit's end is past every position acknowledged before it.
+            "INSERT INTO {} (slot_name, end_lsn, commit_time, applied_at, resume_after_item, acked_lsn) \
+             VALUES ({}, {lsn}, {commit_time}, NOW(6), NULL, {lsn}) \
              ON DUPLICATE KEY UPDATE end_lsn = VALUES(end_lsn), commit_time = VALUES(commit_time), \
-             applied_at = VALUES(applied_at), resume_after_item = NULL",
+             applied_at = VALUES(applied_at), resume_after_item = NULL, acked_lsn = VALUES(acked_lsn)",
             self.control_place("pgdms_apply_progress"),
             text(&self.slot),
-            text(&end_lsn.to_string())
+            lsn = text(&end_lsn.to_string())
         );
         self.run(&sql).await?;
         self.run("COMMIT").await?;

@@ -129,7 +129,16 @@ impl PgControl<'_> {
         let read = failed("could not read pgdms_apply.apply_progress");
         let row = self
             .0
-            .query_opt(&format!("SELECT acked_lsn::text FROM {table} WHERE slot_name = $1"), &[&slot])
+            // Nothing applied yet: a migration's slot confirms its consistent point.
+            .query_opt(
+                &format!(
+                    "SELECT p.acked_lsn::text FROM {table} p WHERE p.slot_name = $1
+                     UNION ALL
+                     SELECT m.consistent_point::text FROM {CONTROL_SCHEMA}.migration m
+                      WHERE m.slot_name = $1 AND NOT EXISTS (SELECT FROM {table} p WHERE p.slot_name = $1)"
+                ),
+                &[&slot],
+            )
             .await
             .map_err(&read)?;
         let Some(text) = row.map(|r| r.try_get::<_, Option<String>>(0)).transpose().map_err(&read)?.flatten() else {
