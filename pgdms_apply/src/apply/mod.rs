@@ -607,7 +607,7 @@ impl<'t, T: Target> Applier<'t, T> {
                 self.new_in_txn.clear();
                 self.txn_streaming = false;
             }
-            Event::Change(c) if c.rel.writes_no_columns() && !self.target.holds_columnless_tables() => {
+            Event::Change(c) if !self.target.holds_columnless_tables() && c.rel.writes_no_columns() => {
                 self.columnless_passed_over(&c.rel);
             }
             Event::Change(c) if self.suspended.contains(&c.rel.oid) => {
