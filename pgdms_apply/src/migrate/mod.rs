@@ -248,7 +248,7 @@ pub async fn migrate(
         }
         Load::Resume => {
             drop(repl);
-            let snapshot = reload_snapshot(source).await?;
+            let snapshot = reload_snapshot(source, "pgdms_reload").await?;
             let loaded = target.loaded_tables(&slot).await?;
             tracing::info!(%slot, tables_loaded = loaded.len(), snapshot_lsn = %snapshot.lsn, "resuming the full load");
             Some((snapshot, Some(loaded)))
@@ -301,7 +301,8 @@ pub async fn migrate(
         }
     }
     if let (false, Some(copy)) = (opts.reload.is_empty(), &copy) {
-        let snapshot = reload_snapshot(source).await?;
+        // A slot name of its own: a resumed load's temporary slot may still be going away.
+        let snapshot = reload_snapshot(source, "pgdms_reload_table").await?;
         tokio::select! {
             done = reload::reload(source, copy, opts, &opts.reload, snapshot) => done?,
             _ = &mut stopped => return Ok(interrupted(&slot, "reloading tables")),
@@ -346,9 +347,9 @@ async fn new_migration_slot(repl: ReplicationConnection, slot: &str, cdc: bool) 
 /// A resumed load: the first snapshot is gone with its connection, so the tables not loaded
 /// yet are loaded from a temporary slot's snapshot, and CDC passes over their changes
 /// committed before it.
-async fn reload_snapshot(source: &ConnInfo) -> Result<Snapshot, MigrateError> {
+async fn reload_snapshot(source: &ConnInfo, prefix: &str) -> Result<Snapshot, MigrateError> {
     let repl = ReplicationConnection::connect(source).await?;
-    Snapshot::export(repl, &format!("pgdms_reload_{}", std::process::id()), true).await
+    Snapshot::export(repl, &format!("{prefix}_{}", std::process::id()), true).await
 }
 
 /// An exported snapshot, and the replication connection that exported it: it lives as long
