@@ -175,6 +175,7 @@ pub async fn run_session<T: Target>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Finished, ApplyError> {
     let progress = target.start(&opts.slot).await?;
+    target.claim(&opts.slot).await?;
     let mut conn = ReplicationConnection::connect(source).await?;
     let system = conn.identify_system().await?;
     let slot = check_slot(&mut conn, &opts.slot).await?;
@@ -449,9 +450,11 @@ struct Applier<'t, T: Target> {
     caught_up_to: Lsn,
     /// When an idle position was last recorded on the target (`Target::advance`).
     last_advance: Option<Instant>,
-    /// Source oids of the tables set aside, and their changes passed over in the open group.
+    /// Source oids of the tables set aside, and their changes passed over in the open group
+    /// and in the transaction being received.
     suspended: HashSet<u32>,
     passed_over: HashMap<u32, i64>,
+    txn_passed_over: HashMap<u32, i64>,
     /// Tables without columns named as not migrated (a target that cannot hold them).
     columnless_named: HashSet<u32>,
 }
@@ -479,6 +482,7 @@ impl<'t, T: Target> Applier<'t, T> {
             last_advance: None,
             suspended: HashSet::new(),
             passed_over: HashMap::new(),
+            txn_passed_over: HashMap::new(),
             columnless_named: HashSet::new(),
         }
     }
@@ -602,6 +606,7 @@ impl<'t, T: Target> Applier<'t, T> {
                     || self.opts.start_lsn.is_some_and(|s| commit_lsn < s)
                     || self.opts.start_time.is_some_and(|t| commit_time < t);
                 self.txn.clear();
+                self.txn_passed_over.clear();
                 self.txn_has_ddl = false;
                 self.txn_describes_anew = false;
                 self.new_in_txn.clear();
@@ -612,7 +617,7 @@ impl<'t, T: Target> Applier<'t, T> {
             }
             Event::Change(c) if self.suspended.contains(&c.rel.oid) => {
                 if !self.skipping_txn {
-                    *self.passed_over.entry(c.rel.oid).or_default() += 1;
+                    *self.txn_passed_over.entry(c.rel.oid).or_default() += 1;
                 }
             }
             Event::Change(c) => {
@@ -628,6 +633,11 @@ impl<'t, T: Target> Applier<'t, T> {
             }
             Event::Truncate { mut rels, restart_identity, lsn } => {
                 if !self.suspended.is_empty() {
+                    for r in rels.iter().filter(|r| self.suspended.contains(&r.oid)) {
+                        if !self.skipping_txn {
+                            *self.txn_passed_over.entry(r.oid).or_default() += 1;
+                        }
+                    }
                     rels.retain(|r| !self.suspended.contains(&r.oid));
                 }
                 if !self.target.holds_columnless_tables() {
@@ -657,6 +667,11 @@ impl<'t, T: Target> Applier<'t, T> {
                     return Ok(());
                 }
                 let mut items = std::mem::take(&mut self.txn);
+                // Counted with the group that holds the whole transaction, never with one that
+                // committed while it was half received.
+                for (oid, n) in self.txn_passed_over.drain() {
+                    *self.passed_over.entry(oid).or_default() += n;
+                }
                 if self.txn_has_ddl {
                     created_before_rows(&mut items);
                 }
@@ -786,6 +801,7 @@ impl<'t, T: Target> Applier<'t, T> {
     /// applied already, its group (which holds nothing else) is rolled back.
     async fn stop_inside_transaction(&mut self) -> Result<(), ApplyError> {
         self.txn.clear();
+        self.txn_passed_over.clear();
         if self.txn_streaming {
             self.txn_streaming = false;
             self.batch.clear();
@@ -839,6 +855,21 @@ fn created_before_rows(items: &mut Vec<TxnItem>) {
     }
 }
 
+/// The source's `"schema"."name"` of table `oid`, if it can be read now.
+async fn source_name(source: &ConnInfo, oid: u32) -> Option<String> {
+    let conn = crate::pgconn::client::connect(source, "pgdms-apply").await.ok()?;
+    let row = conn
+        .client
+        .query_opt(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .ok()??;
+    row.try_get(0).ok()
+}
+
 /// Runs CDC until interrupted or `until` is reached, reconnecting with backoff after
 /// transient failures of either side. `connect_target` makes a fresh target each time.
 pub async fn run<T, F, Fut>(
@@ -865,8 +896,10 @@ where
                 Err(ApplyError::Target(TargetError::Change { source_oid: Some(oid), table, lsn, error, .. }))
                     if opts.on_table_error == OnTableError::Suspend && target.suspends_tables() =>
                 {
-                    // Set aside, committed on its own; the next session passes over its
-                    // changes from the last committed group on.
+                    // Set aside, committed on its own, under its source name (what
+                    // --reload-table takes); the next session passes over its changes from the
+                    // last committed group on.
+                    let table = source_name(source, oid).await.unwrap_or(table);
                     target.suspend(oid, &table, lsn, &error).await?;
                     tracing::error!(%table, %lsn, %error, "table suspended: the target refused a change of it; its changes are passed over until --reload-table");
                     Ok(None)

@@ -170,10 +170,12 @@ async fn worker(
         let gate = gate.as_ref().map(|(owner, call)| (*owner, call.as_str()));
         let rows = match copy_unit(source, target, table, gate, unit.blocks, freeze, progress).await {
             Ok(rows) => rows,
-            // Suspended only while both sessions stand: a lost connection is no fault of the
-            // table's, and would set every later one aside too.
+            // Suspended only for what the target refused, while both sessions stand: a lost
+            // connection or a source-side failure is no fault of the table's, and would set
+            // every later one aside too.
             Err(error)
                 if opts.on_table_error == crate::sink::OnTableError::Suspend
+                    && !error.starts_with("source:")
                     && !source.is_closed()
                     && !target.is_closed() =>
             {
@@ -384,7 +386,10 @@ async fn copy_unit(
         Some(_) => target_column_types(target, table).await?,
         None => Vec::new(),
     };
-    target.batch_execute(&begin).await.map_err(|e| error_text(&e))?;
+    if let Err(e) = target.batch_execute(&begin).await {
+        let _ = target.batch_execute("ROLLBACK").await;
+        return Err(format!("target: {}", error_text(&e)));
+    }
     let result = async {
         if let (Some((_, call)), true) = (gate, freeze) {
             through_gate(target, call, &format!("TRUNCATE ONLY {target_name}")).await?;

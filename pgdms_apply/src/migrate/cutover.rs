@@ -74,6 +74,8 @@ pub async fn cutover(
         Finished::Reached => {}
         Finished::Interrupted => return Err(MigrateError::Refused("cutover interrupted before catching up".into())),
     }
+    // Even with --skip-validate: a suspended table is not in step, whatever its rows show.
+    super::check_suspended(sink, &slot).await?;
     let mut reports = Vec::new();
     if let Some(copy) = &copy {
         let (tgt, _) = open_session(&copy.target, copy.role.as_deref(), "pgdms-apply cutover", false).await?;

@@ -120,8 +120,10 @@ async fn resolve(
             let (schema, name, leaves): (String, String, Vec<u32>) =
                 (row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?);
             if p.matches(&schema, &name) {
-                chosen.extend(leaves.into_iter().filter(|oid| tables.iter().any(|t| t.oid == *oid)));
-                found = true;
+                for oid in leaves.into_iter().filter(|oid| tables.iter().any(|t| t.oid == *oid)) {
+                    chosen.insert(oid);
+                    found = true;
+                }
             }
         }
         if !found {
@@ -163,6 +165,13 @@ pub(super) async fn reload(
     // Set aside first, committed: from here until each is loaded, its changes are passed
     // over, whatever stops this run.
     let (session, _) = open_session(target, role, "pgdms-apply migrate", false).await?;
+    // Held until the reload is done: no apply session starts meanwhile.
+    if !PgControl(&session.client).claim(slot).await? {
+        return Err(MigrateError::Refused(format!(
+            "--reload-table: another pgdms-apply applies migration \"{slot}\" to this target. Stop it (Ctrl-C or \
+             SIGTERM), then run this command: it reloads the tables and streams on"
+        )));
+    }
     for t in tables.iter().filter(|t| chosen.contains(&t.oid)) {
         PgControl(&session.client)
             .suspend(slot, t.oid, &t.qualified(), "reload", snapshot_lsn, "reloading (--reload-table)")
@@ -199,6 +208,12 @@ pub(super) async fn reload(
         )
         .await
         .map_err(load::sql_error("could not clear the reloaded tables' flags in pgdms_apply.apply_reload_needed"))?;
+    // The stream takes the migration's lock next, in a session of its own.
+    session
+        .client
+        .batch_execute("SELECT pg_catalog.pg_advisory_unlock_all()")
+        .await
+        .map_err(load::sql_error("target"))?;
     Ok(())
 }
 

@@ -185,6 +185,13 @@ pub trait Target {
         true
     }
 
+    /// Holds the migration of `slot` for this session: no other apply session and no reload
+    /// of its tables runs meanwhile (refused with a transient error: the last session may not
+    /// have gone yet).
+    fn claim(&mut self, _slot: &str) -> impl Future<Output = Result<(), TargetError>> {
+        std::future::ready(Ok(()))
+    }
+
     /// Can this target set tables aside (`--on-table-error suspend`, `--reload-table`)?
     fn suspends_tables(&self) -> bool {
         false

@@ -197,6 +197,9 @@ impl Target for Sink {
     fn holds_columnless_tables(&self) -> bool {
         each!(self, t => t.holds_columnless_tables())
     }
+    async fn claim(&mut self, slot: &str) -> Result<(), TargetError> {
+        each!(self, t => t.claim(slot).await)
+    }
     fn suspends_tables(&self) -> bool {
         each!(self, t => t.suspends_tables())
     }

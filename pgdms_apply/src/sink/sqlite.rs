@@ -299,7 +299,7 @@ impl Target for SqliteTarget {
         self.conn
             .execute(
                 "INSERT INTO pgdms_apply_progress (slot_name, end_lsn, applied_at, acked_lsn) VALUES (?1, ?2, datetime('now'), ?2)
-                 ON CONFLICT (slot_name) DO UPDATE SET end_lsn = excluded.end_lsn, acked_lsn = excluded.acked_lsn",
+                 ON CONFLICT (slot_name) DO UPDATE SET acked_lsn = excluded.acked_lsn",
                 rusqlite::params![self.slot, lsn.to_string()],
             )
             .map_err(err)?;

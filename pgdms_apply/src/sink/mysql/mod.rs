@@ -337,8 +337,10 @@ impl Target for MySqlTarget {
 
     async fn advance(&mut self, lsn: Lsn) -> Result<(), TargetError> {
         let sql = format!(
+            // Only the acknowledged position: where the apply resumes (end_lsn, and how far
+            // into a transaction DDL committed in parts) stays as the last commit left it.
             "INSERT INTO {} (slot_name, end_lsn, applied_at, resume_after_item, acked_lsn) VALUES ({}, {lsn}, NOW(6), NULL, {lsn}) \
-             ON DUPLICATE KEY UPDATE end_lsn = VALUES(end_lsn), resume_after_item = NULL, acked_lsn = VALUES(acked_lsn)",
+             ON DUPLICATE KEY UPDATE acked_lsn = VALUES(acked_lsn)",
             self.control_place("pgdms_apply_progress"),
             text(&self.slot),
             lsn = text(&lsn.to_string())

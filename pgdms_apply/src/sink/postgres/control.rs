@@ -236,6 +236,22 @@ impl PgControl<'_> {
             .collect()
     }
 
+    /// Takes the migration's lock on the target for this session's life: held by every apply
+    /// session and by a reload, so that no change of a table is applied while it is reloaded.
+    /// False when another session holds it.
+    pub async fn claim(&self, slot: &str) -> Result<bool, TargetError> {
+        let read = failed("could not take the migration's lock on the target");
+        self.0
+            .query_one(
+                "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('pgdms-apply ' || $1::text))",
+                &[&slot],
+            )
+            .await
+            .map_err(&read)?
+            .try_get(0)
+            .map_err(&read)
+    }
+
     /// Sets table `source_oid` aside (`--on-table-error suspend`), in the session's
     /// transaction if it has one; a table suspended already keeps its count.
     pub async fn suspend(

@@ -1079,6 +1079,16 @@ impl Target for PostgresTarget {
         PgControl(&self.conn.client).acknowledged(slot).await
     }
 
+    async fn claim(&mut self, slot: &str) -> Result<(), TargetError> {
+        if PgControl(&self.conn.client).claim(slot).await? {
+            return Ok(());
+        }
+        Err(TargetError::Transient(format!(
+            "another pgdms-apply session applies or reloads migration \"{slot}\" on this target (or the last one \
+             has not gone yet)"
+        )))
+    }
+
     fn suspends_tables(&self) -> bool {
         true
     }
