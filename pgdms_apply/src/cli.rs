@@ -453,12 +453,7 @@ async fn cdc(args: CdcArgs) -> anyhow::Result<()> {
     let source = args.source.conninfo()?;
     let sink = args.apply.sink()?;
     let mut opts = args.apply.options()?;
-    if opts.on_table_error == OnTableError::Suspend && !matches!(sink.spec, TargetSpec::Postgres(_)) {
-        anyhow::bail!(
-            "--on-table-error suspend needs a PostgreSQL target for now: this target cannot record suspended tables. \
-             Leave it out (a refused table then stops the apply, naming it)"
-        );
-    }
+    migrate::check_table_options(&sink, opts.on_table_error, false)?;
     migrate::refuse_same_database(&source, &sink).await?;
     let mut conn = ReplicationConnection::connect(&source).await?;
     let slot = conn.slot(&opts.slot).await?;

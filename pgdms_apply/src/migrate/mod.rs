@@ -127,14 +127,20 @@ pub async fn check_suspended(sink: &SinkFactory, slot: &str) -> Result<(), Migra
     Err(MigrateError::Suspended { slot: slot.to_string(), tables })
 }
 
-/// Refuses table-level options a target cannot honour, before anything is created.
-fn check_table_options(target: &impl Target, opts: &MigrateOptions) -> Result<(), MigrateError> {
-    let suspend = opts.apply.on_table_error == crate::sink::OnTableError::Suspend;
-    if (suspend || !opts.reload.is_empty()) && !target.suspends_tables() {
+/// Refuses table-level options (`--on-table-error suspend`, `--reload-table`) a target
+/// cannot honour, before anything is created: only a PostgreSQL target records suspended
+/// tables.
+pub fn check_table_options(
+    sink: &SinkFactory,
+    on_table_error: crate::sink::OnTableError,
+    reload: bool,
+) -> Result<(), MigrateError> {
+    let suspend = on_table_error == crate::sink::OnTableError::Suspend;
+    if (suspend || reload) && !matches!(sink.spec, crate::sink::spec::TargetSpec::Postgres(_)) {
         let what = if suspend { "--on-table-error suspend" } else { "--reload-table" };
         return Err(MigrateError::Refused(format!(
             "{what} needs a PostgreSQL target for now: this target cannot record suspended tables. \
-             Leave it out (a refused table then stops the migration, naming it)"
+             Leave it out (a refused table then stops the run, naming it)"
         )));
     }
     Ok(())
@@ -204,9 +210,9 @@ pub async fn migrate(
 ) -> Result<Finished, MigrateError> {
     let slot = opts.apply.slot.clone();
     let cdc = opts.mode == Mode::FullLoadAndCdc;
+    check_table_options(sink, opts.apply.on_table_error, !opts.reload.is_empty())?;
     refuse_same_database(source, sink).await?;
     let mut target = sink.connect().await?;
-    check_table_options(&target, opts)?;
     target.start(&slot).await?;
     let recorded = target.migration(&slot).await?;
     if !opts.reload.is_empty() && matches!(recorded.map(|r| r.phase), None | Some(Phase::Schema)) {
