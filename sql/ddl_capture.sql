@@ -26,8 +26,15 @@
 -- What a table is, as a consumer needs it to create it or follow its changes. The JSON
 -- keys are those of pgdms_proto::TableDef. Names and types are written with
 -- search_path = pg_catalog, so everything outside pg_catalog comes schema-qualified.
+-- Values (a column's `missing`: what the rows there when it was added got; constants in
+-- defaults and partition bounds) are written in the form the plugin's text has, whatever
+-- the session that ran the DDL had set: ISO dates, UTC, hex bytea, exact floats.
 CREATE FUNCTION pgdms.table_definition(relid oid) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres'
+SET bytea_output = 'hex' SET extra_float_digits = 1
+AS $$
     SELECT jsonb_build_object(
         'oid', c.oid::bigint,
         'schema', n.nspname::text,
@@ -47,6 +54,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 'not_null', a.attnotnull,
                 'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
                 'generated', CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
+                -- ADD COLUMN with a default the source evaluated once (a constant, now()):
+                -- the value the rows already there got, as the type's text. The default's
+                -- expression cannot stand in for it (a target would evaluate it again).
+                'missing', CASE WHEN a.atthasmissing THEN array_to_string(a.attmissingval, '') END,
                 'identity', CASE a.attidentity WHEN 'a' THEN 'Always' WHEN 'd' THEN 'ByDefault' ELSE 'None' END,
                 'collation', (SELECT format('%I.%I', cn.nspname, co.collname)
                                 FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace

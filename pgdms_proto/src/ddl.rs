@@ -128,6 +128,11 @@ pub struct ColumnDef {
     pub type_modifier: i32,
     pub not_null: bool,
     pub default: Option<String>,
+    /// The value the rows that were there when the column was added got (its default,
+    /// evaluated once by the source), as the type's text; `None` when they got NULL, the
+    /// table was rewritten since, or the extension is older than 0.3.1.
+    #[serde(default)]
+    pub missing: Option<String>,
     /// The expression of a stored generated column.
     pub generated: Option<String>,
     pub identity: Identity,

@@ -46,7 +46,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The version of this wire format. A consumer asks for it with the `proto_version`
 /// plugin option; the plugin refuses any other. Version 2 (pgdms 0.2): DDL records carry
 /// type names and modifiers apart, and forged messages arrive as [`Record::Rejected`].
-pub const PROTO_VERSION: u32 = 2;
+/// Version 3 (pgdms 0.3.1): a DDL record's columns carry the value the rows already there
+/// got (`ColumnDef::missing`).
+pub const PROTO_VERSION: u32 = 3;
 
 /// A PostgreSQL object id.
 pub type Oid = u32;

@@ -104,7 +104,8 @@ mod tests {
     #[test]
     fn defaults_and_values() {
         assert_eq!(Options::parse([]).unwrap(), Options::default());
-        let o = Options::parse([("proto_version", Some("2")), ("origin", Some("NONE"))]).unwrap();
+        let version = PROTO_VERSION.to_string();
+        let o = Options::parse([("proto_version", Some(version.as_str())), ("origin", Some("NONE"))]).unwrap();
         assert_eq!(o.origin, OriginFilter::None);
         let pairs = o.to_pairs();
         let back = Options::parse(pairs.iter().map(|(k, v)| (*k, Some(v.as_str())))).unwrap();

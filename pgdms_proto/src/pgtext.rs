@@ -234,6 +234,102 @@ fn timestamp_text(ts: i64, utc: bool) -> String {
     s
 }
 
+/// The inverse of the text forms above, for the types that travel in binary (as their
+/// output functions write them with DateStyle ISO and TimeZone UTC). `None` if malformed.
+pub mod parse {
+    use super::{pg_days_from_civil, USECS_PER_DAY};
+
+    fn digits(t: &str) -> Option<i64> {
+        (!t.is_empty() && t.len() <= 18 && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok()).flatten()
+    }
+
+    fn strip_era(s: &str) -> (&str, bool) {
+        match s.strip_suffix(" BC") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        }
+    }
+
+    fn days(s: &str, bc: bool) -> Option<i64> {
+        let mut parts = s.rsplitn(3, '-');
+        let (d, m, y) = (digits(parts.next()?)?, digits(parts.next()?)?, digits(parts.next()?)?);
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y == 0 {
+            return None;
+        }
+        let year = if bc { 1 - y } else { y };
+        Some(pg_days_from_civil(year, m as u32, d as u32))
+    }
+
+    /// Days since 2000-01-01 of "YYYY-MM-DD[ BC]", "infinity" or "-infinity".
+    pub fn date(s: &str) -> Option<i32> {
+        match s {
+            "infinity" => Some(i32::MAX),
+            "-infinity" => Some(i32::MIN),
+            _ => {
+                let (s, bc) = strip_era(s);
+                i32::try_from(days(s, bc)?).ok()
+            }
+        }
+    }
+
+    /// Microseconds since midnight of "HH:MM:SS[.ffffff]".
+    pub fn time(s: &str) -> Option<i64> {
+        let mut parts = s.splitn(3, ':');
+        let (h, m) = (digits(parts.next()?)?, digits(parts.next()?)?);
+        let sec = parts.next()?;
+        let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+        let whole = digits(whole)?;
+        let frac = match frac.len() {
+            0 => 0,
+            1..=6 => digits(&format!("{frac:0<6}"))?,
+            _ => return None,
+        };
+        let micros = ((h * 60 + m) * 60 + whole) * 1_000_000 + frac;
+        (m < 60 && whole < 60 && micros <= USECS_PER_DAY).then_some(micros)
+    }
+
+    /// Seconds east of UTC of "+HH", "+HH:MM" or "+HH:MM:SS" (or "-...").
+    fn offset(s: &str) -> Option<i32> {
+        let sign = match s.as_bytes().first()? {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let mut secs = 0;
+        for (i, part) in s[1..].split(':').enumerate() {
+            if i > 2 || part.len() != 2 {
+                return None;
+            }
+            secs += digits(part)? * [3600, 60, 1][i];
+        }
+        i32::try_from(sign * secs).ok()
+    }
+
+    /// "HH:MM:SS[.ffffff]+HH[:MM[:SS]]" as (microseconds since local midnight, offset east).
+    pub fn time_tz(s: &str) -> Option<(i64, i32)> {
+        let at = s.find(['+', '-'])?;
+        Some((time(&s[..at])?, offset(&s[at..])?))
+    }
+
+    /// Microseconds since 2000-01-01 of "YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]][ BC]"
+    /// ("infinity", "-infinity"); an offset, when there is one, is taken away (UTC).
+    pub fn timestamp(s: &str) -> Option<i64> {
+        match s {
+            "infinity" => return Some(i64::MAX),
+            "-infinity" => return Some(i64::MIN),
+            _ => {}
+        }
+        let (s, bc) = strip_era(s);
+        let (date, time_part) = s.split_once(' ')?;
+        let (clock, offset_secs) = match time_part.find(['+', '-']) {
+            Some(at) => (&time_part[..at], offset(&time_part[at..])?),
+            None => (time_part, 0),
+        };
+        let micros = days(date, bc)?.checked_mul(USECS_PER_DAY)?.checked_add(time(clock)?)?;
+        micros.checked_sub(i64::from(offset_secs) * 1_000_000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +402,28 @@ mod tests {
 #[cfg(test)]
 mod time_parse_tests {
     use super::*;
+
+    #[test]
+    fn text_forms_parse_back_to_their_values() {
+        for d in [0, -1, 1, -730_119, -730_119 - 366, 2_914_000, -2_451_545, i32::MAX, i32::MIN] {
+            assert_eq!(parse::date(&date_text(d)), Some(d), "{}", date_text(d));
+        }
+        for t in [0, 1, 3_723_500_000, USECS_PER_DAY - 1, USECS_PER_DAY] {
+            assert_eq!(parse::time(&time_text(t)), Some(t));
+        }
+        for (micros, offset_secs) in [(1, 19_800), (0, -3600), (5, 50_430), (86_399_999_999, -43_200)] {
+            let v = Value::TimeTz { micros, offset_secs };
+            assert_eq!(parse::time_tz(&v.to_pg_text().unwrap()), Some((micros, offset_secs)));
+        }
+        for ts in [0, -1, 86_400_000_120_000, (-730_119 - 366) * USECS_PER_DAY + 7, 9_000_000_000_000_000, i64::MIN] {
+            assert_eq!(parse::timestamp(&timestamp_text(ts, false)), Some(ts), "{}", timestamp_text(ts, false));
+            assert_eq!(parse::timestamp(&timestamp_text(ts, true)), Some(ts), "{}", timestamp_text(ts, true));
+        }
+        assert_eq!(parse::timestamp("2000-01-01 02:00:00+02"), Some(0));
+        for bad in ["", "2000-13-01", "2000-01-01 25:00:00", "12:60:00", "2000-01-01 00:00:00+2", "today"] {
+            assert_eq!(parse::date(bad).or(parse::timestamp(bad).map(|_| 0)), None, "{bad}");
+        }
+    }
 
     #[test]
     fn rfc3339_times_become_postgres_microseconds() {

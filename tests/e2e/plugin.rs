@@ -87,7 +87,8 @@ fn pg_recvlogical_decodes_with_the_plugin() {
     let endpos = db.current_lsn();
     let file = tempfile::NamedTempFile::new().unwrap();
     let path = file.path().to_str().unwrap();
-    run(&["--start", "--no-loop", "-o", "proto_version=2", "-o", "origin=any", "--endpos", &endpos, "-f", path]);
+    let proto = format!("proto_version={}", pgdms_proto::PROTO_VERSION);
+    run(&["--start", "--no-loop", "-o", &proto, "-o", "origin=any", "--endpos", &endpos, "-f", path]);
 
     // pg_recvlogical writes each message followed by a newline. A message holds a
     // transaction's records, which delimit themselves and end with its Commit.
@@ -513,12 +514,15 @@ fn sessions_that_end_or_fail_in_one_backend_leave_the_server_healthy() {
         }
         kinds
     };
-    let changes = "select data from pg_logical_slot_get_binary_changes('s', null, null, 'proto_version', '2')";
+    let changes = format!(
+        "select data from pg_logical_slot_get_binary_changes('s', null, null, 'proto_version', '{}')",
+        pgdms_proto::PROTO_VERSION
+    );
     for round in 0..20 {
         client
             .batch_execute(&format!("insert into t values ({round}, 'v'); alter table t add column c{round} int"))
             .unwrap();
-        let kinds = decode(&mut client, changes);
+        let kinds = decode(&mut client, &changes);
         assert_eq!(
             kinds,
             ["Startup", "Begin", "Relation", "Insert", "Commit"],
@@ -534,6 +538,6 @@ fn sessions_that_end_or_fail_in_one_backend_leave_the_server_healthy() {
         client.batch_execute(&format!("create temp table tmp{i} (x int); drop table tmp{i}")).unwrap();
     }
     client.batch_execute("insert into t (id) values (1000)").unwrap();
-    assert_eq!(decode(&mut client, changes), ["Startup", "Begin", "Relation", "Insert", "Commit"]);
+    assert_eq!(decode(&mut client, &changes), ["Startup", "Begin", "Relation", "Insert", "Commit"]);
     assert_eq!(db.postmaster_start_time(), started);
 }

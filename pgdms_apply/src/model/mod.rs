@@ -94,6 +94,44 @@ impl Val {
         }
     }
 
+    /// The value of a column of type `oid` whose PostgreSQL text (DateStyle ISO, TimeZone
+    /// UTC, hex bytea) is `text`, in the form the plugin sends it; `None` if malformed.
+    /// For values that come as text rather than in rows (a DDL record's `missing`).
+    pub fn from_pg_text(oid: u32, text: &str) -> Option<Val> {
+        use pgdms_proto::dms::oids;
+        use pgdms_proto::pgtext::parse;
+        fn hex(s: &str) -> Option<Vec<u8>> {
+            let b = s.as_bytes();
+            if !b.len().is_multiple_of(2) {
+                return None;
+            }
+            b.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok()).collect()
+        }
+        Some(match oid {
+            oids::BOOL => match text {
+                "t" => Val::Bool(true),
+                "f" => Val::Bool(false),
+                _ => return None,
+            },
+            oids::INT2 => Val::Int2(text.parse().ok()?),
+            oids::INT4 => Val::Int4(text.parse().ok()?),
+            oids::INT8 => Val::Int8(text.parse().ok()?),
+            oids::FLOAT4 => Val::Float4(text.parse().ok()?),
+            oids::FLOAT8 => Val::Float8(text.parse().ok()?),
+            oids::BYTEA => Val::Bytes(hex(text.strip_prefix("\\x")?)?.into()),
+            oids::DATE => Val::Date(parse::date(text)?),
+            oids::TIME => Val::Time(parse::time(text)?),
+            oids::TIMETZ => {
+                let (micros, offset_secs) = parse::time_tz(text)?;
+                Val::TimeTz { micros, offset_secs }
+            }
+            oids::TIMESTAMP => Val::Timestamp(parse::timestamp(text)?),
+            oids::TIMESTAMPTZ => Val::TimestampTz(parse::timestamp(text)?),
+            oids::UUID => Val::Uuid(hex(&text.replace('-', ""))?.try_into().ok()?),
+            _ => Val::Text(Bytes::copy_from_slice(text.as_bytes())),
+        })
+    }
+
     /// PostgreSQL's text form (None for NULL and unchanged).
     pub fn to_pg_text(&self) -> Option<String> {
         self.as_wire().to_pg_text().map(|c| c.into_owned())
@@ -185,5 +223,37 @@ impl Change {
             ChangeKind::Update { .. } => "update",
             ChangeKind::Delete { .. } => "delete",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgdms_proto::dms::oids;
+
+    #[test]
+    fn text_forms_become_the_values_the_plugin_sends() {
+        let values = [
+            (oids::BOOL, Val::Bool(false)),
+            (oids::INT2, Val::Int2(-7)),
+            (oids::INT8, Val::Int8(i64::MIN)),
+            (oids::FLOAT4, Val::Float4(0.1)),
+            (oids::FLOAT8, Val::Float8(f64::NEG_INFINITY)),
+            (oids::BYTEA, Val::Bytes(Bytes::from_static(&[0, 0xab, 0x10]))),
+            (oids::DATE, Val::Date(-730_500)),
+            (oids::TIME, Val::Time(3_723_500_000)),
+            (oids::TIMETZ, Val::TimeTz { micros: 1, offset_secs: -19_800 }),
+            (oids::TIMESTAMP, Val::Timestamp(-1)),
+            (oids::TIMESTAMPTZ, Val::TimestampTz(86_400_000_120_000)),
+            (oids::UUID, Val::Uuid([7; 16])),
+            (oids::NUMERIC, Val::Text(Bytes::from_static(b"1.10"))),
+        ];
+        for (oid, v) in values {
+            let text = v.to_pg_text().unwrap();
+            assert_eq!(Val::from_pg_text(oid, &text), Some(v), "{text}");
+        }
+        assert_eq!(Val::from_pg_text(oids::BOOL, "true"), None);
+        assert_eq!(Val::from_pg_text(oids::BYTEA, "\\x0"), None);
+        assert_eq!(Val::from_pg_text(oids::INT4, "1.5"), None);
     }
 }

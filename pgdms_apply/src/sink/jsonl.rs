@@ -15,7 +15,8 @@
 //! source transaction and the change's position in it -- is unique and increasing: the
 //! stream is at-least-once, and a consumer drops a message whose pair it has seen.
 //! Truncates and DDL are `control` records (`truncate`, `create-table`, `drop-table`,
-//! `rename-table`, `add-column`, `drop-column`, `rename-column`, `column-type-change`).
+//! `rename-table`, `add-column`, `drop-column`, `rename-column`, `column-type-change`);
+//! `add-column` carries `existing-rows-value`, what the rows already there hold in it.
 //! The full load writes `load` records, numbered from the snapshot's LSN.
 //!
 //! A transaction's messages are written at its commit, which gives them their
@@ -26,7 +27,8 @@
 //! the slot's confirmed position is the resume point.
 
 use super::control::{self, ControlError, ControlStore, LoadedTable, MigrationRecord, Phase};
-use super::typemap::{cell, Cell, Flavor, MapOptions};
+use super::rowsql::added_column_text;
+use super::typemap::{cell, json_cell, Cell, Flavor, MapOptions};
 use super::{LoadTarget, SourceSettings, Target, TargetError};
 use crate::model::batch::Batch;
 use crate::model::{ChangeKind, Old, RelInfo, Row, Val};
@@ -39,6 +41,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// A cell as JSON (the JSON flavour gives BLOB as base64 text).
+fn json_of(c: Cell) -> Value {
+    match c {
+        Cell::Null | Cell::Blob(_) => Value::Null,
+        Cell::Int(i) => json!(i),
+        Cell::Real(f) => json!(f),
+        Cell::Text(s) => Value::String(s),
+    }
+}
 
 /// What a file stream remembers across restarts, per slot: the control store's records
 /// (`crate::sink::control`), LSNs in their `X/Y` text as in the SQL targets' tables.
@@ -191,16 +203,7 @@ impl JsonlTarget {
                 continue; // a TOASTed value the change left as it was: not in the WAL
             }
             let c = &rel.columns[i];
-            m.insert(
-                c.name.clone(),
-                match cell(v, c, &self.opts, Flavor::Json) {
-                    Ok(Cell::Null) | Err(_) => Value::Null,
-                    Ok(Cell::Int(i)) => json!(i),
-                    Ok(Cell::Real(f)) => json!(f),
-                    Ok(Cell::Text(s)) => Value::String(s),
-                    Ok(Cell::Blob(_)) => Value::Null, // Flavor::Json gives base64 text
-                },
-            );
+            m.insert(c.name.clone(), json_of(cell(v, c, &self.opts, Flavor::Json).unwrap_or(Cell::Null)));
         }
         Value::Object(m)
     }
@@ -379,7 +382,18 @@ impl Target for JsonlTarget {
                     }
                 }
                 for ac in a.columns.iter().filter(|ac| !b.columns.iter().any(|bc| bc.attnum == ac.attnum)) {
-                    self.control("add-column", &b.schema, &b.name, json!({"column": ac.name, "type": ac.type_sql}))?;
+                    // What the rows already there hold in it: the source gave them a value
+                    // no later change carries.
+                    let existing = added_column_text(ac)
+                        .and_then(|text| Val::from_pg_text(ac.type_oid, &text))
+                        .map_or(Value::Null, |v| json_of(json_cell(&v, &self.opts)));
+                    self.control(
+                        "add-column",
+                        &b.schema,
+                        &b.name,
+                        json!({"column": ac.name, "type": ac.type_sql, "not-null": ac.not_null,
+                               "existing-rows-value": existing}),
+                    )?;
                 }
                 if (a.schema.as_str(), a.name.as_str()) != (b.schema.as_str(), b.name.as_str()) {
                     self.control(

@@ -8,7 +8,8 @@
 //! source's rows even where one was missing.
 
 use super::typemap::{cell, Cell, Flavor, MapOptions, Unrepresentable};
-use crate::model::{Change, ChangeKind, Old, RelInfo, Row, Val};
+use crate::model::{Change, ChangeKind, ColumnInfo, Old, RelInfo, Row, Val};
+use pgdms_proto::ddl::ColumnDef;
 
 /// How a target spells SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,56 @@ impl Dialect {
             Dialect::MySql => Flavor::MySql,
             Dialect::Sqlite => Flavor::Sqlite,
         }
+    }
+}
+
+/// A SQL literal of a cell, as SQLite and MySQL both read it (MySQL sessions run with
+/// NO_BACKSLASH_ESCAPES, so doubling quotes is the whole of string escaping).
+pub fn literal(c: &Cell) -> String {
+    match c {
+        Cell::Null => "NULL".into(),
+        Cell::Int(i) => i.to_string(),
+        // Shortest round-trip digits with an exponent: read back as the same double.
+        Cell::Real(f) => format!("{f:e}"),
+        Cell::Text(s) => format!("'{}'", s.replace('\'', "''")),
+        Cell::Blob(b) => {
+            use std::fmt::Write as _;
+            let mut s = String::with_capacity(b.len() * 2 + 3);
+            s.push_str("X'");
+            for byte in b {
+                let _ = write!(s, "{byte:02x}"); // into a String: cannot fail
+            }
+            s.push('\'');
+            s
+        }
+    }
+}
+
+/// The source's text of the value that the rows already there hold in a column a DDL
+/// added: what the source gave them (`missing`, from pgdms 0.3.1), or, from an older
+/// extension, the default when it is a constant. `None`: NULL, or not known.
+pub fn added_column_text(def: &ColumnDef) -> Option<String> {
+    use crate::sql::checked::{constant, Constant};
+    if def.missing.is_some() {
+        return def.missing.clone();
+    }
+    Some(match constant(def.default.as_deref()?)? {
+        Constant::Number(n) | Constant::Text(n) => n,
+        Constant::Bool(b) => if b { "t" } else { "f" }.into(),
+    })
+}
+
+/// That value as `col`'s cell on the target, through the DMS mapping. `Ok(None)` when the
+/// text is not a value of the column's type (nothing to give the rows).
+pub fn added_column_cell(
+    text: &str,
+    col: &ColumnInfo,
+    opts: &MapOptions,
+    flavor: Flavor,
+) -> Result<Option<Cell>, Unrepresentable> {
+    match Val::from_pg_text(col.type_oid, text) {
+        Some(v) => cell(&v, col, opts, flavor).map(|c| (c != Cell::Null).then_some(c)),
+        None => Ok(None),
     }
 }
 
@@ -267,4 +318,57 @@ fn describe_values(rel: &RelInfo, cols: &[usize], values: &[Val]) -> String {
         .map(|(&i, v)| format!("{}={}", rel.columns[i].name, v.to_pg_text().unwrap_or_else(|| "NULL".into())))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgdms_proto::dms::oids;
+    use pgdms_proto::{DmsType, Identity};
+
+    #[test]
+    fn added_columns_give_the_rows_there_the_source_value_or_a_plain_constant() {
+        let def = |default: &str, missing: Option<&str>| ColumnDef {
+            default: Some(default.into()),
+            missing: missing.map(Into::into),
+            ..Default::default()
+        };
+        // The value the source stored wins over its expression.
+        assert_eq!(
+            added_column_text(&def("now()", Some("2026-12-01 10:00:00+00"))).as_deref(),
+            Some("2026-12-01 10:00:00+00")
+        );
+        // From an older extension: constants only.
+        assert_eq!(added_column_text(&def("0", None)).as_deref(), Some("0"));
+        assert_eq!(added_column_text(&def("'it''s'::text", None)).as_deref(), Some("it's"));
+        assert_eq!(added_column_text(&def("false", None)).as_deref(), Some("f"));
+        assert_eq!(added_column_text(&def("now()", None)), None);
+        assert_eq!(added_column_text(&def("nextval('s'::regclass)", None)), None);
+        assert_eq!(added_column_text(&def("1); DROP TABLE t; --", None)), None);
+
+        let col = |type_oid: u32, dms_type: DmsType| ColumnInfo {
+            name: "c".into(),
+            type_oid,
+            type_sql: String::new(),
+            type_name: String::new(),
+            type_modifier: -1,
+            key: false,
+            primary_key: false,
+            generated: false,
+            identity: Identity::None,
+            not_null: true,
+            dms_type,
+        };
+        let opts = MapOptions::default();
+        let b = col(oids::BOOL, DmsType::Boolean);
+        assert_eq!(added_column_cell("f", &b, &opts, Flavor::Sqlite), Ok(Some(Cell::Text("false".into()))));
+        let as_bool = MapOptions { boolean_as_boolean: true, ..opts };
+        assert_eq!(added_column_cell("t", &b, &as_bool, Flavor::MySql), Ok(Some(Cell::Int(1))));
+        let tz = col(oids::TIMESTAMPTZ, DmsType::Timestamp { utc: true });
+        let cell = added_column_cell("2026-12-01 12:00:00+02", &tz, &opts, Flavor::MySql);
+        assert_eq!(cell, Ok(Some(Cell::Text("2026-12-01 10:00:00".into()))));
+        assert!(added_column_cell("infinity", &tz, &opts, Flavor::MySql).is_err());
+        assert_eq!(added_column_cell("not a time", &tz, &opts, Flavor::Sqlite), Ok(None));
+        assert_eq!(literal(&Cell::Text("it's".into())), "'it''s'");
+    }
 }

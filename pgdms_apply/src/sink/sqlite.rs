@@ -8,8 +8,8 @@
 //! land in the group of their source transaction.
 
 use super::control::{self, ControlSql, ControlStore, Dialect as ControlDialect, LoadedTable, MigrationRecord, Phase};
-use super::rowsql::{Converter, Dialect, Statement};
-use super::typemap::{self, Cell, MapOptions};
+use super::rowsql::{added_column_cell, added_column_text, literal, Converter, Dialect, Statement};
+use super::typemap::{self, Cell, Flavor, MapOptions};
 use super::{LoadTarget, OnError, SourceSettings, Target, TargetError};
 use crate::model::batch::{key_columns, Batch};
 use crate::model::{RelInfo, Row};
@@ -32,6 +32,9 @@ pub struct SqliteTarget {
     in_group: bool,
     /// Columns of the target's tables, by table name, as far as known.
     columns: HashMap<String, Vec<String>>,
+    /// For columns added on the source, by (table, column): the value the rows already
+    /// there got, as the source's text, until the relation record brings the column.
+    added_values: HashMap<(String, String), String>,
 }
 
 fn err(e: rusqlite::Error) -> TargetError {
@@ -72,6 +75,7 @@ impl SqliteTarget {
             on_error,
             in_group: false,
             columns: HashMap::new(),
+            added_values: HashMap::new(),
         })
     }
 
@@ -141,9 +145,26 @@ impl SqliteTarget {
         let missing: Vec<&crate::model::ColumnInfo> =
             rel.columns.iter().filter(|c| !self.columns[&table].contains(&c.name)).collect();
         for c in missing {
-            // SQLite adds a NOT NULL column only with a default: the column's rows come next.
+            // The rows already there get the value the source gave them. SQLite adds a
+            // NOT NULL column only with a (constant) default, which that value is; without
+            // one the column stays nullable.
+            let value = match self.added_values.remove(&(table.clone(), c.name.clone())) {
+                Some(text) => added_column_cell(&text, c, &self.opts, Flavor::Sqlite).ok().flatten(),
+                None => None,
+            };
+            let fill = match &value {
+                Some(v) if c.not_null => format!(" NOT NULL DEFAULT {}", literal(v)),
+                Some(v) => format!(" DEFAULT {}", literal(v)),
+                None => {
+                    if c.not_null {
+                        tracing::warn!(table = %table, column = %c.name,
+                            "column added on the source as NOT NULL with no value for the rows there: nullable on the target");
+                    }
+                    String::new()
+                }
+            };
             self.run(&format!(
-                "ALTER TABLE {} ADD COLUMN {} {}",
+                "ALTER TABLE {} ADD COLUMN {} {}{fill}",
                 D.quote(&table),
                 D.quote(&c.name),
                 typemap::sqlite_type(c, &self.opts)
@@ -208,6 +229,11 @@ impl SqliteTarget {
             }
         }
         let new = table_name(&after.schema, &after.name);
+        for a in after.columns.iter().filter(|a| before.column(a.attnum).is_none()) {
+            if let Some(text) = added_column_text(a) {
+                self.added_values.insert((new.clone(), a.name.clone()), text);
+            }
+        }
         if new != old {
             self.columns.remove(&new);
             self.run(&format!("ALTER TABLE {} RENAME TO {}", D.quote(&old), D.quote(&new)))?;

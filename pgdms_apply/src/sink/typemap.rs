@@ -205,6 +205,21 @@ pub struct Unrepresentable {
 /// Converts one value of `col` for `flavor`. `Val::Unchanged` is the caller's to handle
 /// (it is not a value); it converts to NULL here.
 pub fn cell(val: &Val, col: &ColumnInfo, opts: &MapOptions, flavor: Flavor) -> Result<Cell, Unrepresentable> {
+    convert(val, || mysql_decimal(dms_type(col, opts)), opts, flavor)
+}
+
+/// A value's form in the JSON stream, which depends on its type alone (not on the length
+/// or precision of the column's DMS type).
+pub fn json_cell(val: &Val, opts: &MapOptions) -> Cell {
+    convert(val, || false, opts, Flavor::Json).unwrap_or(Cell::Null)
+}
+
+fn convert(
+    val: &Val,
+    mysql_decimal_column: impl FnOnce() -> bool,
+    opts: &MapOptions,
+    flavor: Flavor,
+) -> Result<Cell, Unrepresentable> {
     let text = || val.to_pg_text().unwrap_or_default();
     let out_of_range = |t: String| Err(Unrepresentable { source_text: t });
     Ok(match val {
@@ -238,8 +253,8 @@ pub fn cell(val: &Val, col: &ColumnInfo, opts: &MapOptions, flavor: Flavor) -> R
         Val::Text(b) => {
             let s = String::from_utf8_lossy(b).into_owned();
             if flavor == Flavor::MySql
-                && mysql_decimal(dms_type(col, opts))
                 && matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity")
+                && mysql_decimal_column()
             {
                 return out_of_range(s);
             }

@@ -93,8 +93,9 @@ pub struct MySqlTarget {
     tables: HashMap<(String, String), Vec<TargetColumn>>,
     /// The description each source table was last reconciled with.
     reconciled: HashMap<u32, RelInfo>,
-    /// Literal defaults of columns added on the source, for the rows already there.
-    added_defaults: HashMap<(String, String, String), String>,
+    /// For columns added on the source: the value the rows already there got, as the
+    /// source's text (`rowsql::added_column_text`), until the ADD COLUMN.
+    added_values: HashMap<(String, String, String), String>,
     /// The snapshot LSN of the table being loaded (value exceptions are recorded at it).
     load_lsn: Lsn,
 }
@@ -184,7 +185,7 @@ impl MySqlTarget {
             loose: HashSet::new(),
             tables: HashMap::new(),
             reconciled: HashMap::new(),
-            added_defaults: HashMap::new(),
+            added_values: HashMap::new(),
             load_lsn: Lsn(0),
         })
     }

@@ -1,11 +1,12 @@
 //! Databases, table shapes and DDL on a MySQL target, and the implicit commits DDL brings:
 //! how far into a source transaction the target got is recorded before each.
 
-use super::sql::{abbreviated, literal_default, normal_type, text};
+use super::sql::{abbreviated, literal, normal_type, text};
 use super::{column, server_error, MySqlTarget, TargetColumn, D};
 use crate::model::batch::key_columns;
 use crate::model::{ColumnInfo, RelInfo};
-use crate::sink::typemap;
+use crate::sink::rowsql::{added_column_cell, added_column_text};
+use crate::sink::typemap::{self, Flavor};
 use crate::sink::{Target, TargetError};
 use mysql_async::prelude::Queryable;
 use pgdms_proto::ddl::TableDef;
@@ -173,16 +174,20 @@ impl MySqlTarget {
             for want in self.wanted(rel, false) {
                 match existing.iter().find(|c| c.name == want.name) {
                     None => {
-                        // The rows already there get the column's default where it is a
-                        // plain value; otherwise NULL, so the column stays nullable.
-                        let default = self
-                            .added_defaults
-                            .remove(&(place.0.clone(), place.1.clone(), want.name.clone()))
-                            .map(|d| match (want.type_.as_str(), d.as_str()) {
-                                ("BOOLEAN", "'true'") => "1".to_string(),
-                                ("BOOLEAN", "'false'") => "0".to_string(),
-                                _ => d,
-                            });
+                        // The rows already there get the value the source gave them
+                        // (through the mapping); without one, NULL, so the column stays nullable.
+                        let text = self.added_values.remove(&(place.0.clone(), place.1.clone(), want.name.clone()));
+                        let default = match (text, rel.columns.iter().find(|c| c.name == want.name)) {
+                            (Some(text), Some(col)) => match added_column_cell(&text, col, &self.opts, Flavor::MySql) {
+                                Ok(value) => value.map(|c| literal(&c)),
+                                Err(e) => {
+                                    tracing::warn!(table = %rel.qualified(), column = %want.name, value = %e.source_text,
+                                            "the rows already there hold a value MySQL cannot: NULL on the target");
+                                    None
+                                }
+                            },
+                            _ => None,
+                        };
                         let not_null = !want.nullable && default.is_some();
                         if !want.nullable && !not_null {
                             tracing::warn!(table = %rel.qualified(), column = %want.name,
@@ -275,12 +280,13 @@ impl MySqlTarget {
                 _ => {}
             }
         }
-        // Columns added with a plain default: the rows already there get it.
+        // Columns added: the value the rows already there got on the source, for the
+        // ADD COLUMN that the relation record brings (`reconcile`).
         let (db, table) = self.place(&after.schema, &after.name);
         for a in &after.columns {
             if before.columns.iter().all(|b| b.attnum != a.attnum) {
-                if let Some(d) = literal_default(a) {
-                    self.added_defaults.insert((db.clone(), table.clone(), a.name.clone()), d);
+                if let Some(text) = added_column_text(a) {
+                    self.added_values.insert((db.clone(), table.clone(), a.name.clone()), text);
                 }
             }
         }

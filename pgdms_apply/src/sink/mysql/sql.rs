@@ -3,31 +3,9 @@
 
 use super::{STATEMENT_BYTES, STATEMENT_ROWS};
 use crate::model::Row;
+pub(super) use crate::sink::rowsql::literal;
 use crate::sink::rowsql::Statement;
 use crate::sink::typemap::Cell;
-use pgdms_proto::ddl::ColumnDef;
-
-/// A SQL literal of a cell. The session runs with NO_BACKSLASH_ESCAPES, so doubling quotes
-/// is the whole of string escaping.
-pub(super) fn literal(c: &Cell) -> String {
-    match c {
-        Cell::Null => "NULL".into(),
-        Cell::Int(i) => i.to_string(),
-        // Shortest round-trip digits with an exponent: MySQL reads it as a DOUBLE.
-        Cell::Real(f) => format!("{f:e}"),
-        Cell::Text(s) => format!("'{}'", s.replace('\'', "''")),
-        Cell::Blob(b) => {
-            use std::fmt::Write as _;
-            let mut s = String::with_capacity(b.len() * 2 + 3);
-            s.push_str("X'");
-            for byte in b {
-                let _ = write!(s, "{byte:02x}"); // into a String: cannot fail
-            }
-            s.push('\'');
-            s
-        }
-    }
-}
 
 /// The statement with its parameters written in as literals (one round trip, no prepared
 /// statement per shape). `?` only ever stands for a parameter outside backtick-quoted names.
@@ -84,17 +62,6 @@ pub(super) fn normal_type(column_type: &str) -> String {
     t
 }
 
-/// A PostgreSQL column default MySQL can take as it is: a number, a string, a boolean
-/// (recognised by PostgreSQL's own parser), as a MySQL literal. Anything else (functions,
-/// expressions) has no MySQL equivalent here.
-pub(super) fn literal_default(def: &ColumnDef) -> Option<String> {
-    use crate::sql::checked::Constant;
-    Some(match crate::sql::checked::constant(def.default.as_deref()?)? {
-        Constant::Number(n) | Constant::Text(n) => text(&n),
-        Constant::Bool(b) => text(if b { "true" } else { "false" }),
-    })
-}
-
 pub(super) fn abbreviated(sql: &str) -> String {
     if sql.len() <= 300 {
         return sql.to_string();
@@ -120,17 +87,5 @@ mod tests {
         assert_eq!(normal_type("int(11)"), "INT");
         assert_eq!(normal_type("tinyint(1)"), "BOOLEAN");
         assert_eq!(normal_type("decimal(10,2)"), "DECIMAL(10,2)");
-    }
-
-    #[test]
-    fn only_plain_defaults_are_carried() {
-        let def = |d: &str| ColumnDef { default: Some(d.into()), ..Default::default() };
-        assert_eq!(literal_default(&def("0")).as_deref(), Some("'0'"));
-        assert_eq!(literal_default(&def("'it''s'::text")).as_deref(), Some("'it''s'"));
-        assert_eq!(literal_default(&def("true")).as_deref(), Some("'true'"));
-        assert_eq!(literal_default(&def("now()")), None);
-        assert_eq!(literal_default(&def("nextval('s'::regclass)")), None);
-        assert_eq!(literal_default(&def(r"'a\\'' or 1'::text")).as_deref(), Some(r"'a\\'' or 1'"));
-        assert_eq!(literal_default(&def("1); DROP TABLE t; --")), None);
     }
 }

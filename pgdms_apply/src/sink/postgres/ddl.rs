@@ -320,8 +320,29 @@ impl<'c> Replay<'c> {
         let added: Vec<&ColumnDef> = a.columns.iter().filter(|c| !has(&target, &c.name)).collect();
         self.default_sequences(&added).await?;
         for c in &added {
-            let definition = self.column_definition(c).await?;
+            let Some(missing) = c.missing.as_deref().filter(|_| c.generated.is_none() && c.identity == Identity::None)
+            else {
+                let definition = self.column_definition(c).await?;
+                self.run(alter(format!("ADD COLUMN IF NOT EXISTS {definition}"))).await?;
+                continue;
+            };
+            // The rows already there get the value the source gave its rows, not the
+            // default evaluated again here (now() would be the target's): added with that
+            // value as its default, then given the source's default.
+            let ty = self.target_type(&c.type_name, c.type_modifier).await?;
+            let collation = c.collation.as_deref().map(|coll| checked::collation(coll).or_failed(coll)).transpose()?;
+            let value = format!("{}::{ty}", quote_literal(missing));
+            let definition =
+                column_sql(&c.name, &ty, collation.as_deref(), None, Identity::None, Some(&value), c.not_null);
             self.run(alter(format!("ADD COLUMN IF NOT EXISTS {definition}"))).await?;
+            let col = quote_ident(&c.name);
+            match c.default.as_deref() {
+                Some(d) => {
+                    let d = checked::expression(d).or_failed(d)?;
+                    self.run(alter(format!("ALTER COLUMN {col} SET DEFAULT {d}"))).await?;
+                }
+                None => self.run(alter(format!("ALTER COLUMN {col} DROP DEFAULT"))).await?,
+            }
         }
 
         // What stands in the way goes first: a primary key that changes, defaults that
